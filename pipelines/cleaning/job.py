@@ -1,0 +1,219 @@
+"""The Spark cleaning job: one landed batch in, clean Parquet and quarantine out.
+
+Submitted by ``SparkSubmitOperator`` (the master comes from the
+``spark_default`` connection), or by hand::
+
+    spark-submit pipelines/cleaning/job.py --line employment --batch 2016
+
+Outputs replace earlier ones for the same batch in one rename, so re-running a
+batch is idempotent and a reader never sees half a batch. The counts reconcile
+(rows in = clean + quarantined + duplicates removed) or the job fails. The batch
+ledger records the outcome either way: ``cleaned`` with counts, or ``failed``
+with the reason.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from pipelines import state
+from pipelines.config import LinePaths, line_paths
+from pipelines.specs import LineSpec, load_spec
+
+
+class CleaningError(RuntimeError):
+    """The batch cannot be cleaned at all (empty, wrong columns, unreadable)."""
+
+
+def spark_session(app_name: str):
+    from pyspark.sql import SparkSession
+
+    builder = SparkSession.builder.appName(app_name)
+    # Small batches on few cores: Spark's default of 200 shuffle partitions is
+    # pure overhead here; adaptive execution coalesces further at scale.
+    builder = builder.config("spark.sql.shuffle.partitions", "8")
+    builder = builder.config("spark.ui.showConsoleProgress", "false")
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel("WARN")
+    return spark
+
+
+def _csv_header(spark, path: str) -> list[str]:
+    import csv
+
+    first = spark.read.text(path).limit(1).collect()
+    if not first:
+        raise CleaningError("the batch file is empty: no header, no rows")
+    return next(csv.reader([first[0][0]]))
+
+
+def read_batch(spark, path: str, fmt: str, spec: LineSpec):
+    """Every column as a string, plus ``_row`` (file order) and ``_corrupt_record``."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    from pipelines.cleaning.rules import CORRUPT, ROW, check_columns
+
+    if fmt == "csv":
+        header = _csv_header(spark, path)
+        check_columns(header, spec)
+        schema = T.StructType(
+            [T.StructField(c, T.StringType()) for c in header] + [T.StructField(CORRUPT, T.StringType())]
+        )
+        df = (
+            spark.read.schema(schema)
+            .option("header", True)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT)
+            .option("multiLine", False)
+            .csv(path)
+        )
+    else:
+        df = spark.read.parquet(path)
+        header = df.columns
+        check_columns(header, spec)
+        df = df.select(*[F.col(f"`{c}`").cast("string").alias(c) for c in header]).withColumn(
+            CORRUPT, F.lit(None).cast("string")
+        )
+    # Position in the file: monotonically increasing in file order within a
+    # read, which is what "the last row wins" needs.
+    return df.withColumn(ROW, F.monotonically_increasing_id()), header
+
+
+def _replace_dir(spark, staging: str, final: str) -> None:
+    """Swap a staged output into place through Hadoop's FileSystem (local, HDFS, S3A alike)."""
+    jvm = spark._jvm
+    conf = spark._jsc.hadoopConfiguration()
+    final_path = jvm.org.apache.hadoop.fs.Path(final)
+    fs = final_path.getFileSystem(conf)
+    if fs.exists(final_path):
+        fs.delete(final_path, True)
+    fs.mkdirs(final_path.getParent())
+    if not fs.rename(jvm.org.apache.hadoop.fs.Path(staging), final_path):
+        raise CleaningError(f"could not move {staging} to {final}")
+
+
+def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[str, Any]:
+    """Clean one landed batch; return the run report (counts, repairs, outputs)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from pipelines.cleaning.rules import DUP, REASONS, clean_batch
+
+    record = state.read(paths, batch_id)
+    assert record is not None
+    started = time.time()
+    batch, header = read_batch(spark, record["file"], record["format"], spec)
+    result = clean_batch(batch, spec, header)
+    result.checked.persist(StorageLevel.MEMORY_AND_DISK)
+    rows_in = result.checked.count()
+    if rows_in == 0:
+        raise CleaningError("the batch has a header but no rows")
+    flagged = result.flagged.persist(StorageLevel.MEMORY_AND_DISK)
+
+    run = uuid.uuid4().hex[:8]
+    staging_clean = str(paths.clean / f".staging-{batch_id}-{run}")
+    staging_quarantine = str(paths.quarantine / f".staging-{batch_id}-{run}")
+    clean = result.clean(spec.schema.names)
+    clean.sortWithinPartitions(*spec.schema.key).write.mode("overwrite").parquet(staging_clean)
+    result.quarantine.write.mode("overwrite").parquet(staging_quarantine)
+
+    dup_counts = {r[DUP]: r["count"] for r in flagged.groupBy(DUP).count().collect()}
+    clean_rows = dup_counts.pop(None, 0)
+    quarantined = spark.read.parquet(staging_quarantine).count()
+    reasons = {
+        r["reason"]: r["count"]
+        for r in spark.read.parquet(staging_quarantine)
+        .select(F.explode(REASONS).alias("reason"))
+        .groupBy("reason")
+        .count()
+        .collect()
+    }
+    repairs: dict[str, int] = {}
+    if result.repair_names:
+        sums = result.checked.filter(F.size(REASONS) == 0).agg(
+            *[F.sum(F.col(f"`{n}`").cast("long")).alias(n) for n in result.repair_names]
+        )
+        repairs = {k: int(v or 0) for k, v in sums.first().asDict().items() if v}
+    duplicates = sum(dup_counts.values())
+    written = spark.read.parquet(staging_clean).count()
+    if written != clean_rows or rows_in != clean_rows + quarantined + duplicates:
+        raise CleaningError(
+            f"counts do not reconcile: in={rows_in} clean={clean_rows} (written {written}) "
+            f"quarantined={quarantined} duplicates={duplicates}"
+        )
+    result.checked.unpersist()
+    flagged.unpersist()
+    _replace_dir(spark, staging_clean, str(paths.clean_batch(batch_id)))
+    _replace_dir(spark, staging_quarantine, str(paths.quarantine_batch(batch_id)))
+    return {
+        "rows_in": rows_in,
+        "rows_clean": clean_rows,
+        "rows_quarantined": quarantined,
+        "duplicates_removed": duplicates,
+        "duplicates": dup_counts,
+        "quarantine_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "repairs": repairs,
+        "clean_path": str(paths.clean_batch(batch_id)),
+        "quarantine_path": str(paths.quarantine_batch(batch_id)),
+        "seconds": round(time.time() - started, 2),
+        "spark_version": spark.version,
+        "spec_version": spec.version,
+    }
+
+
+def run(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, dict[str, Any]]:
+    """Clean batches of one line in one Spark application; fail if any batch fails."""
+    from pipelines.cleaning.rules import BatchSchemaError
+
+    spec = load_spec(line)
+    paths = line_paths(line, home)
+    spark = spark_session(f"factory-clean-{line}")
+    reports: dict[str, dict[str, Any]] = {}
+    failures: dict[str, str] = {}
+    for batch_id in batch_ids:
+        if state.read(paths, batch_id) is None:
+            failures[batch_id] = f"batch {batch_id!r} of {line} was never landed (no ledger record)"
+            continue
+        state.update(paths, batch_id, "cleaning started")
+        try:
+            report = clean_one(spark, spec, paths, batch_id)
+        except (CleaningError, BatchSchemaError) as err:
+            failures[batch_id] = str(err)
+            state.update(paths, batch_id, "cleaning failed", status=state.FAILED, failed_stage="cleaning", error=str(err))
+            continue
+        except Exception as err:  # an engine error: record it, and let the task retry
+            failures[batch_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            state.update(paths, batch_id, "cleaning error", error=failures[batch_id])
+            continue
+        reports[batch_id] = report
+        state.update(paths, batch_id, "cleaned", status=state.CLEANED, cleaning=report, error=None, failed_stage=None)
+    if failures:
+        lines = "\n".join(f"  batch {b}: {msg}" for b, msg in failures.items())
+        raise CleaningError(f"{len(failures)} of {len(batch_ids)} batch(es) of {line} could not be cleaned:\n{lines}")
+    return reports
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--line", required=True, help="product line name")
+    parser.add_argument("--batch", action="append", required=True, help="batch id (repeatable)")
+    parser.add_argument("--home", type=Path, default=None, help="factory home (default: $FACTORY_HOME)")
+    args = parser.parse_args(argv)
+    try:
+        reports = run(args.line, args.batch, args.home)
+    except CleaningError as err:
+        print(f"CLEANING FAILED: {err}", file=sys.stderr)  # noqa: T201 - the task log shows it
+        return 1
+    print(json.dumps(reports, indent=2))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

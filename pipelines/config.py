@@ -1,0 +1,122 @@
+"""Where things live, resolved from the environment.
+
+Everything is configuration, not code: the embedded default keeps all state
+under ``FACTORY_HOME`` (``<repo>/.factory``) on this machine; a cluster points
+the same variables at shared storage and real engines.
+
+| variable              | embedded default                 |
+|-----------------------|----------------------------------|
+| ``FACTORY_HOME``      | ``<repo>/.factory``              |
+| ``FACTORY_INCLUDE``   | ``<repo>/include``               |
+| ``FACTORY_ML_PYTHON`` | ``<repo>/.venv/ml/bin/python``   |
+| ``FACTORY_SPARK_MASTER`` | ``local[*]`` (written into the ``spark_default`` connection) |
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def include_dir() -> Path:
+    return Path(os.environ.get("FACTORY_INCLUDE", REPO_ROOT / "include"))
+
+
+def factory_home() -> Path:
+    return Path(os.environ.get("FACTORY_HOME", REPO_ROOT / ".factory")).resolve()
+
+
+@dataclass(frozen=True)
+class LinePaths:
+    """The storage layout of one product line under a factory home."""
+
+    home: Path
+    line: str
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing" / self.line
+
+    @property
+    def clean(self) -> Path:
+        return self.home / "clean" / self.line
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine" / self.line
+
+    @property
+    def state(self) -> Path:
+        return self.home / "state" / self.line
+
+    def clean_batch(self, batch_id: str) -> Path:
+        return self.clean / f"batch={batch_id}"
+
+    def quarantine_batch(self, batch_id: str) -> Path:
+        return self.quarantine / f"batch={batch_id}"
+
+
+def line_paths(line: str, home: Path | None = None) -> LinePaths:
+    return LinePaths(home or factory_home(), line)
+
+
+def gx_root(home: Path | None = None) -> Path:
+    """The Great Expectations project (stores and Data Docs)."""
+    return (home or factory_home()) / "gx"
+
+
+def airflow_home(home: Path | None = None) -> Path:
+    return (home or factory_home()) / "airflow"
+
+
+def ml_python() -> Path:
+    return Path(os.environ.get("FACTORY_ML_PYTHON", REPO_ROOT / ".venv" / "ml" / "bin" / "python"))
+
+
+def spark_master() -> str:
+    return os.environ.get("FACTORY_SPARK_MASTER", "local[*]")
+
+
+def airflow_environment(home: Path | None = None) -> dict[str, str]:
+    """Environment for Airflow on the embedded default (SQLite, LocalExecutor).
+
+    Values already set in the process environment win, so a deployment overrides
+    any of them (a PostgreSQL ``SQL_ALCHEMY_CONN``, a ``spark://`` master).
+    """
+    home = home or factory_home()
+    ahome = airflow_home(home)
+    bin_dir = str(Path(sys.executable).parent)
+    defaults = {
+        "FACTORY_HOME": str(home),
+        "AIRFLOW_HOME": str(ahome),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        # 2 cores here: the default of 32 forks 32 idle workers.
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{ahome}/airflow.db",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+        "AIRFLOW_CONN_SPARK_DEFAULT": f'{{"conn_type": "spark", "host": "{spark_master()}"}}',
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        # spark-submit runs the job with the interpreter of this environment
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+    }
+    env = {k: os.environ.get(k, v) for k, v in defaults.items()}
+    path = os.environ.get("PATH", "")
+    if bin_dir not in path.split(os.pathsep):
+        path = bin_dir + os.pathsep + path
+    env["PATH"] = path
+    return env
+
+
+def apply_airflow_environment(home: Path | None = None) -> dict[str, str]:
+    """Set :func:`airflow_environment` in this process (before Airflow is imported)."""
+    env = airflow_environment(home)
+    os.environ.update(env)
+    return env

