@@ -231,10 +231,22 @@ class LineSpec(_Strict):
         return self.schema_
 
 
-def _format_error(path: Path, err: ValidationError) -> str:
+def _where(data: Any, loc: tuple) -> str:
+    """``schema.fields.1 (funded_amnt).min``: the path, with list items named."""
+    parts, node = [], data
+    for p in loc:
+        node = node[p] if isinstance(node, dict) and p in node else (
+            node[p] if isinstance(node, list) and isinstance(p, int) and p < len(node) else None
+        )
+        name = node.get("name") if isinstance(p, int) and isinstance(node, dict) else None
+        parts.append(f"{p} ({name})" if name else str(p))
+    return ".".join(parts) or "(top level)"
+
+
+def _format_error(path: Path, data: Any, err: ValidationError) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = _where(data, e["loc"])
         msg = re.sub(r"^Value error, ", "", e["msg"])
         lines.append(f"{path.name}: {loc}: {msg}")
     return "invalid product-line spec\n  " + "\n  ".join(lines)
@@ -247,7 +259,7 @@ def parse_spec(data: Any, path: Path) -> LineSpec:
     try:
         spec = LineSpec.model_validate(data)
     except ValidationError as err:
-        raise SpecError(_format_error(path, err)) from None
+        raise SpecError(_format_error(path, data, err)) from None
     if spec.name != path.stem:
         raise SpecError(f"{path.name}: name: {spec.name!r} must match the file name {path.stem!r}")
     return spec

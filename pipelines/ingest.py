@@ -1,0 +1,90 @@
+"""The ingest stage's task logic: which batches to process, the Spark job's
+arguments, and the validation gate. ``dags/ingest.py`` only wires these.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pipelines import landing, state
+from pipelines.config import REPO_ROOT, factory_home, gx_root, include_dir, line_paths
+from pipelines.specs import load_spec
+
+CLEANING_JOB = REPO_ROOT / "pipelines" / "cleaning" / "job.py"
+
+
+class BatchNotReady(ValueError):
+    """A batch asked for by id that is not there, or not in a state to process."""
+
+
+class ValidationFailed(RuntimeError):
+    """The batch broke its expectation suite; the message lists what failed."""
+
+
+def plan_batches(line: str, batch_id: str | None = None, home: Path | None = None) -> list[str]:
+    """The batches this run processes: the one asked for, or every pending one."""
+    spec = load_spec(line)
+    paths = line_paths(line, home)
+    if batch_id:
+        landing.check_batch_id(batch_id)
+        if state.read(paths, batch_id) is None:
+            known = [r["batch_id"] for r in state.all_records(paths)]
+            raise BatchNotReady(f"no batch {batch_id!r} has landed for {line}; landed batches: {known or 'none'}")
+        return [batch_id]
+    return landing.pending(spec, home)
+
+
+def cleaning_args(line: str, batch_id: str, home: Path | None = None) -> list[str]:
+    """``application_args`` for the Spark job, resolved on the worker at run time."""
+    return ["--line", line, "--batch", batch_id, "--home", str(home or factory_home())]
+
+
+def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[str, Any]:
+    """Run the line's checkpoint on a cleaned batch and record the verdict.
+
+    A failing batch stays where it is, marked ``failed`` with the failed
+    expectations, and :class:`ValidationFailed` is raised; only a passing batch
+    is marked ``validated``, which is what training reads.
+    """
+    import pandas as pd
+
+    from pipelines.validation import run_checkpoint
+
+    spec = load_spec(line)
+    paths = line_paths(line, home)
+    record = state.read(paths, batch_id)
+    if record is None or "cleaning" not in record:
+        raise BatchNotReady(f"batch {batch_id!r} of {line} has not been cleaned")
+    frame = pd.read_parquet(record["cleaning"]["clean_path"])
+    outcome = run_checkpoint(
+        frame, include_dir() / spec.expectations, line=line, batch_id=batch_id, gx_dir=gx_root(home)
+    )
+    if not outcome.success:
+        state.update(
+            paths,
+            batch_id,
+            "validation failed",
+            status=state.FAILED,
+            failed_stage="validation",
+            validation=outcome.to_dict(),
+            error=f"{len(outcome.failed)} expectation(s) failed",
+        )
+        raise ValidationFailed(f"batch {batch_id!r} of {line} failed validation\n{outcome.describe()}")
+    state.update(
+        paths,
+        batch_id,
+        "validated",
+        status=state.VALIDATED,
+        validation=outcome.to_dict(),
+        validated_at=state.now(),
+        error=None,
+        failed_stage=None,
+    )
+    return {
+        "line": line,
+        "batch_id": batch_id,
+        "rows": record["cleaning"]["rows_clean"],
+        "path": record["cleaning"]["clean_path"],
+        "data_docs": outcome.data_docs,
+    }

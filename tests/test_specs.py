@@ -1,0 +1,104 @@
+"""Product-line specs: the real ones load; broken ones fail naming the field."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import include_dir
+from pipelines.specs import SpecError, load_specs, parse_spec
+
+REAL = {p.stem: yaml.safe_load(p.read_text()) for p in (include_dir() / "lines").glob("*.yaml")}
+
+
+def test_real_lines_load():
+    specs = {s.name: s for s in load_specs()}
+    assert set(specs) == {"credit_risk", "employment"}
+    credit = specs["credit_risk"]
+    assert credit.schema.key == ["loan_id"]
+    assert credit.schema.label.positive == "bad"
+    assert "loan_id" not in [f.name for f in credit.schema.features]
+    employment = specs["employment"]
+    assert "year" not in [f.name for f in employment.schema.features]
+    assert employment.source.batching.by == "year"
+    for spec in specs.values():
+        assert (include_dir() / spec.expectations).exists(), spec.expectations
+
+
+def _broken(mutate) -> str:
+    data = copy.deepcopy(REAL["credit_risk"])
+    mutate(data)
+    with pytest.raises(SpecError) as err:
+        parse_spec(data, Path("credit_risk.yaml"))
+    return str(err.value)
+
+
+def _field(data, name):
+    return next(f for f in data["schema"]["fields"] if f["name"] == name)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "expected"),
+    [
+        (lambda d: _field(d, "funded_amnt").update(min=50000), "schema.fields.1 (funded_amnt): min must be <= max"),
+        (lambda d: _field(d, "term").update(type="double"), "categories only apply"),
+        (lambda d: _field(d, "term")["aliases"].update({"x": "term_99"}), "not one of the categories"),
+        (lambda d: _field(d, "int_rate").update(typ="double"), "schema.fields.3 (int_rate).typ: Extra inputs are not permitted"),
+        (lambda d: _field(d, "int_rate").update(type="decimal"), "schema.fields.3 (int_rate).type"),
+        (lambda d: d["schema"].update(key=["nope"]), "key names columns that are not fields"),
+        (lambda d: d["schema"]["label"].update(positive="maybe"), "label.positive"),
+        (lambda d: d.update(name="Credit Risk"), "name: String should match pattern"),
+        (lambda d: d.pop("owner"), "owner: Field required"),
+        (lambda d: d["source"].update(batching={"by": "nope"}), "source.batching.by"),
+        (lambda d: d["source"].update(batching={"by": "term", "slices": 3}), "exactly one of"),
+        (lambda d: d.update(expectations="../../etc/passwd"), "expectations: Value error, must be a path inside"),
+        (lambda d: _field(d, "emp_length").update(unknown_value="emp_99"), "unknown_value"),
+        (lambda d: _field(d, "loan_id").update(missing="keep"), "key column 'loan_id' must use missing: quarantine"),
+    ],
+)
+def test_invalid_spec_names_the_field(mutate, expected):
+    message = _broken(mutate)
+    assert expected.replace("Value error, ", "") in message
+    assert message.startswith("invalid product-line spec") or "credit_risk.yaml" in message
+
+
+def test_name_must_match_file():
+    data = copy.deepcopy(REAL["credit_risk"])
+    with pytest.raises(SpecError, match="must match the file name"):
+        parse_spec(data, Path("other.yaml"))
+
+
+def test_not_a_mapping():
+    with pytest.raises(SpecError, match="a spec is a mapping"):
+        parse_spec(["x"], Path("credit_risk.yaml"))
+
+
+def test_image_line_fits_the_same_mechanism():
+    """An image line declares image fields; the spec mechanism is not tabular-only."""
+    data = {
+        "name": "fashion",
+        "version": 1,
+        "description": "Fashion-MNIST",
+        "owner": "vision",
+        "modality": "image",
+        "task": "multiclass_classification",
+        "source": {"kind": "files", "options": {"path": "x.parquet"}, "batching": {"slices": 6}, "format": "parquet"},
+        "schema": {
+            "key": ["image_id"],
+            "label": {"name": "label"},
+            "fields": [
+                {"name": "image_id", "type": "integer"},
+                {"name": "image", "type": "image", "shape": [28, 28]},
+                {"name": "label", "type": "integer", "categories": list(range(10))},
+            ],
+        },
+        "expectations": "expectations/fashion.json",
+    }
+    spec = parse_spec(data, Path("fashion.yaml"))
+    assert [f.name for f in spec.schema.features] == ["image"]
+    data["modality"] = "tabular"
+    with pytest.raises(SpecError, match="image fields need modality: image"):
+        parse_spec(data, Path("fashion.yaml"))
