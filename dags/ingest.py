@@ -11,8 +11,11 @@ not yet cleaned), a mapped task group runs:
    cannot clean go to quarantine with a reason; counts reconcile.
 2. **validate**: the line's expectation suite through a GX checkpoint. A batch that
    fails is marked `failed` and fails its task, listing the failed expectations and
-   the Data Docs page; a batch that passes is announced on the line's
-   `validated_data` Asset, which schedules training.
+   the Data Docs page; a batch that passes is marked `validated`.
+3. **announce**: once every batch of the run is through, the batches that passed are
+   announced in one event on the line's `validated_data` Asset, which schedules
+   training (one training run per ingest run, not one per batch).
+4. **verdict**: fails the run when any of its batches failed, so the run shows it.
 
 Trigger with a conf such as `{"batch_id": "2016"}` to (re)process one batch.
 """
@@ -60,7 +63,7 @@ def build(spec: LineSpec) -> DAG:
 
         @task
         def plan(params: dict | None = None) -> list[str]:
-            from airflow.exceptions import AirflowSkipException
+            from airflow.sdk.exceptions import AirflowSkipException
 
             from pipelines.ingest import plan_batches
 
@@ -76,18 +79,29 @@ def build(spec: LineSpec) -> DAG:
             return cleaning_args(line, batch_id)
 
         # Validation failing is a verdict on the data: retrying cannot change it.
-        @task(outlets=[asset], retries=0)
-        def validate(batch_id: str, outlet_events=None) -> dict:
-            from airflow.exceptions import AirflowFailException
+        @task(retries=0)
+        def validate(batch_id: str) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines.ingest import ValidationFailed, validate_batch
 
             try:
-                result = validate_batch(line, batch_id)
+                return validate_batch(line, batch_id)
             except ValidationFailed as err:
                 raise AirflowFailException(str(err)) from None
-            outlet_events[asset].extra = result
-            return result
+
+        # Runs when every batch is through, failed or not: the ones that passed are news.
+        @task(outlets=[asset], trigger_rule="all_done_min_one_success")
+        def announce(batches: list[str], outlet_events=None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.ingest import announcement
+
+            news = announcement(line, batches)
+            if not news["batches"]:
+                raise AirflowSkipException(f"no batch of {line} passed validation in this run")
+            outlet_events[asset].extra = news
+            return news
 
         @task_group(group_id="batch")
         def process(batch_id: str) -> None:
@@ -104,7 +118,22 @@ def build(spec: LineSpec) -> DAG:
             )
             args >> clean >> validate(batch_id)
 
-        process.expand(batch_id=plan())
+        # Fails when a batch of the run failed, so the run itself shows it.
+        @task(trigger_rule="all_done_min_one_success", retries=0)
+        def verdict(batches: list[str]) -> dict:
+            from airflow.sdk.exceptions import AirflowFailException
+
+            from pipelines.ingest import announcement
+
+            news = announcement(line, batches)
+            if news["failed"]:
+                raise AirflowFailException(f"{len(news['failed'])} batch(es) of {line} failed: {news['failed']}")
+            return news
+
+        planned = plan()
+        batches = process.expand(batch_id=planned)
+        batches >> announce(planned)
+        batches >> verdict(planned)
     return dag
 
 

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 
 def validated_data(line: str):
-    """Announced once per batch that passed validation; training is scheduled on it."""
+    """Announced once per ingest run whose batches passed validation; training and the
+    drift monitor are scheduled on it."""
     from airflow.sdk import Asset
 
     return Asset(name=f"{line}.validated_data", uri=f"factory://{line}/validated", group="factory")
+
+
+def drift_asset(line: str):
+    """Announced when a drift episode calls for a retrain; the event's extra says what
+    drifted and by how much. Training is scheduled on it."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{line}.drift", uri=f"factory://{line}/drift", group="factory")

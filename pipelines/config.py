@@ -10,6 +10,10 @@ the same variables at shared storage and real engines.
 | ``FACTORY_INCLUDE``   | ``<repo>/include``               |
 | ``FACTORY_ML_PYTHON`` | ``<repo>/.venv/ml/bin/python``   |
 | ``FACTORY_SPARK_MASTER`` | ``local[*]`` (written into the ``spark_default`` connection) |
+| ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` |
+| ``FACTORY_MLFLOW_ARTIFACTS`` | ``<home>/mlflow/artifacts``   |
+| ``FACTORY_HOROVOD_HOSTS`` | ``localhost:<workers>`` (e.g. ``gpu1:4,gpu2:4``) |
+| ``FACTORY_HOROVOD_CONTROLLER`` | ``gloo`` (or ``mpi``)      |
 """
 
 from __future__ import annotations
@@ -75,6 +79,52 @@ def airflow_home(home: Path | None = None) -> Path:
 
 def ml_python() -> Path:
     return Path(os.environ.get("FACTORY_ML_PYTHON", REPO_ROOT / ".venv" / "ml" / "bin" / "python"))
+
+
+def training_root(line: str, home: Path | None = None) -> Path:
+    """Where a line's training runs live: one folder per run (data, checkpoints, model)."""
+    return (home or factory_home()) / "training" / line
+
+
+def mlflow_tracking_uri(home: Path | None = None) -> str:
+    """MLflow tracking: a server URI from ``MLFLOW_TRACKING_URI`` at scale, else a local
+    SQLite store under the factory home."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{(home or factory_home()) / 'mlflow' / 'mlflow.db'}"
+
+
+def mlflow_artifact_root(home: Path | None = None) -> str:
+    """Artifact location for new experiments (``FACTORY_MLFLOW_ARTIFACTS``: an s3:// or
+    other store at scale); a server that proxies artifacts ignores it."""
+    root = os.environ.get("FACTORY_MLFLOW_ARTIFACTS")
+    return root or ((home or factory_home()) / "mlflow" / "artifacts").as_uri()
+
+
+def horovod_hosts(workers: int) -> str:
+    """``horovodrun -H``: ``FACTORY_HOROVOD_HOSTS`` (e.g. ``gpu1:4,gpu2:4``) at scale,
+    else ``workers`` processes on this machine."""
+    return os.environ.get("FACTORY_HOROVOD_HOSTS") or f"localhost:{workers}"
+
+
+def horovod_controller() -> str:
+    """``gloo`` (default; no MPI needed) or ``mpi`` (``FACTORY_HOROVOD_CONTROLLER``)."""
+    value = os.environ.get("FACTORY_HOROVOD_CONTROLLER", "gloo")
+    if value not in ("gloo", "mpi"):
+        raise ValueError(f"FACTORY_HOROVOD_CONTROLLER must be gloo or mpi, got {value!r}")
+    return value
+
+
+def ml_subprocess_environment() -> dict[str, str]:
+    """The environment of a subprocess in the ML environment (workers, the evaluation
+    gate, scoring): no Airflow or Spark settings, the ML venv first on PATH, this
+    clone's code importable, quiet TF logs."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYSPARK", "SPARK"))}
+    env["PATH"] = f"{ml_python().parent}{os.pathsep}{env.get('PATH', '')}"
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    return env
 
 
 def spark_master() -> str:

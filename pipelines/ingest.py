@@ -88,3 +88,19 @@ def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[s
         "path": record["cleaning"]["clean_path"],
         "data_docs": outcome.data_docs,
     }
+
+
+def announcement(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, Any]:
+    """What the validated-data event says: which of this run's batches passed, with rows."""
+    paths = line_paths(line, home)
+    passed = []
+    for batch_id in batch_ids:
+        record = state.read(paths, batch_id) or {}
+        if record.get("status") == state.VALIDATED:
+            passed.append({"batch_id": batch_id, "rows": record["cleaning"]["rows_clean"]})
+    return {
+        "line": line,
+        "batches": [p["batch_id"] for p in passed],
+        "rows": sum(p["rows"] for p in passed),
+        "failed": [b for b in batch_ids if b not in {p["batch_id"] for p in passed}],
+    }

@@ -22,6 +22,8 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipelines.drift.settings import DriftSpec
+
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 FieldType = Literal["integer", "double", "string", "boolean", "image"]
 
@@ -182,6 +184,51 @@ class IngestSpec(_Strict):
     min_rows: Annotated[int, Field(ge=0)] = 1
 
 
+class ModelSpec(_Strict):
+    """The model a line trains. ``tabular_dnn``: preprocessing inside the model
+    (normalised numerics, embedded or one-hot categoricals) and a feed-forward net."""
+
+    kind: Literal["tabular_dnn"] = "tabular_dnn"
+    hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [64, 32])
+    dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
+    # Categoricals with more categories than this are embedded; smaller ones one-hot.
+    one_hot_max: Annotated[int, Field(ge=0)] = 12
+    embedding_dim: Annotated[int, Field(ge=1, le=512)] = 8
+    # Numeric features log1p-transformed before normalisation (long-tailed amounts).
+    log_features: list[str] = Field(default_factory=list)
+    # Positive-class weighting for imbalanced labels: "balanced" or none.
+    class_weight: Literal["balanced", "none"] = "balanced"
+
+
+class WindowSpec(_Strict):
+    """Which validated batches a training run reads: the latest ``batches`` (0: all)."""
+
+    batches: Annotated[int, Field(ge=0)] = 0
+
+
+class SplitSpec(_Strict):
+    """Stable split by a hash of the key: the same row always lands in the same split."""
+
+    eval_percent: Annotated[int, Field(ge=1, le=50)] = 20
+    validation_percent: Annotated[int, Field(ge=1, le=50)] = 10
+
+
+class TrainingSpec(_Strict):
+    # Periodic retrain (cron); training also runs on every validated-data event.
+    schedule: str | None = None
+    workers: Annotated[int, Field(ge=1, le=64)] = 2
+    epochs: Annotated[int, Field(ge=1, le=1000)] = 20
+    batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
+    # Learning rate of one worker; scaled by the number of workers.
+    learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    early_stopping_patience: Annotated[int, Field(ge=1)] = 3
+    # Seconds a training run may take before its workers are stopped.
+    timeout_s: Annotated[int, Field(ge=10)] = 3600
+    window: WindowSpec = Field(default_factory=WindowSpec)
+    split: SplitSpec = Field(default_factory=SplitSpec)
+    model: ModelSpec = Field(default_factory=ModelSpec)
+
+
 class LineSpec(_Strict):
     """One product line, as declared in ``include/lines/<name>.yaml``."""
 
@@ -198,9 +245,9 @@ class LineSpec(_Strict):
     expectations: str  # path of the expectation suite, relative to include/
     ingest: IngestSpec = Field(default_factory=IngestSpec)
     # Settings of the later stages; each stage validates its own section.
-    training: dict[str, Any] = Field(default_factory=dict)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: dict[str, Any] = Field(default_factory=dict)
-    drift: dict[str, Any] = Field(default_factory=dict)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -224,6 +271,13 @@ class LineSpec(_Strict):
             raise ValueError(f"source.batching.by: {by!r} is not a field")
         if self.modality == "tabular" and any(f.type == "image" for f in self.schema_.fields):
             raise ValueError("schema.fields: image fields need modality: image")
+        numeric = {f.name for f in self.schema_.features if f.type in ("integer", "double")}
+        for name in self.training.model.log_features:
+            if name not in numeric:
+                raise ValueError(f"training.model.log_features: {name!r} is not a numeric feature")
+        unknown = sorted(set(self.drift.features) - {f.name for f in self.schema_.features})
+        if unknown:
+            raise ValueError(f"drift.features: {unknown} are not model features")
         return self
 
     @property

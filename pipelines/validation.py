@@ -17,9 +17,11 @@ module stays cheap (DAG parsing imports it).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -127,10 +129,13 @@ def run_checkpoint(
 def _run(
     df: pd.DataFrame, suite_dict: dict, suite_file: Path, *, line: str, batch_id: str, gx_dir: Path
 ) -> ValidationOutcome:
-    import great_expectations as gx
-    from great_expectations.checkpoint import UpdateDataDocsAction
-    from great_expectations.core.run_identifier import RunIdentifier
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    with warnings.catch_warnings():
+        # GX probes pyspark on import, which warns about pandas 3 (irrelevant here).
+        warnings.filterwarnings("ignore", message="PySpark does not yet fully support", category=FutureWarning)
+        import great_expectations as gx
+        from great_expectations.checkpoint import UpdateDataDocsAction
+        from great_expectations.core.run_identifier import RunIdentifier
+        from great_expectations.data_context.types.base import ProgressBarsConfig
 
     context = gx.get_context(mode="file", project_root_dir=str(gx_dir))
     progress = context.variables.progress_bars
@@ -172,7 +177,10 @@ def _run(
             result_format={"result_format": RESULT_FORMAT},
         )
     )
-    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=RunIdentifier(run_name=batch_id))
+    # run_time is explicit: without it GX parses run_name as a date ("2018" -> 2018-11-22),
+    # and re-runs of one batch would overwrite each other's stored result.
+    run_id = RunIdentifier(run_name=batch_id, run_time=dt.datetime.now(dt.UTC))
+    result = checkpoint.run(batch_parameters={"dataframe": df}, run_id=run_id)
 
     (key, validation), *_ = result.run_results.items()
     return ValidationOutcome(
@@ -181,7 +189,7 @@ def _run(
         successful=int(validation.statistics["successful_expectations"]),
         failed=[_failed(r) for r in validation.results if not r.success],
         data_docs=_docs_path(context, key, gx_dir),
-        result_id=key.to_fixed_length_tuple_string() if hasattr(key, "to_fixed_length_tuple_string") else str(key),
+        result_id="/".join(str(part) for part in key.to_tuple()),
     )
 
 
@@ -294,7 +302,6 @@ def _url_path(url: str | None) -> str | None:
 def _quiet_gx() -> None:
     """No usage statistics and no progress bars from GX in task logs."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-    os.environ.setdefault("TQDM_DISABLE", "1")
 
 
 @contextlib.contextmanager

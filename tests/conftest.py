@@ -6,6 +6,7 @@ every subprocess it starts) runs against the embedded default in a temp folder.
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,9 @@ import pytest
 _HOME = Path(tempfile.mkdtemp(prefix="factory-test-"))
 os.environ["FACTORY_HOME"] = str(_HOME)
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+# py4j logs "Closing down clientserver connection" from __del__ after pytest has
+# closed its capture streams, which prints a logging traceback at exit.
+logging.getLogger("py4j").setLevel(logging.WARNING)
 
 from pipelines.config import apply_airflow_environment  # noqa: E402
 

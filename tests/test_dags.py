@@ -1,0 +1,147 @@
+"""Every DAG file parses cleanly, cheaply and without touching connections or
+Variables; policies hold over all DAGs; Params reject bad values."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from pipelines.config import REPO_ROOT
+
+PARSE = textwrap.dedent(
+    """
+    import json, sys
+    def refuse(*a, **k):
+        raise RuntimeError("connection or Variable lookup at parse time")
+    from airflow.sdk import BaseHook, Variable
+    BaseHook.get_connection = classmethod(refuse)
+    Variable.get = staticmethod(refuse)
+    from airflow.models.variable import Variable as ModelVariable
+    ModelVariable.get = staticmethod(refuse)
+    from airflow.dag_processing.dagbag import DagBag
+    bag = DagBag(dag_folder=sys.argv[1])
+    heavy = sorted({m.split(".")[0] for m in sys.modules} & {"pyspark", "tensorflow", "great_expectations", "tfx", "horovod", "mlflow", "pandas"})
+    print(json.dumps({"errors": {k: str(v) for k, v in bag.import_errors.items()}, "dags": sorted(bag.dag_ids), "heavy": heavy}))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def parsed() -> dict:
+    out = subprocess.run(
+        [sys.executable, "-c", PARSE, str(REPO_ROOT / "dags")], capture_output=True, text=True, check=True
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_dag_files_parse_without_errors(parsed):
+    assert parsed["errors"] == {}
+    assert {"ingest_credit_risk", "ingest_employment"} <= set(parsed["dags"])
+
+
+def test_no_heavy_imports_at_parse_time(parsed):
+    assert parsed["heavy"] == []
+
+
+@pytest.fixture(scope="module")
+def dagbag():
+    from airflow.dag_processing.dagbag import DagBag
+
+    return DagBag(dag_folder=str(REPO_ROOT / "dags"))
+
+
+# Tasks whose failure is a verdict on the data or the params: a retry cannot change it.
+VERDICT_TASKS = {"batch.validate", "prepare", "verdict"}
+
+
+def test_policies(dagbag):
+    from pipelines.specs import load_specs
+
+    owners = {s.name: s.owner for s in load_specs()}
+    for dag_id, dag in dagbag.dags.items():
+        assert "factory" in dag.tags, dag_id
+        assert dag.doc_md and len(dag.doc_md) > 100, dag_id
+        assert dag.catchup is False, dag_id
+        assert dag.max_active_runs == 1, dag_id
+        line = dag_id.split("_", 1)[1]
+        assert line in dag.tags
+        for t in dag.tasks:
+            assert t.owner == owners[line], (dag_id, t.task_id)
+            if t.task_id in VERDICT_TASKS:
+                assert t.retries == 0, (dag_id, t.task_id)
+            else:
+                assert t.retries >= 1, (dag_id, t.task_id)
+
+
+def test_ingest_wiring(dagbag):
+    dag = dagbag.dags["ingest_employment"]
+    assert {t.task_id for t in dag.tasks} == {"plan", "batch.spark_args", "batch.clean", "batch.validate", "announce", "verdict"}
+    clean = dag.get_task("batch.clean")
+    assert type(clean).__name__ == "SparkSubmitOperator"
+    validate = dag.get_task("batch.validate")
+    assert validate.retries == 0  # a data verdict is not retried
+    announce = dag.get_task("announce")
+    assert [o.name for o in announce.outlets] == ["employment.validated_data"]
+    assert announce.trigger_rule == "all_done_min_one_success" and "batch.validate" in announce.upstream_task_ids
+
+
+@pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"]])
+def test_batch_id_param_rejects_bad_values(dagbag, bad):
+    from airflow.exceptions import ParamValidationError
+
+    param = dagbag.dags["ingest_credit_risk"].params.get_param("batch_id")
+    with pytest.raises(ParamValidationError):
+        param.resolve(bad)
+    assert param.resolve("slice-1") == "slice-1"
+    assert param.resolve(None) is None
+
+
+def test_train_wiring(dagbag):
+    from pipelines.specs import load_spec
+
+    for line in ("credit_risk", "employment"):
+        dag = dagbag.dags[f"train_{line}"]
+        assert {t.task_id for t in dag.tasks} == {"prepare", "train", "evaluate"}
+        assert dag.get_task("train").upstream_task_ids == {"prepare"}
+        assert dag.get_task("evaluate").upstream_task_ids == {"prepare", "train"}
+        # scheduled on the line's validated data and on the spec's cron retrain
+        timetable = dag.timetable
+        assert type(timetable).__name__ == "AssetOrTimeSchedule", line
+        assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
+        assert f"{line}.drift" in str(dag.timetable.asset_condition)
+        assert timetable.timetable.expression == load_spec(line).training.schedule
+        assert dag.get_task("train").execution_timeout is not None
+
+
+@pytest.mark.parametrize(
+    "name,bad",
+    [("workers", 0), ("workers", "2"), ("epochs", 0), ("batch_size", -1), ("learning_rate", -0.1),
+     ("learning_rate", 0), ("window_batches", -1), ("batches", "2016"), ("batches", [1])],
+)
+def test_train_params_reject_bad_values(dagbag, name, bad):
+    from airflow.exceptions import ParamValidationError
+
+    param = dagbag.dags["train_employment"].params.get_param(name)
+    with pytest.raises(ParamValidationError):
+        param.resolve(bad)
+
+
+def test_train_params_accept_good_values(dagbag):
+    params = dagbag.dags["train_employment"].params
+    assert params.get_param("workers").resolve(4) == 4
+    assert params.get_param("learning_rate").resolve(0.01) == 0.01
+    assert params.get_param("batches").resolve(["2015", "2016"]) == ["2015", "2016"]
+
+
+def test_monitor_wiring(dagbag):
+    for line in ("credit_risk", "employment"):
+        dag = dagbag.dags[f"monitor_{line}"]
+        assert {t.task_id for t in dag.tasks} == {"wait", "score", "retrain"}
+        wait = dag.get_task("wait")
+        assert type(wait).__name__ == "NewBatchesSensor" and wait.soft_fail
+        assert [o.name for o in dag.get_task("retrain").outlets] == [f"{line}.drift"]
+        assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
