@@ -1,0 +1,1 @@
+"""Distributed training of a product line's model (Horovod workers, exported SavedModel)."""

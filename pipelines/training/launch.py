@@ -1,0 +1,171 @@
+"""Launching the Horovod workers from an Airflow task.
+
+The task runs in the orchestration environment; the workers run in the ML
+environment, started by ``horovodrun`` as a subprocess. On the embedded default
+that is ``-np W -H localhost:W --gloo``; at scale the same entry point gets a host
+list (``FACTORY_HOROVOD_HOSTS=gpu1:4,gpu2:4``) or the MPI controller, by
+configuration. A worker that fails or is killed fails the task with that worker's
+error; a run that exceeds its time limit is stopped, workers and all.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from pipelines.config import horovod_controller, horovod_hosts, ml_python, ml_subprocess_environment
+
+WORKER_MODULE = "pipelines.training.worker"
+# Seconds horovodrun waits for all workers to check in.
+START_TIMEOUT_S = 120
+_RANK_LINE = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$")
+
+
+class TrainingFailed(RuntimeError):
+    """The workers failed, were killed, or ran out of time; the message carries their error."""
+
+
+def horovod_command(run_dir: Path, workers: int) -> list[str]:
+    python = ml_python()
+    horovodrun = python.parent / "horovodrun"
+    if not horovodrun.exists():
+        raise TrainingFailed(f"horovodrun not found next to {python}: run scripts/setup.sh ml")
+    cmd = [
+        str(horovodrun),
+        "-np", str(workers),
+        "-H", horovod_hosts(workers),
+        f"--{horovod_controller()}",
+        "--start-timeout", str(START_TIMEOUT_S),
+    ]
+    return [*cmd, str(python), "-m", WORKER_MODULE, "--run-dir", str(run_dir)]
+
+
+def worker_environment(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The workers' environment: the ML venv first on PATH, legacy Keras (Horovod's
+    TensorFlow ops need tf_keras with TF 2.16), quiet TF logs."""
+    env = ml_subprocess_environment()
+    env["TF_USE_LEGACY_KERAS"] = "1"
+    # A dead peer must surface as an error in the survivors, not a wait forever.
+    env.setdefault("HOROVOD_GLOO_TIMEOUT_SECONDS", "60")
+    env.update(extra or {})
+    return env
+
+
+def _worker_error(lines: list[str]) -> str:
+    """The most telling lines of a failed run: each rank's last error, else the tail."""
+    errors: dict[str, str] = {}
+    for line in lines:
+        m = _RANK_LINE.match(line)
+        text = (m.group(3) if m else line).strip()
+        rank = m.group(1) if m else "launcher"
+        if re.search(r"(Error|Exception|error:|Killed|Traceback|exit code|exited with)", text) and not text.startswith(
+            "Traceback"
+        ):
+            errors[rank] = text
+    if errors:
+        return "\n".join(f"  rank {r}: {t}" if r != "launcher" else f"  {t}" for r, t in sorted(errors.items()))
+    return "\n".join("  " + line for line in lines[-15:])
+
+
+def run_workers(
+    run_dir: Path,
+    workers: int,
+    *,
+    timeout_s: int,
+    log_path: Path,
+    env_extra: dict[str, str] | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> list[str]:
+    """Run ``horovodrun`` for this run folder; return its output lines.
+
+    Output goes to ``log_path`` (and ``echo``, e.g. the task log) as it comes. On a
+    non-zero exit, a kill, or the time limit, the whole process group is stopped and
+    :class:`TrainingFailed` raised with the workers' error.
+    """
+    cmd = horovod_command(run_dir, workers)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    lines: list[str] = []
+    started = time.monotonic()
+    with open(log_path, "a") as log:
+        log.write("$ " + " ".join(cmd) + "\n")
+        proc = subprocess.Popen(
+            cmd,
+            env=worker_environment(env_extra),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+            start_new_session=True,  # its own process group: a timeout stops every worker
+        )
+        # A reader thread drains the pipe (blocking reads); this loop owns the clock.
+        pending: queue.Queue[str | None] = queue.Queue()
+        reader = threading.Thread(target=_drain, args=(proc.stdout, pending), daemon=True)
+        reader.start()
+        try:
+            deadline = started + timeout_s
+            finished = False
+            while not finished:
+                try:
+                    line = pending.get(timeout=0.5)
+                except queue.Empty:
+                    if time.monotonic() > deadline:
+                        _stop(proc)
+                        raise TrainingFailed(
+                            f"training did not finish within {timeout_s}s; workers stopped (log: {log_path})"
+                        ) from None
+                    continue
+                if line is None:  # end of output: horovodrun has exited or is exiting
+                    finished = True
+                    continue
+                lines.append(line)
+                log.write(line + "\n")
+                log.flush()
+                if echo and ("factory-train" in line or "Error" in line):
+                    echo(line)
+            remaining = max(1.0, deadline - time.monotonic())
+            try:
+                proc.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                _stop(proc)
+                raise TrainingFailed(
+                    f"training did not finish within {timeout_s}s; workers stopped (log: {log_path})"
+                ) from None
+        except BaseException:
+            _stop(proc)
+            raise
+    if proc.returncode != 0:
+        how = (
+            f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
+        )
+        raise TrainingFailed(
+            f"Horovod training failed ({how}) after {time.monotonic() - started:.0f}s:\n"
+            f"{_worker_error(lines)}\n(full log: {log_path})"
+        )
+    return lines
+
+
+def _drain(stream, out: queue.Queue) -> None:
+    for line in iter(stream.readline, ""):
+        out.put(line.rstrip("\n"))
+    out.put(None)
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM the process group, then SIGKILL what is left."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass

@@ -1,0 +1,282 @@
+"""Training data for one run: the window of validated batches, checked against the
+spec, split by a stable hash of the key, and sharded for the Horovod workers.
+
+Runs on the Airflow side (pandas, pyarrow) before any worker starts, so bad input
+(an empty window, a batch whose schema differs from the spec, parameters that
+cannot work) fails here with a clear message. It writes, under the run folder::
+
+    manifest.json                    what the workers and later stages read
+    data/train/part-0000i.parquet    one shard per worker rank
+    data/validation.parquet          early stopping
+    data/eval.parquet                held out for the evaluation stage
+
+The split is a function of the key only (MD5 of its text, bucketed into 100), so a
+row lands in the same split in every run, whatever else is in the window.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines import state
+from pipelines.config import line_paths
+from pipelines.specs import LineSpec, TrainingSpec, load_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+MANIFEST = "manifest.json"
+SEED = 20261123
+
+
+class TrainingInputError(ValueError):
+    """Training cannot start: the message says why (no data, wrong schema, bad parameters)."""
+
+
+class EmptyWindow(TrainingInputError):
+    """No validated batch in the data window."""
+
+
+@dataclass(frozen=True)
+class RunParams:
+    """The effective parameters of one training run: the spec's, overridden per run."""
+
+    workers: int
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    early_stopping_patience: int
+    window_batches: int
+    batches: tuple[str, ...] | None = None  # an explicit window (e.g. from a drift episode)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "workers": self.workers,
+            "epochs": self.epochs,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "early_stopping_patience": self.early_stopping_patience,
+            "window_batches": self.window_batches,
+            "batches": list(self.batches) if self.batches is not None else None,
+            "seed": SEED,
+        }
+
+
+def resolve_params(spec: LineSpec, overrides: dict[str, Any] | None = None) -> RunParams:
+    """The spec's training settings with per-run overrides (DAG params); ``None`` values
+    keep the spec's. Raises :class:`TrainingInputError` naming the bad parameter."""
+    t: TrainingSpec = spec.training
+    o = {k: v for k, v in (overrides or {}).items() if v is not None}
+    unknown = set(o) - {"workers", "epochs", "batch_size", "learning_rate", "window_batches", "batches"}
+    if unknown:
+        raise TrainingInputError(f"unknown training parameter(s): {sorted(unknown)}")
+
+    def integer(name: str, default: int, lo: int, hi: int) -> int:
+        value = o.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+            raise TrainingInputError(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+        return value
+
+    lr = o.get("learning_rate", t.learning_rate)
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr <= 10:
+        raise TrainingInputError(f"learning_rate must be a number in (0, 10], got {lr!r}")
+    batches = o.get("batches")
+    if batches is not None:
+        if not isinstance(batches, list | tuple) or not batches or not all(isinstance(b, str) for b in batches):
+            raise TrainingInputError(f"batches must be a non-empty list of batch ids, got {batches!r}")
+        batches = tuple(batches)
+    return RunParams(
+        workers=integer("workers", t.workers, 1, 64),
+        epochs=integer("epochs", t.epochs, 1, 1000),
+        batch_size=integer("batch_size", t.batch_size, 1, 65536),
+        learning_rate=float(lr),
+        early_stopping_patience=t.early_stopping_patience,
+        window_batches=integer("window_batches", t.window.batches, 0, 100000),
+        batches=batches,
+    )
+
+
+def window(spec: LineSpec, params: RunParams, home: Path | None = None) -> list[dict[str, Any]]:
+    """The validated batches this run reads (ledger records, oldest first)."""
+    records = [r for r in state.all_records(line_paths(spec.name, home)) if r.get("status") == state.VALIDATED]
+    if params.batches is not None:
+        by_id = {r["batch_id"]: r for r in records}
+        missing = [b for b in params.batches if b not in by_id]
+        if missing:
+            raise TrainingInputError(
+                f"{spec.name}: batch(es) {missing} are not validated; validated: {sorted(by_id) or 'none'}"
+            )
+        return [by_id[b] for b in params.batches]
+    if params.window_batches:
+        records = records[-params.window_batches :]
+    if not records:
+        raise EmptyWindow(
+            f"{spec.name}: the data window is empty: no validated batch to train on "
+            "(land batches and run the ingest DAG first)"
+        )
+    return records
+
+
+_KINDS = {"integer": "iu", "double": "fiu", "string": "OSU"}
+
+
+def check_schema(spec: LineSpec, frame: pd.DataFrame, batch_id: str) -> None:
+    """A cleaned batch must have exactly the spec's columns with the spec's types."""
+    import pandas as pd
+
+    names = spec.schema.names
+    missing = [n for n in names if n not in frame.columns]
+    extra = [c for c in frame.columns if c not in names]
+    problems = []
+    if missing:
+        problems.append(f"missing column(s) {missing}")
+    if extra:
+        problems.append(f"unexpected column(s) {extra}")
+    for f in spec.schema.fields:
+        if f.name in frame.columns:
+            dtype = frame[f.name].dtype
+            ok = (
+                pd.api.types.is_string_dtype(dtype)
+                if f.type == "string"
+                else dtype.kind in _KINDS.get(f.type, "")
+            )
+            if not ok:
+                problems.append(f"{f.name} is {dtype}, the spec says {f.type}")
+    if problems:
+        raise TrainingInputError(
+            f"{spec.name}: batch {batch_id!r} does not match the spec's schema (v{spec.version}): "
+            + "; ".join(problems)
+        )
+
+
+def split_bucket(keys: pd.DataFrame) -> pd.Series:
+    """0..99 per row, from the MD5 of the key's text: stable across runs and machines."""
+    text = keys.astype(str).agg("|".join, axis=1) if keys.shape[1] > 1 else keys.iloc[:, 0].astype(str)
+    return text.map(lambda s: int(hashlib.md5(s.encode()).hexdigest()[:8], 16) % 100)
+
+
+def _label01(spec: LineSpec, values: pd.Series) -> pd.Series:
+    positive = str(spec.schema.label.positive)
+    return (values.astype(str) == positive).astype("int64")
+
+
+def _write(frame: pd.DataFrame, path: Path) -> None:
+    """Plain Parquet: no pandas metadata, plain strings (the ML side reads it with
+    pandas 1.5 and pyarrow 10)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame.reset_index(drop=True), preserve_index=False)
+    fields = [pa.field(f.name, pa.string() if pa.types.is_large_string(f.type) else f.type) for f in table.schema]
+    table = table.cast(pa.schema(fields)).replace_schema_metadata(None)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def prepare_run(
+    line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None
+) -> dict[str, Any]:
+    """Write the run's data and manifest; return the manifest. Idempotent for one
+    run folder: a retried task rewrites the same files (and keeps its checkpoints)."""
+    import numpy as np
+    import pandas as pd
+
+    spec = load_spec(line)
+    params = resolve_params(spec, overrides)
+    records = window(spec, params, home)
+
+    frames = []
+    for r in records:
+        path = Path(r["cleaning"]["clean_path"])
+        if not path.exists():
+            raise TrainingInputError(f"{line}: batch {r['batch_id']!r} is validated but its data is gone: {path}")
+        frame = pd.read_parquet(path)
+        check_schema(spec, frame, r["batch_id"])
+        frames.append(frame[spec.schema.names])
+    data = pd.concat(frames, ignore_index=True)
+    rows_read = len(data)
+    # A key seen in several batches: the later batch is the newer truth.
+    data = data.drop_duplicates(subset=spec.schema.key, keep="last").reset_index(drop=True)
+    label = spec.schema.label.name
+    data[label] = _label01(spec, data[label])
+
+    bucket = split_bucket(data[spec.schema.key])
+    cut_eval = spec.training.split.eval_percent
+    cut_val = cut_eval + spec.training.split.validation_percent
+    parts = {
+        "eval": data[bucket < cut_eval],
+        "validation": data[(bucket >= cut_eval) & (bucket < cut_val)],
+        "train": data[bucket >= cut_val],
+    }
+    train = parts["train"]
+    if train[label].nunique() < 2 or parts["validation"][label].nunique() < 2:
+        raise TrainingInputError(
+            f"{line}: the window ({len(data)} rows) needs both classes in its train and validation splits"
+        )
+    per_worker = len(train) // params.workers
+    if per_worker < params.batch_size:
+        raise TrainingInputError(
+            f"{line}: {len(train)} training rows are too few for {params.workers} workers with batch size "
+            f"{params.batch_size} (each worker needs at least one full batch)"
+        )
+
+    # Shards: a seeded shuffle, then round-robin, so each rank gets a near-equal,
+    # representative part and reads only its own file.
+    order = np.random.default_rng(SEED).permutation(len(train))
+    shuffled = train.iloc[order]
+    shards = [shuffled.iloc[i :: params.workers] for i in range(params.workers)]
+
+    run_dir = Path(run_dir)
+    data_dir = run_dir / "data"
+    if (data_dir / "train").exists():
+        for old in (data_dir / "train").glob("part-*.parquet"):
+            old.unlink()
+    for i, shard in enumerate(shards):
+        _write(shard, data_dir / "train" / f"part-{i:05d}.parquet")
+    _write(parts["validation"], data_dir / "validation.parquet")
+    _write(parts["eval"], data_dir / "eval.parquet")
+
+    model = spec.training.model
+    features = []
+    for f in spec.schema.features:
+        categorical = f.type == "string" or f.categories is not None
+        entry: dict[str, Any] = {
+            "name": f.name,
+            "type": f.type,
+            "kind": "categorical" if categorical else "numeric",
+            "categories": [str(c) for c in f.categories] if categorical and f.categories else None,
+            "log": f.name in model.log_features,
+            "mean": None,
+            "std": None,
+        }
+        if not categorical:
+            x = train[f.name].astype("float64")
+            if entry["log"]:
+                x = np.log1p(x.clip(lower=0))
+            std = float(x.std(ddof=0))
+            entry["mean"], entry["std"] = float(x.mean()), (std if std > 0 else 1.0)
+        features.append(entry)
+
+    manifest = {
+        "line": line,
+        "spec_version": spec.version,
+        "run_id": run_dir.name,
+        "batches": [r["batch_id"] for r in records],
+        "key": list(spec.schema.key),
+        "label": {"name": label, "positive": str(spec.schema.label.positive), "positive_rate": float(train[label].mean())},
+        "features": features,
+        "rows": {"read": rows_read, "train": len(train), "validation": len(parts["validation"]), "eval": len(parts["eval"])},
+        "shards": [len(s) for s in shards],
+        "params": params.to_dict(),
+        "model": model.model_dump(),
+    }
+    state.write_json_atomic(run_dir / MANIFEST, manifest)
+    return manifest
+
+
+def read_manifest(run_dir: Path) -> dict[str, Any]:
+    return json.loads((Path(run_dir) / MANIFEST).read_text())

@@ -1,0 +1,175 @@
+"""The training stage's task logic; ``dags/train.py`` only wires it.
+
+``prepare`` checks the parameters and the data window and writes the run's data
+(nothing starts if they are wrong); ``train`` opens the MLflow run, launches the
+Horovod workers, and logs what they made. Each Airflow run gets its own run folder
+(``<home>/training/<line>/<run>``), so a retried task finds its checkpoints and
+resumes, and its MLflow run continues.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines import tracking
+from pipelines.config import training_root
+from pipelines.specs import load_spec
+from pipelines.training import launch
+from pipelines.training.prepare import MANIFEST, prepare_run, read_manifest, resolve_params
+
+RESULT = "result.json"
+MLFLOW_RUN_FILE = "mlflow_run_id"
+
+
+def run_folder(line: str, run_id: str, home: Path | None = None) -> Path:
+    """A file-system-safe folder name for an Airflow run id."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+    return training_root(line, home) / safe
+
+
+def check_params(line: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
+    """Validate DAG params before anything runs; returns the effective parameters."""
+    return resolve_params(load_spec(line), overrides).to_dict()
+
+
+def prepare(line: str, run_id: str, overrides: dict[str, Any] | None = None, home: Path | None = None) -> dict:
+    """Write the run's data and manifest (once per run: a retry keeps what the first
+    try trained on, so its checkpoints stay valid)."""
+    run_dir = run_folder(line, run_id, home)
+    if (run_dir / MANIFEST).exists():
+        manifest = read_manifest(run_dir)
+    else:
+        manifest = prepare_run(line, run_dir, overrides, home)
+    return {
+        "line": line,
+        "run_dir": str(run_dir),
+        "batches": manifest["batches"],
+        "rows": manifest["rows"],
+        "params": manifest["params"],
+    }
+
+
+def train(
+    line: str,
+    run_dir: str | Path,
+    *,
+    tags: dict[str, str] | None = None,
+    home: Path | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Run the Horovod workers on a prepared run folder and track it in MLflow."""
+    run_dir = Path(run_dir)
+    manifest = read_manifest(run_dir)
+    params = manifest["params"]
+    spec = load_spec(line)
+    id_file = run_dir / MLFLOW_RUN_FILE
+    c = tracking.client(home)
+    if id_file.exists():
+        mlflow_run = id_file.read_text().strip()
+        c.update_run(mlflow_run, status="RUNNING")
+    else:
+        mlflow_run = tracking.start_run(
+            line,
+            run_name=run_dir.name,
+            tags={**(tags or {}), "factory.run_dir": str(run_dir), "factory.spec_version": str(spec.version)},
+            params={
+                **{k: v for k, v in params.items() if k != "batches"},
+                "batches": ",".join(manifest["batches"]),
+                "rows_train": manifest["rows"]["train"],
+                "rows_validation": manifest["rows"]["validation"],
+                "rows_eval": manifest["rows"]["eval"],
+                "hidden_units": manifest["model"]["hidden_units"],
+                "dropout": manifest["model"]["dropout"],
+                "class_weight": manifest["model"]["class_weight"],
+            },
+            home=home,
+        )
+        id_file.write_text(mlflow_run)
+    try:
+        launch.run_workers(
+            run_dir,
+            params["workers"],
+            timeout_s=spec.training.timeout_s,
+            log_path=run_dir / "logs" / "horovodrun.log",
+            env_extra=tracking.worker_env(mlflow_run, home),
+            echo=echo,
+        )
+        result = json.loads((run_dir / RESULT).read_text())
+        # the reference the drift monitor compares new data with, inside the SavedModel
+        from pipelines.monitoring import write_reference_profile
+
+        profile = write_reference_profile(run_dir)
+        if echo:
+            echo(f"reference profile for drift monitoring: {profile}")
+    except Exception as err:
+        tracking.finish_run(mlflow_run, status="FAILED", tags={"factory.error": str(err)[:4000]}, home=home)
+        raise
+    model_dir = run_dir / "model" / "Format-Serving"
+    tracking.finish_run(
+        mlflow_run,
+        status="FINISHED",
+        metrics={
+            "final_val_auc": result.get("val_auc"),
+            "samples_per_s": result.get("samples_per_s"),
+            "epochs_run": result.get("epochs_run"),
+            "best_epoch": result.get("best_epoch"),
+        },
+        artifacts=[
+            ("model", model_dir),
+            ("tensorboard", run_dir / "tensorboard"),
+            ("training", run_dir / MANIFEST),
+            ("training", run_dir / RESULT),
+        ],
+        tags={"factory.resumed_from_epoch": str(result.get("resumed_from_epoch", 0))},
+        home=home,
+    )
+    return {
+        "line": line,
+        "run_dir": str(run_dir),
+        "model_dir": str(model_dir),
+        "eval_data": str(run_dir / "data" / "eval.parquet"),
+        "mlflow_run_id": mlflow_run,
+        "val_auc": result.get("val_auc"),
+        "epochs_run": result.get("epochs_run"),
+        "resumed_from_epoch": result.get("resumed_from_epoch", 0),
+        "samples_per_s": result.get("samples_per_s"),
+        "batches": manifest["batches"],
+    }
+
+
+def drift_context(line: str, triggering_asset_events: Any) -> dict[str, Any] | None:
+    """The drift episode behind this run, when a drift event set it off (marks the
+    episode's retrain as running)."""
+    from pipelines.assets import drift_asset
+
+    if not triggering_asset_events:
+        return None
+    try:
+        events = triggering_asset_events[drift_asset(line)]
+    except (KeyError, TypeError):
+        return None
+    for event in reversed(list(events or [])):
+        extra = dict(getattr(event, "extra", None) or {})
+        if extra.get("episode_id"):
+            from pipelines.drift.episodes import mark_retrain_running
+
+            mark_retrain_running(line, extra["episode_id"], extra.get("claimed_by") or "unknown")
+            return {k: extra.get(k) for k in ("episode_id", "claimed_by", "drifted", "batches", "reason")}
+    return None
+
+
+def record_drift_outcome(line: str, drift: dict[str, Any] | None, blessing: str, version: Any = None) -> None:
+    """Record a drift retrain's result against its episode (blessed, not blessed, failed)."""
+    if not drift:
+        return
+    from pipelines.drift.episodes import record_retrain_outcome
+
+    outcome = {"BLESSED": "blessed", "FORCED": "blessed", "NOT_BLESSED": "not_blessed"}.get(blessing, "failed")
+    record_retrain_outcome(
+        line, drift["episode_id"], drift.get("claimed_by") or "unknown", outcome,
+        model_version=None if version is None else str(version),
+    )

@@ -1,0 +1,485 @@
+"""One Horovod training worker: ``python -m pipelines.training.worker --run-dir DIR``.
+
+Started once per rank by ``horovodrun -np W -H localhost:W --gloo`` (or a host
+list / MPI at scale) on a run folder the training stage prepared (see
+``pipelines.training.prepare``). Each rank reads only its own shard,
+``data/train/part-<rank>.parquet``; every rank takes the same number of steps per
+epoch (the smallest shard's full batches), so no collective waits on a missing peer.
+The input pipeline is one ``tf.data`` pipeline for all epochs: the shard's columns as
+tensors, each epoch a seeded shuffle (seed, epoch, rank) of row indices, full batches
+gathered from the columns, then the model's preprocessor in ``map``, then prefetch.
+
+Training uses Horovod's low-level TensorFlow API with ``tf_keras`` (Horovod's Keras
+callbacks break on TF 2.16): ``hvd.DistributedGradientTape`` averages the gradients,
+the learning rate is the manifest's times ``hvd.size()``, and the model, optimizer
+and state variables are broadcast from rank 0 before the first step (all of them
+exist before training starts, so one broadcast also carries a resumed checkpoint to
+every rank). The forward and backward pass is one XLA-compiled function
+(``jit_compile=True``); the allreduce and the optimizer update run around it,
+because Horovod's ops have no XLA kernel on CPU.
+
+Every epoch each rank scores its strided part of ``data/validation.parquet``; the
+predictions are gathered, so all ranks compute the same exact ROC AUC and loss and
+rank 0's numbers are broadcast as the decision. Early stopping watches the
+validation AUC with the manifest's patience and keeps the best weights, which are
+the ones exported.
+
+Only rank 0 writes: ``checkpoints/`` (each epoch, with the epoch, best-so-far,
+patience counter, best weights, optimizer state and history, so a restart resumes
+where the last checkpoint left off, with the same per-epoch data order; dropout masks
+are not reproducible under XLA), ``tensorboard/``, ``model/Format-Serving/`` (the
+SavedModel, see :mod:`pipelines.training.model`) and, last, ``result.json``.
+With ``MLFLOW_TRACKING_URI`` and ``MLFLOW_RUN_ID`` set, rank 0 logs each epoch's
+metrics to that (already open) MLflow run and leaves it open.
+
+Lines on stdout (``horovodrun`` prefixes them with ``[rank]<stdout>:``)::
+
+    factory-train: resumed from epoch 3
+    factory-train: epoch 4 loss=0.6123 val_loss=0.6011 val_auc=0.7012 samples/s=9123
+    factory-train: rank=1 weights_sha256=<hex>
+
+A run that cannot start (no run folder, a bad manifest, shards that do not match the
+workers, an empty shard) is caught before TensorFlow is imported: each rank exits
+with status 2 after one line on stderr, ``factory-train: error: ...`` (the same line
+on every rank).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.training.model import (
+    DataError,
+    Manifest,
+    ManifestError,
+    build_core,
+    build_preprocessor,
+    export_saved_model,
+    frame_to_features,
+    frame_to_labels,
+    load_manifest,
+    roc_auc,
+    weights_sha256,
+)
+
+PREFIX = "factory-train:"
+EXIT_BAD_INPUT = 2
+CHECKPOINTS_KEPT = 3
+VALIDATION_BATCH = 4096
+RESULT = "result.json"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on; the message is the one line the operator sees.
+
+    Every rank that fails prints its line: a rank that printed nothing could be the one
+    horovodrun saw exit first, and it stops the others before they print. Checks that
+    every rank makes alike (the files, rank 0's checkpoint) give the same line on each.
+    """
+
+
+def say(message: str) -> None:
+    sys.stdout.write(f"{PREFIX} {message}\n")
+    sys.stdout.flush()
+
+
+# --------------------------------------------------------------------------- checks before TensorFlow
+
+
+@dataclass(frozen=True)
+class Plan:
+    run_dir: Path
+    manifest: Manifest
+    shards: list[Path]
+    validation: Path
+    steps_per_epoch: int
+
+
+_ARROW_KINDS = {"integer": ("int64", "int32"), "double": ("double", "float"), "string": ("string", "large_string")}
+
+
+def _check_columns(path: Path, manifest: Manifest) -> None:
+    import pyarrow.parquet as pq
+
+    schema = pq.read_schema(path)
+    types = {name: str(schema.field(name).type) for name in schema.names}
+    wanted = [(f.name, f.type) for f in manifest.features] + [(manifest.label, "integer")]
+    for name, ftype in wanted:
+        if name not in types:
+            raise TrainingError(f"{path.name}: column {name!r} is missing")
+        if types[name] not in _ARROW_KINDS[ftype]:
+            raise TrainingError(f"{path.name}: column {name!r} is {types[name]}, the manifest says {ftype}")
+
+
+def preflight(run_dir: Path, workers: int | None) -> Plan:
+    """Everything that can be checked from the files alone, identically on every rank."""
+    import pyarrow.parquet as pq
+
+    if not run_dir.is_dir():
+        raise TrainingError(f"run dir {run_dir} does not exist")
+    try:
+        manifest = load_manifest(run_dir)
+    except ManifestError as err:
+        raise TrainingError(str(err)) from None
+    n = len(manifest.shards)
+    train = run_dir / "data" / "train"
+    expected = [f"part-{i:05d}.parquet" for i in range(n)]
+    found = sorted(p.name for p in train.glob("part-*.parquet")) if train.is_dir() else []
+    if found != expected:
+        raise TrainingError(
+            f"{train} holds {len(found)} shard file(s) {found[:4]}, the manifest lists {n} shard(s) "
+            f"(expected part-00000.parquet .. part-{n - 1:05d}.parquet)"
+        )
+    if workers is not None and workers != n:
+        raise TrainingError(
+            f"the run has {n} training shards but {workers} workers were started: "
+            f"start one worker per shard (horovodrun -np {n})"
+        )
+    shards = [train / name for name in expected]
+    for i, path in enumerate(shards):
+        try:
+            rows = pq.read_metadata(path).num_rows
+        except Exception as err:  # any unreadable file is one error to the operator
+            raise TrainingError(f"shard {path.name} cannot be read: {err}") from None
+        if rows == 0:
+            raise TrainingError(f"shard {path.name} is empty: every worker needs training rows")
+        if rows != manifest.shards[i]:
+            raise TrainingError(f"shard {path.name} has {rows} rows, the manifest says {manifest.shards[i]}")
+        _check_columns(path, manifest)
+    batch = manifest.params.batch_size
+    steps = min(manifest.shards) // batch
+    if steps == 0:
+        raise TrainingError(
+            f"the smallest shard has {min(manifest.shards)} rows, fewer than batch_size {batch}: "
+            "no full batch to train on"
+        )
+    validation = run_dir / "data" / "validation.parquet"
+    if not validation.is_file():
+        raise TrainingError(f"{validation} not found")
+    if pq.read_metadata(validation).num_rows == 0:
+        raise TrainingError(f"{validation.name} is empty: early stopping needs validation rows")
+    _check_columns(validation, manifest)
+    return Plan(run_dir, manifest, shards, validation, steps)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _configure_devices(tf, hvd) -> int:
+    """Pin this rank's share of the CPU cores (and its own GPU, where there are GPUs)."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    threads = max(1, cpus // hvd.local_size())
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus:
+        gpu = gpus[hvd.local_rank() % len(gpus)]
+        tf.config.experimental.set_memory_growth(gpu, True)
+        tf.config.set_visible_devices(gpu, "GPU")
+    return threads
+
+
+def _read(path: Path):
+    import pyarrow.parquet as pq
+
+    return pq.read_table(path).to_pandas()
+
+
+def _mlflow_logger():
+    """A function(metrics, step) logging to the launcher's open MLflow run, or None."""
+    uri, run_id = os.environ.get("MLFLOW_TRACKING_URI"), os.environ.get("MLFLOW_RUN_ID")
+    if not uri or not run_id:
+        return None
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    client = MlflowClient(tracking_uri=uri)
+    warned = []
+
+    def log(metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        try:
+            client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
+        except Exception as err:  # tracking must not stop a training run
+            if not warned:
+                sys.stderr.write(f"{PREFIX} warning: MLflow logging failed, training goes on: {err}\n")
+                warned.append(True)
+
+    return log
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def train(plan: Plan) -> int:
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+    import tf_keras as keras
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    m, p = plan.manifest, plan.manifest.params
+    if size != len(m.shards):  # horovodrun sets HOROVOD_SIZE, so preflight usually caught this
+        raise TrainingError(f"the run has {len(m.shards)} training shards but {size} workers were started")
+    _configure_devices(tf, hvd)
+    tf.random.set_seed(p.seed)
+    np.random.seed(p.seed)
+
+    # ---- data: this rank's shard, and its strided part of the validation rows
+    try:
+        shard = _read(plan.shards[rank])
+        x_train, y_train = frame_to_features(shard, m), frame_to_labels(shard, m)
+        val = _read(plan.validation).iloc[rank::size]
+        x_val, y_val = frame_to_features(val, m), frame_to_labels(val, m)
+    except DataError as err:
+        raise TrainingError(f"rank {rank}: {err}") from None
+    del shard, val
+    steps = plan.steps_per_epoch
+    pos = hvd.allreduce(tf.constant([y_val.sum(), len(y_val)], tf.float64), op=hvd.Sum).numpy()
+    if pos[0] == 0 or pos[0] == pos[1]:
+        raise TrainingError("the validation rows hold one class only: AUC and early stopping need both")
+
+    preprocessor = build_preprocessor(m)
+    # The shard as tensors; an epoch shuffles row indices and gathers each batch, which is
+    # much cheaper than shuffling rows of ~20 scalar tensors one by one.
+    columns = {name: tf.constant(values) for name, values in x_train.items()}
+    targets = tf.constant(y_train)
+    rows = len(y_train)
+
+    @tf.function(autograph=False)
+    def gather(idx):
+        return {name: tf.gather(col, idx) for name, col in columns.items()}, tf.gather(targets, idx)
+
+    @tf.function(autograph=False)
+    def preprocess(features, labels):
+        return preprocessor(features), labels
+
+    @tf.function(autograph=False)
+    def preprocess_features(features):
+        return preprocessor(features)
+
+    def one_epoch(epoch):
+        seed = p.seed * 1000003 + epoch * 1009 + rank  # a fresh, reproducible order per epoch
+        return (
+            tf.data.Dataset.range(rows)
+            .shuffle(rows, seed=seed, reshuffle_each_iteration=False)
+            .batch(p.batch_size, drop_remainder=True)
+            .take(steps)
+        )
+
+    val_data = (
+        tf.data.Dataset.from_tensor_slices(x_val).batch(VALIDATION_BATCH).map(
+            preprocess_features).cache()
+    )
+
+    # ---- model, optimizer, state: all built before anything is restored or broadcast
+    core, best = build_core(m), build_core(m)
+    best.set_weights(core.get_weights())
+    optimizer = keras.optimizers.Adam(learning_rate=p.learning_rate * size)
+    optimizer.build(core.trainable_variables)
+    state = {
+        "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
+        "best_auc": tf.Variable(-1.0, dtype=tf.float64, trainable=False),
+        "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
+        "wait": tf.Variable(0, dtype=tf.int64, trainable=False),
+        "stopped": tf.Variable(0, dtype=tf.int64, trainable=False),
+    }
+    run_id = tf.Variable(m.run_id, dtype=tf.string, trainable=False)
+    history_var = tf.Variable("[]", dtype=tf.string, trainable=False)
+    checkpoint = tf.train.Checkpoint(
+        model=core, best_model=best, optimizer=optimizer, run_id=run_id, history=history_var, **state
+    )
+
+    manager, restore_error = None, ""
+    if rank == 0:
+        manager = tf.train.CheckpointManager(checkpoint, str(plan.run_dir / "checkpoints"), CHECKPOINTS_KEPT)
+        if manager.latest_checkpoint:
+            try:
+                checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+            except (AssertionError, ValueError, tf.errors.OpError) as err:
+                restore_error = f"checkpoint {manager.latest_checkpoint} does not fit this model: {err}"
+            if not restore_error and run_id.numpy().decode() != m.run_id:
+                restore_error = (f"checkpoint {manager.latest_checkpoint} belongs to run "
+                                 f"{run_id.numpy().decode()!r}, not {m.run_id!r}")
+    # every rank learns whether rank 0 could restore, then takes rank 0's variables
+    restore_error = hvd.broadcast_object(restore_error, root_rank=0, name="restore_error")
+    if restore_error:
+        raise TrainingError(restore_error)
+    hvd.broadcast_variables(
+        core.variables + best.variables + list(optimizer.variables) + list(state.values()), root_rank=0
+    )
+    resumed_from = int(state["epoch"].numpy())
+    history: list[dict[str, Any]] = json.loads(history_var.numpy().decode()) if rank == 0 else []
+    if rank == 0 and resumed_from:
+        say(f"resumed from epoch {resumed_from}")
+
+    # ---- steps
+    pos_weight = float(m.positive_weight)
+
+    def weighted_bce(labels, logits):
+        per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
+        return tf.reduce_mean(per_example * (1.0 + (pos_weight - 1.0) * labels))
+
+    # autograph=False throughout: no step branches on a tensor, and autograph converting
+    # Keras' call machinery cost ~10 s of tracing on this machine.
+    @tf.function(jit_compile=True, autograph=False)
+    def forward(features, labels):
+        return weighted_bce(labels, core(features, training=True)[:, 0])
+
+    @tf.function(autograph=False)
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            loss = forward(features, labels)
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(loss, core.trainable_variables)
+        optimizer.apply_gradients(zip(grads, core.trainable_variables, strict=True))
+        return loss
+
+    @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
+    def predict_logits(features):
+        return core(features, training=False)[:, 0]
+
+    def validate() -> tuple[float, float]:
+        logits = np.concatenate([predict_logits(f).numpy() for f in val_data]) if len(y_val) else np.zeros(0)
+        all_logits = hvd.allgather(tf.constant(logits, tf.float32), name="val_logits").numpy()
+        all_labels = hvd.allgather(tf.constant(y_val, tf.float32), name="val_labels").numpy()
+        loss = float(weighted_bce(tf.constant(all_labels), tf.constant(all_logits)).numpy())
+        auc = roc_auc(all_labels, all_logits)
+        # rank 0's numbers are the decision everyone follows
+        decided = hvd.broadcast(tf.constant([loss, auc], tf.float64), root_rank=0, name="val_decision").numpy()
+        return float(decided[0]), float(decided[1])
+
+    log_mlflow = _mlflow_logger() if rank == 0 else None
+    writer = None  # rank 0's TensorBoard writer, opened with the first epoch this process trains
+    samples_per_epoch = steps * p.batch_size * size
+    rates: list[float] = []
+
+    # ---- epochs
+    # One pipeline for the remaining epochs (built and traced once): each epoch is a
+    # seeded shuffle of this rank's shard, cut into `steps` full batches.
+    batches = iter(
+        tf.data.Dataset.range(resumed_from + 1, p.epochs + 1)
+        .flat_map(one_epoch)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    epoch = resumed_from
+    while epoch < p.epochs and not int(state["stopped"].numpy()):
+        epoch += 1
+        started = time.perf_counter()
+        total = tf.constant(0.0)
+        for _ in range(steps):
+            features, labels = next(batches)
+            total += train_step(features, labels)
+        loss = float(hvd.allreduce(total / steps, op=hvd.Average, name="epoch_loss").numpy())
+        train_seconds = time.perf_counter() - started
+        val_loss, val_auc = validate()
+        if not np.isfinite(val_auc) or not np.isfinite(loss):
+            raise TrainingError(f"epoch {epoch}: loss={loss} val_auc={val_auc}: training diverged")
+        rate = samples_per_epoch / train_seconds
+        rates.append(rate)
+
+        if val_auc > float(state["best_auc"].numpy()):
+            state["best_auc"].assign(val_auc)
+            state["best_epoch"].assign(epoch)
+            state["wait"].assign(0)
+            best.set_weights(core.get_weights())
+        else:
+            state["wait"].assign_add(1)
+        if int(state["wait"].numpy()) >= p.early_stopping_patience and epoch < p.epochs:
+            state["stopped"].assign(1)
+        state["epoch"].assign(epoch)
+
+        if rank == 0:
+            seconds = time.perf_counter() - started
+            entry = {"epoch": epoch, "loss": loss, "val_loss": val_loss, "val_auc": val_auc,
+                     "samples_per_s": rate, "seconds": seconds}
+            history.append(entry)
+            history_var.assign(json.dumps(history))
+            manager.save(checkpoint_number=epoch)
+            writer = writer or tf.summary.create_file_writer(str(plan.run_dir / "tensorboard"))
+            with writer.as_default(step=epoch):
+                for key in ("loss", "val_loss", "val_auc", "samples_per_s"):
+                    tf.summary.scalar(key, entry[key])
+            writer.flush()
+            if log_mlflow:
+                log_mlflow({k: entry[k] for k in ("loss", "val_loss", "val_auc", "samples_per_s")}, epoch)
+            say(f"epoch {epoch} loss={loss:.4f} val_loss={val_loss:.4f} val_auc={val_auc:.4f} "
+                f"samples/s={rate:.0f}")
+
+    # ---- the best weights are the result
+    core.set_weights(best.get_weights())
+    digest = weights_sha256(core)
+    say(f"rank={rank} weights_sha256={digest}")
+    if rank != 0:
+        return 0
+
+    if writer is not None:
+        writer.close()
+    best_epoch = int(state["best_epoch"].numpy())
+    best_entry = next((h for h in history if h["epoch"] == best_epoch), {})
+    # steady state: the first epoch of a process includes compiling
+    steady = rates[1:] or rates or [h["samples_per_s"] for h in history[-1:]]
+    metrics = {
+        "val_auc": float(state["best_auc"].numpy()),
+        "val_loss": best_entry.get("val_loss"),
+        "best_epoch": best_epoch,
+        "epochs_run": int(state["epoch"].numpy()),
+        "stopped_early": bool(int(state["stopped"].numpy())),
+        "samples_per_s": float(np.mean(steady)) if steady else None,
+    }
+    export_saved_model(preprocessor, core, m, plan.run_dir / "model", metrics)
+    result = {
+        "epochs_run": metrics["epochs_run"],
+        "resumed_from_epoch": resumed_from,
+        "best_epoch": best_epoch,
+        "stopped_early": metrics["stopped_early"],
+        "history": history,
+        "val_auc": metrics["val_auc"],
+        "val_loss": metrics["val_loss"],
+        "samples_per_s": metrics["samples_per_s"],
+        "workers": size,
+        "weights_sha256": digest,
+    }
+    _write_json(plan.run_dir / RESULT, result)
+    say(f"done: epochs_run={result['epochs_run']} best_epoch={best_epoch} val_auc={result['val_auc']:.4f} "
+        f"model={plan.run_dir / 'model' / 'Format-Serving'}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="pipelines.training.worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--run-dir", required=True, type=Path, help="the prepared run folder")
+    args = parser.parse_args(argv)
+    size = os.environ.get("HOROVOD_SIZE")  # set by horovodrun: checked before TensorFlow loads
+    try:
+        plan = preflight(args.run_dir.resolve(), int(size) if size else None)
+        return train(plan)
+    except TrainingError as err:
+        sys.stderr.write(f"{PREFIX} error: {err}\n")
+        sys.stderr.flush()
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,370 @@
+"""The Horovod training worker on real credit-risk rows: two Gloo workers under
+``horovodrun`` train one model (identical weights on both ranks), only rank 0
+writes, the exported SavedModel answers tf.Example requests exactly like the
+in-memory model, a killed run resumes from its checkpoint, and bad input fails
+with one clear line.
+
+The test runs in the orchestration environment and starts the workers in the
+ML environment, the way the training stage does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from realdata import lending_club_frame
+
+from pipelines.config import REPO_ROOT
+from pipelines.specs import load_spec
+
+pytestmark = pytest.mark.integration
+
+ML_BIN = REPO_ROOT / ".venv" / "ml" / "bin"
+HOROVODRUN = ML_BIN / "horovodrun"
+WORKERS = 2
+RUN_TIMEOUT_S = 420
+
+needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason=f"{HOROVODRUN} not installed")
+
+
+# --------------------------------------------------------------------------- a run folder from real rows
+
+
+def _write(frame: pd.DataFrame, types: dict[str, str], path: Path) -> None:
+    """Plain Parquet as the contract says: int64 / float64 / string, no pandas metadata."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    arrow = {"integer": pa.int64(), "double": pa.float64(), "string": pa.string()}
+    columns = {name: pa.array(frame[name].tolist(), type=arrow[t]) for name, t in types.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.table(columns).replace_schema_metadata(None), path)
+
+
+def make_run_dir(
+    run_dir: Path,
+    frame: pd.DataFrame,
+    line: str = "credit_risk",
+    *,
+    workers: int = WORKERS,
+    epochs: int = 4,
+    batch_size: int = 64,
+    learning_rate: float = 0.002,
+    patience: int = 100,
+    seed: int = 7,
+) -> dict:
+    """A training run folder (data shards + manifest) from a cleaned-shaped frame,
+    split by a hash of the key the way the training stage splits."""
+    spec = load_spec(line)
+    schema, split = spec.schema, spec.training.split
+    model = spec.training.model
+    data = frame.copy()
+    data[schema.label.name] = (data[schema.label.name].astype(str) == str(schema.label.positive)).astype("int64")
+    text = data[schema.key].astype(str).agg("|".join, axis=1)
+    bucket = text.map(lambda s: int(hashlib.md5(s.encode()).hexdigest()[:8], 16) % 100)
+    cut_eval, cut_val = split.eval_percent, split.eval_percent + split.validation_percent
+    parts = {
+        "eval": data[bucket < cut_eval],
+        "validation": data[(bucket >= cut_eval) & (bucket < cut_val)],
+        "train": data[bucket >= cut_val],
+    }
+    train = parts["train"].iloc[np.random.default_rng(seed).permutation(len(parts["train"]))]
+    shards = [train.iloc[i::workers] for i in range(workers)]
+
+    features, types = [], {k: "integer" for k in schema.key}
+    for f in schema.features:
+        if f.type == "integer" and f.categories is not None:
+            continue  # integer categoricals are not features
+        entry = {"name": f.name, "type": f.type, "log": f.name in model.log_features,
+                 "kind": "categorical" if f.type == "string" else "numeric",
+                 "categories": [str(c) for c in f.categories] if f.categories else None,
+                 "mean": None, "std": None}
+        if entry["kind"] == "numeric":
+            x = train[f.name].astype("float64")
+            x = np.log1p(x.clip(lower=0)) if entry["log"] else x
+            entry["mean"], entry["std"] = float(x.mean()), float(x.std(ddof=0)) or 1.0
+        features.append(entry)
+        types[f.name] = f.type
+    types[schema.label.name] = "integer"
+
+    for i, shard in enumerate(shards):
+        _write(shard, types, run_dir / "data" / "train" / f"part-{i:05d}.parquet")
+    _write(parts["validation"], types, run_dir / "data" / "validation.parquet")
+    _write(parts["eval"], types, run_dir / "data" / "eval.parquet")
+    manifest = {
+        "line": line,
+        "spec_version": spec.version,
+        "run_id": run_dir.name,
+        "batches": ["test"],
+        "key": list(schema.key),
+        "label": {"name": schema.label.name, "positive_rate": float(train[schema.label.name].mean())},
+        "features": features,
+        "rows": {k: len(v) for k, v in parts.items()},
+        "shards": [len(s) for s in shards],
+        "params": {"workers": workers, "epochs": epochs, "batch_size": batch_size,
+                   "learning_rate": learning_rate, "early_stopping_patience": patience, "seed": seed},
+        "model": model.model_dump(),
+    }
+    (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return manifest
+
+
+# --------------------------------------------------------------------------- running the workers
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "MLFLOW"))}
+    env["PATH"] = f"{ML_BIN}{os.pathsep}{env.get('PATH', '')}"
+    env["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    env["HOROVOD_GLOO_TIMEOUT_SECONDS"] = "60"
+    env.update(extra or {})
+    return env
+
+
+def _command(run_dir: Path, np_: int = WORKERS) -> list[str]:
+    return [str(HOROVODRUN), "-np", str(np_), "-H", f"localhost:{np_}", "--gloo",
+            str(ML_BIN / "python"), "-m", "pipelines.training.worker", "--run-dir", str(run_dir)]
+
+
+def run_workers(run_dir: Path, np_: int = WORKERS, env: dict[str, str] | None = None,
+                timeout: int = RUN_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """horovodrun in its own process group (stopped whole on a timeout); stdout+stderr in one."""
+    proc = subprocess.Popen(_command(run_dir, np_), cwd=REPO_ROOT, env=_env(env), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"horovodrun did not finish in {timeout}s:\n{out[-4000:]}")
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+
+
+def _hashes(out: str) -> dict[int, str]:
+    return {int(r): h for r, h in re.findall(r"factory-train: rank=(\d+) weights_sha256=([0-9a-f]{64})", out)}
+
+
+def _ml_python(code: str, *args: str) -> str:
+    done = subprocess.run([str(ML_BIN / "python"), "-c", code, *args], cwd=REPO_ROOT, env=_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout
+
+
+# --------------------------------------------------------------------------- one trained run, checked
+
+
+@pytest.fixture(scope="module")
+def credit_rows() -> pd.DataFrame:
+    return lending_club_frame().head(2000)
+
+
+@pytest.fixture(scope="module")
+def mlflow_run(tmp_path_factory) -> tuple[str, str]:
+    """An MLflow run opened by 'the launcher' (a SQLite store), as the worker finds it."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri)
+    run = client.create_run(client.create_experiment("training-worker-test"))
+    return uri, run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, credit_rows, mlflow_run):
+    if not HOROVODRUN.exists():
+        pytest.skip(f"{HOROVODRUN} not installed")
+    run_dir = tmp_path_factory.mktemp("train") / "run-1"
+    manifest = make_run_dir(run_dir, credit_rows, epochs=4)
+    uri, run_id = mlflow_run
+    done = run_workers(run_dir, env={"MLFLOW_TRACKING_URI": uri, "MLFLOW_RUN_ID": run_id})
+    assert done.returncode == 0, done.stdout[-6000:]
+    return run_dir, manifest, done.stdout
+
+
+def test_training_runs_and_loss_goes_down(trained):
+    run_dir, manifest, out = trained
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["workers"] == WORKERS
+    assert result["resumed_from_epoch"] == 0
+    assert result["epochs_run"] == 4 and not result["stopped_early"]
+    history = result["history"]
+    assert [h["epoch"] for h in history] == [1, 2, 3, 4]
+    assert history[-1]["loss"] < history[0]["loss"]
+    assert 0.5 < result["val_auc"] <= 1 and result["samples_per_s"] > 0
+    assert result["val_auc"] == max(h["val_auc"] for h in history)
+    assert len(re.findall(r"factory-train: epoch \d+ loss=\S+ val_loss=\S+ val_auc=\S+ samples/s=\S+", out)) == 4
+
+
+def test_both_ranks_hold_identical_weights(trained):
+    run_dir, _, out = trained
+    hashes = _hashes(out)
+    assert set(hashes) == {0, 1}
+    assert hashes[0] == hashes[1] == json.loads((run_dir / "result.json").read_text())["weights_sha256"]
+
+
+def test_only_rank_zero_writes(trained):
+    run_dir, _, _ = trained
+    assert sorted(p.name for p in run_dir.iterdir()) == [
+        "checkpoints", "data", "manifest.json", "model", "result.json", "tensorboard"]
+    assert sorted(p.name for p in (run_dir / "data").iterdir()) == ["eval.parquet", "train", "validation.parquet"]
+    # one writer: one TensorBoard event file, one checkpoint series
+    assert len(list((run_dir / "tensorboard").rglob("events.out.tfevents.*"))) == 1
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("ckpt-*.index"))
+    assert ckpts and all(re.fullmatch(r"ckpt-\d+\.index", c) for c in ckpts)
+    model = run_dir / "model" / "Format-Serving"
+    assert sorted(p.name for p in (run_dir / "model").iterdir()) == ["Format-Serving"]
+    assert (model / "saved_model.pb").exists()
+    info = json.loads((model / "assets.extra" / "factory_model.json").read_text())
+    assert info["line"] == "credit_risk" and info["run_id"] == "run-1"
+    assert {"val_auc", "best_epoch"} <= set(info["metrics"])
+
+
+@pytest.fixture(scope="module")
+def export_report(trained) -> dict:
+    """One ML-environment process reads the export: parity with the trained model
+    (``check_export``) and what ``serving_default`` looks like from outside."""
+    run_dir, _, _ = trained
+    code = """
+import json, sys
+import pyarrow.parquet as pq
+import tensorflow as tf
+from pipelines.training.model import check_export, load_manifest, serialize_examples
+run = sys.argv[1]
+diff = check_export(run)
+frame = pq.read_table(run + "/data/eval.parquet").to_pandas().head(5)
+sig = tf.saved_model.load(run + "/model/Format-Serving").signatures["serving_default"]
+out = sig(examples=tf.constant(serialize_examples(frame, load_manifest(run))))
+empty = sig(examples=tf.constant([tf.train.Example().SerializeToString()]))
+print(json.dumps({"max_abs_diff": diff, "inputs": list(sig.structured_input_signature[1]),
+                  "outputs": sorted(out), "shape": out["probabilities"].shape.as_list(),
+                  "dtype": out["probabilities"].dtype.name, "empty": float(empty["probabilities"][0, 0])}))
+"""
+    return json.loads(_ml_python(code, str(run_dir)).strip().splitlines()[-1])
+
+
+def test_export_answers_tf_examples_like_the_trained_model(export_report):
+    assert export_report["max_abs_diff"] < 1e-5
+
+
+def test_serving_signature(export_report):
+    assert export_report["inputs"] == ["examples"]
+    assert export_report["outputs"] == ["logits", "probabilities"]
+    assert export_report["shape"] == [5, 1] and export_report["dtype"] == "float32"
+    assert 0 <= export_report["empty"] <= 1  # an empty example reads as the train means / out-of-vocabulary
+
+
+def test_epoch_metrics_reach_the_open_mlflow_run(trained, mlflow_run):
+    from mlflow import MlflowClient
+
+    uri, run_id = mlflow_run
+    client = MlflowClient(tracking_uri=uri)
+    for key in ("loss", "val_loss", "val_auc", "samples_per_s"):
+        assert [m.step for m in client.get_metric_history(run_id, key)] == [1, 2, 3, 4], key
+    assert client.get_run(run_id).info.status == "RUNNING"  # the launcher ends it, not the worker
+
+
+# --------------------------------------------------------------------------- resume after a kill
+
+
+@needs_horovod
+def test_killed_run_resumes_from_its_checkpoint(tmp_path, credit_rows):
+    run_dir = tmp_path / "run-resume"
+    epochs = 20
+    make_run_dir(run_dir, credit_rows.head(1200), epochs=epochs)
+    proc = subprocess.Popen(_command(run_dir), cwd=REPO_ROOT, env=_env(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + RUN_TIMEOUT_S
+    try:
+        while not (run_dir / "checkpoints" / "checkpoint").exists():
+            assert proc.poll() is None, f"the run ended before its first checkpoint:\n{proc.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "no checkpoint in time"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert not (run_dir / "result.json").exists()
+
+    done = run_workers(run_dir)
+    assert done.returncode == 0, done.stdout[-6000:]
+    resumed = re.findall(r"factory-train: resumed from epoch (\d+)", done.stdout)
+    assert len(resumed) == 1 and 1 <= int(resumed[0]) < epochs
+    result = json.loads((run_dir / "result.json").read_text())
+    assert result["resumed_from_epoch"] == int(resumed[0])
+    assert result["epochs_run"] == epochs
+    assert [h["epoch"] for h in result["history"]] == list(range(1, epochs + 1))
+    hashes = _hashes(done.stdout)
+    assert set(hashes) == {0, 1} and hashes[0] == hashes[1] == result["weights_sha256"]
+
+
+# --------------------------------------------------------------------------- bad input: one clear line
+
+
+def _break_missing_dir(run_dir: Path) -> None:
+    import shutil
+
+    shutil.rmtree(run_dir)
+
+
+def _break_manifest(run_dir: Path) -> None:
+    m = json.loads((run_dir / "manifest.json").read_text())
+    m["features"][0]["mean"] = None
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def _break_shard_count(run_dir: Path) -> None:
+    """Three shards for two workers."""
+    import pyarrow.parquet as pq
+
+    train = run_dir / "data" / "train"
+    table = pq.read_table(train / "part-00001.parquet")
+    half = table.num_rows // 2
+    pq.write_table(table.slice(0, half), train / "part-00001.parquet")
+    pq.write_table(table.slice(half), train / "part-00002.parquet")
+    m = json.loads((run_dir / "manifest.json").read_text())
+    m["shards"] = [m["shards"][0], half, table.num_rows - half]
+    (run_dir / "manifest.json").write_text(json.dumps(m))
+
+
+def _break_empty_shard(run_dir: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = run_dir / "data" / "train" / "part-00001.parquet"
+    pq.write_table(pq.read_table(path).slice(0, 0), path)
+
+
+@needs_horovod
+@pytest.mark.parametrize(
+    ("breaker", "message"),
+    [
+        (_break_missing_dir, r"run dir .* does not exist"),
+        (_break_manifest, r"manifest\.json: features\.0 \(funded_amnt\)\.mean: a numeric feature needs a finite mean"),
+        (_break_shard_count, r"3 training shards but 2 workers"),
+        (_break_empty_shard, r"shard part-00001\.parquet is empty"),
+    ],
+    ids=["missing-run-dir", "bad-manifest", "shard-count", "empty-shard"],
+)
+def test_bad_input_fails_with_one_clear_line(tmp_path, credit_rows, breaker, message):
+    run_dir = tmp_path / "run-bad"
+    make_run_dir(run_dir, credit_rows.head(600))
+    breaker(run_dir)
+    done = run_workers(run_dir, timeout=120)
+    assert done.returncode != 0
+    # each rank that stops says why in one line, the same line on every rank
+    errors = re.findall(r"^\[(\d+)\]<stderr>:factory-train: error: (.*)$", done.stdout, re.M)
+    assert errors, done.stdout[-4000:]
+    assert len({rank for rank, _ in errors}) == len(errors)
+    assert len({text for _, text in errors}) == 1
+    assert re.search(message, errors[0][1]), errors[0][1]
+    # no worker traceback (horovodrun reports the failed process with one of its own)
+    assert not re.search(r"^\[\d+\]<std(?:out|err)>:.*Traceback", done.stdout, re.M), done.stdout[-4000:]
