@@ -1,0 +1,20 @@
+"""The evaluation gate: TFX evaluation, blessing, pushing to serving, and the model registry.
+
+ML environment (TensorFlow, TFX):
+    gate        ``python -m pipelines.evaluation.gate``: checks, TFX pipeline, result + report
+    pipeline    the TFX pipeline (ImportExampleGen, Importer, Resolver, Evaluator, Pusher)
+    pusher      the Pusher component whose executor publishes atomically into the store
+    eval_config the TFMA EvalConfig from the spec (where thresholds apply: see there)
+    inputs      input checks and eval.parquet -> tf.Example
+    rollback    ``python -m pipelines.evaluation.rollback``: serving store + ML Metadata side of a rollback
+
+Both environments (no TensorFlow):
+    settings    the spec's ``evaluation:`` section
+    paths       where things live (serving store, MLMD, pipeline root), from configuration
+    serving     the serving store (TF Serving layout), atomic publish and retire
+    report      the HTML report
+    registry    the MLflow model registry (versions, tags, the ``champion`` alias)
+
+Orchestration environment (Airflow tasks call these):
+    stage       ``evaluate_and_push`` and ``rollback``
+"""

@@ -1,0 +1,254 @@
+"""The gate's inputs, checked before anything runs: the run's manifest, the held-out
+evaluation split and the candidate SavedModel; and the split as gzipped TFRecords of
+``tf.Example`` for TFX's ImportExampleGen.
+
+Checks (each failure is a :class:`GateInputError` naming the file and what is wrong;
+nothing is evaluated or pushed):
+
+* ``manifest.json`` parses (:func:`pipelines.training.model.load_manifest`);
+* ``data/eval.parquet`` exists, has the label column (0/1 only, no missing value, both
+  classes present), every feature the model reads, the columns the slices need, and at
+  least ``min_eval_examples`` rows;
+* ``model/Format-Serving/saved_model.pb`` exists and its ``serving_default`` signature
+  takes exactly one 1-D string tensor ``examples`` and returns float ``probabilities``.
+  Read from the SavedModel proto: no model is loaded for the check.
+
+The examples carry every column of the split (features typed as the model parses them:
+integer -> int64, double -> float, string -> bytes; other columns by their Parquet type)
+plus the derived slicing features (e.g. ``age_band``), which the model's parser ignores.
+A missing value becomes an empty feature (the model's parser then uses its default).
+Encoding is tfx-bsl's Arrow -> tf.Example coder (C++), not a Python loop.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.evaluation.settings import EvaluationSettings
+
+EXPORT_DIR = "Format-Serving"
+SIGNATURE = "serving_default"
+INPUT_KEY = "examples"
+PREDICTION_KEY = "probabilities"
+EXAMPLES_FILE = "data_tfrecord-00000-of-00001.gz"
+SEP = "\x1f"  # joins the values of a crossed slice in slice_counts
+
+
+class GateInputError(ValueError):
+    """The evaluation cannot start: bad manifest, evaluation split or model (message says which)."""
+
+
+@dataclass(frozen=True)
+class EvalInputs:
+    run_dir: Path
+    manifest: Any  # pipelines.training.model.Manifest
+    label: str
+    rows: int
+    positives: int
+    slice_counts: dict[str, dict[str, list[int]]]  # "term" -> {"term_36": [rows, positives]}
+
+
+def load_manifest(run_dir: Path):
+    from pipelines.training.model import ManifestError
+    from pipelines.training.model import load_manifest as _load
+
+    try:
+        return _load(run_dir)
+    except ManifestError as err:
+        raise GateInputError(f"{run_dir}: {err}") from None
+
+
+def check_model(model_root: Path) -> None:
+    """The candidate must be a SavedModel with the serving signature the factory serves."""
+    pb = Path(model_root) / EXPORT_DIR / "saved_model.pb"
+    if not pb.is_file():
+        raise GateInputError(f"no SavedModel at {pb.parent} (expected {pb.name})")
+    from tensorflow.core.framework import types_pb2
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    try:
+        saved.ParseFromString(pb.read_bytes())
+    except Exception as err:  # noqa: BLE001 - a corrupt file
+        raise GateInputError(f"{pb}: not a SavedModel: {err}") from None
+    if not saved.meta_graphs:
+        raise GateInputError(f"{pb}: the SavedModel has no MetaGraph")
+    sigs = saved.meta_graphs[0].signature_def
+    where = f"model {pb.parent}"
+    if SIGNATURE not in sigs:
+        raise GateInputError(f"{where}: no {SIGNATURE!r} signature (it has: {sorted(sigs) or 'none'})")
+    sig = sigs[SIGNATURE]
+    inputs = dict(sig.inputs)
+    if list(inputs) != [INPUT_KEY]:
+        raise GateInputError(
+            f"{where}: signature {SIGNATURE!r} must take exactly one input {INPUT_KEY!r} "
+            f"(serialized tf.Example), it takes {sorted(inputs)}"
+        )
+    tensor = inputs[INPUT_KEY]
+    dims = [d.size for d in tensor.tensor_shape.dim]
+    if tensor.dtype != types_pb2.DT_STRING or tensor.tensor_shape.unknown_rank or len(dims) != 1:
+        raise GateInputError(
+            f"{where}: input {INPUT_KEY!r} must be a 1-D string tensor, it is "
+            f"{types_pb2.DataType.Name(tensor.dtype)} with shape {dims}"
+        )
+    if PREDICTION_KEY not in sig.outputs:
+        raise GateInputError(
+            f"{where}: signature {SIGNATURE!r} must return {PREDICTION_KEY!r}, it returns {sorted(sig.outputs)}"
+        )
+    if sig.outputs[PREDICTION_KEY].dtype not in (types_pb2.DT_FLOAT, types_pb2.DT_DOUBLE):
+        raise GateInputError(f"{where}: output {PREDICTION_KEY!r} must be float")
+
+
+def _bands(values, bins: list[float], labels: list[str]):
+    import numpy as np
+
+    x = np.asarray(values, dtype="float64")
+    idx = np.digitize(x, bins, right=False)  # 0: < bins[0]; k: >= bins[-1]
+    out = np.asarray(labels, dtype=object)[idx]
+    out[np.isnan(x)] = None
+    return out
+
+
+def load_eval_frame(run_dir: Path, settings: EvaluationSettings):
+    """The evaluation split, checked, with the derived slicing features added."""
+    import pyarrow.parquet as pq
+
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    path = run_dir / "data" / "eval.parquet"
+    if not path.is_file():
+        raise GateInputError(f"evaluation split not found: {path}")
+    try:
+        frame = pq.read_table(path).to_pandas()
+    except Exception as err:  # noqa: BLE001
+        raise GateInputError(f"{path}: cannot be read as Parquet: {err}") from None
+    label = manifest.label
+    if label not in frame.columns:
+        raise GateInputError(f"{path}: the label column {label!r} is missing (columns: {list(frame.columns)})")
+    y = frame[label]
+    if y.isna().any():
+        raise GateInputError(f"{path}: the label column {label!r} has {int(y.isna().sum())} missing values")
+    if not y.isin([0, 1]).all():
+        bad = sorted(map(str, set(y.unique()) - {0, 1}))[:5]
+        raise GateInputError(f"{path}: the label column {label!r} must hold 0/1 (1 = positive), found {bad}")
+    frame[label] = y.astype("int64")
+    missing = [f.name for f in manifest.features if f.name not in frame.columns]
+    if missing:
+        raise GateInputError(f"{path}: feature column(s) the model reads are missing: {missing}")
+    if len(frame) < settings.min_eval_examples:
+        raise GateInputError(
+            f"{path}: {len(frame)} rows, fewer than min_eval_examples={settings.min_eval_examples}"
+        )
+    positives = int(frame[label].sum())
+    if positives == 0 or positives == len(frame):
+        raise GateInputError(f"{path}: the label column {label!r} holds one class only: AUC is undefined")
+    for name, d in settings.derived_features.items():
+        if d.from_ not in frame.columns:
+            raise GateInputError(f"{path}: derived feature {name!r} needs column {d.from_!r}, which is missing")
+        frame[name] = _bands(frame[d.from_], d.bins, d.labels())
+    for s in settings.slice_features:
+        absent = [f for f in s if f not in frame.columns]
+        if absent:
+            raise GateInputError(f"{path}: slice {list(s)} needs column(s) {absent}, which are missing")
+    return manifest, frame
+
+
+def slice_name(pairs: dict[str, str] | list[tuple[str, str]]) -> str:
+    """A slice as TFMA names it: ``term:term_36``; crosses ``SEX_X_age_band:1_X_<16`` (features
+    sorted); no feature: ``Overall``."""
+    items = sorted(pairs.items() if isinstance(pairs, dict) else pairs)
+    if not items:
+        return "Overall"
+    return "_X_".join(k for k, _ in items) + ":" + "_X_".join(str(v) for _, v in items)
+
+
+def slice_counts(
+    frame, label: str, settings: EvaluationSettings, orders: dict[str, list[str]] | None = None
+) -> dict[str, dict[str, list[int]]]:
+    """Rows and positives of every slice value: "term" -> {"term_36": [rows, positives]}, in
+    the order of ``orders`` (feature -> values: the spec's categories, the derived bands).
+    A cross is keyed "SEX x age_band", its values joined with :data:`SEP`."""
+    orders = {**(orders or {}), **{n: d.labels() for n, d in settings.derived_features.items()}}
+
+    def rank(feature: str, value: str) -> tuple[int, str]:
+        known = orders.get(feature) or []
+        return (known.index(value), "") if value in known else (len(known), value)
+
+    out: dict[str, dict[str, list[int]]] = {}
+    for s in settings.slice_features:
+        grouped = frame.groupby(list(s), dropna=True)[label].agg(["count", "sum"])
+        rows = []
+        for key, row in grouped.iterrows():
+            key = tuple(str(k) for k in (key if isinstance(key, tuple) else (key,)))
+            rows.append((tuple(rank(f, v) for f, v in zip(s, key, strict=True)), key, row))
+        out[" x ".join(s)] = {
+            SEP.join(key): [int(row["count"]), int(row["sum"])] for _, key, row in sorted(rows, key=lambda r: r[0])
+        }
+    return out
+
+
+def _arrow_column(series, kind: str):
+    """A column as an Arrow list array (one value per row; null -> an empty feature)."""
+    import numpy as np
+    import pyarrow as pa
+
+    values = pa.array(series, from_pandas=True)
+    try:
+        if kind == "integer":
+            values = values.cast(pa.int64())
+        elif kind == "double":
+            values = values.cast(pa.float32())
+        else:
+            values = values.cast(pa.string()).cast(pa.binary())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as err:
+        raise GateInputError(f"column {series.name!r} cannot be written as {kind}: {err}") from None
+    n = len(values)
+    return pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32)), values, mask=values.is_null())
+
+
+def column_kinds(frame, manifest) -> dict[str, str]:
+    """How each column is typed in the tf.Examples: the model's types for its features,
+    the Parquet type for the rest (key, label, metadata, derived)."""
+    import pandas as pd
+
+    kinds = {f.name: f.type for f in manifest.features}
+    for c in frame.columns:
+        if c in kinds:
+            continue
+        dtype = frame[c].dtype
+        if pd.api.types.is_bool_dtype(dtype) or pd.api.types.is_integer_dtype(dtype):
+            kinds[c] = "integer"
+        elif pd.api.types.is_float_dtype(dtype):
+            kinds[c] = "double"
+        else:
+            kinds[c] = "string"
+    return kinds
+
+
+def serialize(frame, kinds: dict[str, str]) -> list[bytes]:
+    """Rows as serialized tf.Example (tfx-bsl's C++ coder)."""
+    import pyarrow as pa
+    from tfx_bsl.coders import example_coder
+
+    cols = list(kinds)
+    batch = pa.RecordBatch.from_arrays([_arrow_column(frame[c], kinds[c]) for c in cols], cols)
+    return example_coder.RecordBatchToExamples(batch)
+
+
+def write_examples(frame, manifest, out_dir: Path) -> Path:
+    """``<out_dir>/eval/data_tfrecord-00000-of-00001.gz`` (gzipped TFRecord), rewritten whole."""
+    import shutil
+
+    import tensorflow as tf
+
+    out_dir = Path(out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    (out_dir / "eval").mkdir(parents=True)
+    path = out_dir / "eval" / EXAMPLES_FILE
+    records = serialize(frame, column_kinds(frame, manifest))
+    with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        for r in records:
+            w.write(r)
+    return path

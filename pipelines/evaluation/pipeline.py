@@ -1,0 +1,181 @@
+"""The gate's TFX pipeline (ML environment), one pipeline per line, run by LocalDagRunner::
+
+    ImportExampleGen (eval split: gzipped TFRecords of tf.Example)  --+
+    Importer "candidate" (<run>/model, a Model artifact)  ------------+--> Evaluator --> ServingStorePusher
+    Resolver "baseline" (LatestBlessedModelStrategy)  ----------------+
+
+ML Metadata (:func:`pipelines.evaluation.paths.mlmd_connection_config`) keeps every
+Model, Examples, ModelEvaluation, ModelBlessing and PushedModel with their lineage; the
+Resolver reads it to find the baseline: the latest model whose ``ModelBlessing`` has
+``blessed=1``. The factory keeps that property true to what is being served: a
+force-blessed push sets it (with ``factory_override=FORCED``), a rollback clears it on the
+retired model (``factory_override=ROLLED_BACK``), so the next candidate is compared with
+the model in serving.
+
+Beam runs in-process (``--direct_running_mode=in_memory``, one worker): the evaluation
+splits here are small, and process start-up would dominate (see bench/eval_bench.py).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from pipelines.evaluation import paths
+
+BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
+OVERRIDE_KEY = "factory_override"
+
+
+def build(
+    line: str,
+    run_dir: Path,
+    examples_dir: Path,
+    eval_config: Any,
+    *,
+    force_bless_reason: str | None = None,
+    info: dict[str, Any] | None = None,
+    home: Path | None = None,
+):
+    from tfx import v1 as tfx
+    from tfx.proto import example_gen_pb2
+
+    from pipelines.evaluation.pusher import ServingStorePusher, push_destination
+
+    example_gen = tfx.components.ImportExampleGen(
+        input_base=str(examples_dir),
+        input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="eval", pattern="eval/*")]),
+        output_config=example_gen_pb2.Output(
+            split_config=example_gen_pb2.SplitConfig(
+                splits=[example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)]
+            )
+        ),
+    )
+    candidate = tfx.dsl.Importer(
+        source_uri=str(Path(run_dir) / "model"),
+        artifact_type=tfx.types.standard_artifacts.Model,
+        reimport=False,
+    ).with_id("candidate")
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("baseline")
+    evaluator = tfx.components.Evaluator(
+        examples=example_gen.outputs["examples"],
+        model=candidate.outputs["result"],
+        baseline_model=baseline.outputs["model"],
+        eval_config=eval_config,
+        example_splits=["eval"],
+    )
+    pusher = ServingStorePusher(
+        model=candidate.outputs["result"],
+        model_blessing=evaluator.outputs["blessing"],
+        push_destination=push_destination(paths.serving_base(line, home)),
+        custom_config={"force_bless_reason": force_bless_reason or "", "info": info or {}},
+    )
+    return tfx.dsl.Pipeline(
+        pipeline_name=paths.pipeline_name(line),
+        pipeline_root=str(paths.pipeline_root(line, home)),
+        components=[example_gen, candidate, baseline, evaluator, pusher],
+        metadata_connection_config=paths.mlmd_connection_config(line, home),
+        enable_cache=False,
+        beam_pipeline_args=BEAM_ARGS,
+    )
+
+
+def store(line: str, home: Path | None = None):
+    from ml_metadata.metadata_store import metadata_store
+
+    return metadata_store.MetadataStore(paths.mlmd_connection_config(line, home))
+
+
+def _run_contexts(mlmd, line: str) -> set[int]:
+    return {c.id for c in mlmd.get_contexts_by_type("pipeline_run")} if mlmd.get_context_type("pipeline_run") else set()
+
+
+def run(pipeline, line: str, home: Path | None = None) -> dict[str, Any]:
+    """Run the pipeline; return what it made (artifacts by role, from ML Metadata)."""
+    from tfx import v1 as tfx
+
+    mlmd = store(line, home)
+    try:
+        before = _run_contexts(mlmd, line)
+    except Exception:  # noqa: BLE001 - a new store has no types yet
+        before = set()
+    started = time.monotonic()
+    tfx.orchestration.LocalDagRunner().run(pipeline)
+    seconds = time.monotonic() - started
+    mlmd = store(line, home)
+    new = [c for c in mlmd.get_contexts_by_type("pipeline_run") if c.id not in before]
+    if len(new) != 1:
+        raise RuntimeError(f"expected one new pipeline run in ML Metadata, found {len(new)}")
+    outputs = collect(mlmd, new[0])
+    outputs["pipeline_s"] = seconds
+    return outputs
+
+
+def _props(artifact) -> dict[str, Any]:
+    out = {}
+    for k, v in artifact.custom_properties.items():
+        kind = v.WhichOneof("value")
+        out[k] = getattr(v, kind) if kind in ("int_value", "double_value", "string_value") else str(v)
+    return out
+
+
+def collect(mlmd, run_context) -> dict[str, Any]:
+    """The run's artifacts by role: candidate, baseline, examples, evaluation, blessing, pushed."""
+    from ml_metadata.proto import metadata_store_pb2
+
+    executions = mlmd.get_executions_by_context(run_context.id)
+    types = {t.id: t.name for t in mlmd.get_execution_types()}
+    failed = [
+        types.get(e.type_id, "?") for e in executions
+        if e.last_known_state == metadata_store_pb2.Execution.FAILED
+    ]
+    if failed:
+        raise RuntimeError(f"TFX execution(s) failed: {failed}")
+    events = mlmd.get_events_by_execution_ids([e.id for e in executions])
+    artifacts = {a.id: a for a in mlmd.get_artifacts_by_id(list({ev.artifact_id for ev in events}))}
+    atypes = {t.id: t.name for t in mlmd.get_artifact_types()}
+    roles: dict[str, Any] = {}
+    for ev in events:
+        key = ev.path.steps[0].key if ev.path.steps else ""
+        a = artifacts[ev.artifact_id]
+        entry = {"id": a.id, "uri": a.uri, "type": atypes.get(a.type_id), "properties": _props(a)}
+        if ev.type == metadata_store_pb2.Event.INPUT:
+            if key == "baseline_model":
+                roles["baseline"] = entry
+            elif key == "model" and "candidate" not in roles:
+                roles["candidate"] = entry
+        elif ev.type == metadata_store_pb2.Event.OUTPUT:
+            name = {"examples": "examples", "evaluation": "evaluation", "blessing": "blessing",
+                    "pushed_model": "pushed", "result": "candidate"}.get(key)
+            if name:
+                roles[name] = entry
+    roles["pipeline_run_id"] = run_context.name
+    return roles
+
+
+def set_blessing_override(line: str, blessing_id: int, blessed: bool, override: str, reason: str,
+                          home: Path | None = None) -> None:
+    """Record the factory's decision on a ModelBlessing: ``blessed`` (what the baseline
+    Resolver reads) and ``factory_override`` / ``factory_override_reason``."""
+    mlmd = store(line, home)
+    [artifact] = mlmd.get_artifacts_by_id([blessing_id])
+    artifact.custom_properties["blessed"].int_value = 1 if blessed else 0
+    artifact.custom_properties[OVERRIDE_KEY].string_value = override
+    artifact.custom_properties[f"{OVERRIDE_KEY}_reason"].string_value = reason
+    mlmd.put_artifacts([artifact])
+
+
+def blessings_of_model(line: str, model_id: int, home: Path | None = None) -> list[int]:
+    """Ids of the blessed ModelBlessing artifacts that name ``model_id``."""
+    mlmd = store(line, home)
+    out = []
+    for a in mlmd.get_artifacts_by_type("ModelBlessing"):
+        p = a.custom_properties
+        if "current_model_id" in p and p["current_model_id"].int_value == model_id and p["blessed"].int_value == 1:
+            out.append(a.id)
+    return out

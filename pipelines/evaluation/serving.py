@@ -1,0 +1,180 @@
+"""The serving store: SavedModels in TF Serving's layout, published atomically.
+
+Layout (``--model_base_path=<store>/<line>`` for TF Serving)::
+
+    <store>/<line>/1/saved_model.pb, variables/, assets.extra/factory_push.json
+    <store>/<line>/2/...                     TF Serving serves the highest integer version
+    <store>/<line>/.retired/2/               rolled back: moved out of TF Serving's sight
+    <store>/<line>/.retired/2.json           when and why
+    <store>/<line>/.incoming-XXXX/           a push being copied (ignored by TF Serving)
+    <store>/<line>/.lock                     serialises version numbers and renames
+
+TF Serving only loads directories whose names are integers, so a push is copied and
+fsynced into an ``.incoming-*`` directory first, then renamed to the next integer version
+while holding ``.lock``: a reader never sees half a version, and two concurrent pushes
+get two different versions. Version numbers are never reused (a retired number stays
+taken), so a version number names one model forever.
+
+Rollback moves the highest version into ``.retired/`` (one rename, under the lock):
+TF Serving then serves the next-highest version, which is the previous push. Nothing
+is copied, and the registry keeps the same version numbers.
+
+Plain Python (no TensorFlow): used by the TFX Pusher's executor and by rollback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+PUSH_INFO = "factory_push.json"  # <version>/assets.extra/
+RETIRED = ".retired"
+INCOMING_PREFIX = ".incoming-"
+LOCK = ".lock"
+
+
+class ServingStoreError(RuntimeError):
+    """The serving store cannot do what was asked (e.g. nothing to roll back to)."""
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def locked(base: Path) -> Iterator[None]:
+    """An exclusive lock on a line's serving directory."""
+    base.mkdir(parents=True, exist_ok=True)
+    with open(base / LOCK, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _int_dirs(path: Path) -> list[int]:
+    if not path.is_dir():
+        return []
+    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def live_versions(base: Path) -> list[int]:
+    """The versions TF Serving can see, ascending."""
+    return _int_dirs(base)
+
+
+def retired_versions(base: Path) -> list[int]:
+    return _int_dirs(base / RETIRED)
+
+
+def serving_version(base: Path) -> int | None:
+    """The version TF Serving serves (the highest), or None."""
+    versions = live_versions(base)
+    return versions[-1] if versions else None
+
+
+def push_info(version_dir: Path) -> dict[str, Any]:
+    path = version_dir / "assets.extra" / PUSH_INFO
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _fsync_tree(root: Path) -> None:
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(dirpath))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Path]:
+    """Copy a SavedModel into ``base`` as the next integer version; return (version, path).
+
+    ``info`` is written to ``<version>/assets.extra/factory_push.json`` with the version.
+    """
+    model_dir = Path(model_dir)
+    if not (model_dir / "saved_model.pb").is_file():
+        raise ServingStoreError(f"{model_dir} is not a SavedModel (no saved_model.pb)")
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=base))
+    try:
+        staged = tmp / "model"
+        shutil.copytree(model_dir, staged)
+        extra = staged / "assets.extra"
+        extra.mkdir(exist_ok=True)
+        _fsync_tree(staged)  # the long part, outside the lock
+        with locked(base):
+            taken = live_versions(base) + retired_versions(base)
+            version = (max(taken) if taken else 0) + 1
+            info_path = extra / PUSH_INFO
+            info_path.write_text(
+                json.dumps({**info, "version": version, "pushed_at": _now()}, indent=2, sort_keys=True, default=str)
+            )
+            _fsync_tree(extra)
+            final = base / str(version)
+            os.rename(staged, final)
+            _fsync_dir(base)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return version, final
+
+
+def retire_latest(base: Path, reason: str, expected: int | None = None) -> tuple[int, int]:
+    """Roll back: move the served version into ``.retired/``; return (retired, now served).
+
+    ``expected``: refuse unless this is the version being served (a guard against rolling
+    back twice). Raises :class:`ServingStoreError` when no earlier version is left.
+    """
+    with locked(base):
+        versions = live_versions(base)
+        if not versions:
+            raise ServingStoreError(f"{base}: no model is being served")
+        current = versions[-1]
+        if expected is not None and current != expected:
+            raise ServingStoreError(f"{base}: version {current} is being served, not {expected}")
+        if len(versions) < 2:
+            raise ServingStoreError(
+                f"{base}: version {current} is the only version: nothing to roll back to"
+            )
+        retired = base / RETIRED
+        retired.mkdir(exist_ok=True)
+        (retired / f"{current}.json").write_text(
+            json.dumps({"version": current, "retired_at": _now(), "reason": reason, "now_serving": versions[-2]},
+                       indent=2)
+        )
+        os.rename(base / str(current), retired / str(current))
+        _fsync_dir(retired)
+        _fsync_dir(base)
+    return current, versions[-2]
+
+
+def clean_incoming(base: Path, older_than_s: float = 3600.0) -> list[Path]:
+    """Remove ``.incoming-*`` directories a crashed push left behind."""
+    import time
+
+    removed = []
+    if base.is_dir():
+        for p in base.glob(f"{INCOMING_PREFIX}*"):
+            if time.time() - p.stat().st_mtime > older_than_s:
+                shutil.rmtree(p, ignore_errors=True)
+                removed.append(p)
+    return removed
