@@ -1,0 +1,79 @@
+"""
+### Monitor: new validated batches -> drift scores vs the serving model -> drift event
+
+One DAG per product line, generated from `include/lines/*.yaml`. Runs when the line's
+`validated_data` Asset gets news and every 30 minutes.
+
+1. **wait**: a deferrable sensor. It holds no worker slot while it waits: the triggerer
+   runs it until the line has validated batches not scored yet and a model in serving.
+2. **score**: each new batch against the serving model's reference profile (PSI and KS
+   for numeric features, Jensen-Shannon and L-infinity for categoricals, prediction
+   drift on the serving model's scores, ROC AUC when the batch has labels). Every score
+   is kept in the line's drift history; a report per batch (JSON and HTML) is written.
+3. **retrain**: when a drift episode is open and the spec's policy allows (one retrain per
+   episode, a cooldown between retrains), emits an event on the line's `drift` Asset with
+   what drifted and by how much; the line's training DAG is scheduled on it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
+
+from pipelines.assets import drift_asset, validated_data
+from pipelines.drift.sensor import NewBatchesSensor
+from pipelines.specs import LineSpec, load_specs
+
+
+def build(spec: LineSpec) -> DAG:
+    line = spec.name
+    drift = drift_asset(line)
+    with DAG(
+        dag_id=f"monitor_{line}",
+        description=f"Score new batches of {line} for drift against the serving model",
+        schedule=AssetOrTimeSchedule(
+            timetable=CronTriggerTimetable("*/30 * * * *", timezone="UTC"), assets=[validated_data(line)]
+        ),
+        start_date=datetime(2026, 1, 1),
+        catchup=False,
+        max_active_runs=1,
+        tags=["factory", "monitor", line, *spec.tags],
+        default_args={"owner": spec.owner, "retries": 1, "retry_delay": timedelta(seconds=30)},
+        doc_md=f"{__doc__}\n\n**Line:** `{line}`: {spec.description}",
+    ) as dag:
+        wait = NewBatchesSensor(
+            task_id="wait",
+            line=line,
+            poll_seconds=30,
+            timeout=timedelta(hours=6).total_seconds(),
+            soft_fail=True,  # nothing new for six hours is not an error
+        )
+
+        @task
+        def score(work: dict) -> dict:
+            from pipelines.monitoring import score_new_batches
+
+            return score_new_batches(line, work.get("batches"))
+
+        @task(outlets=[drift])
+        def retrain(scored: dict, run_id: str | None = None, outlet_events=None) -> dict:
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            from pipelines.monitoring import retrain_decision
+
+            event = retrain_decision(line, run_id or "manual")
+            if event is None:
+                drifted = [b["batch_id"] for b in scored.get("batches", []) if b.get("drifted")]
+                raise AirflowSkipException(
+                    f"no retrain due for {line} (drifted batches in this run: {drifted or 'none'})"
+                )
+            outlet_events[drift].extra = event
+            return event
+
+        retrain(score(wait.output))
+    return dag
+
+
+for _spec in load_specs():
+    globals()[f"monitor_{_spec.name}"] = build(_spec)

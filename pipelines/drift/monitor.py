@@ -1,0 +1,92 @@
+"""One call for the Airflow side: score a batch, write its reports, record it.
+
+A monitor task reads the cleaned batch and the serving model's profile, then calls
+:func:`monitor_batch`, which scores the batch (:mod:`~pipelines.drift.score`), writes
+``<FACTORY_HOME>/drift/<line>/reports/<batch>.json`` and ``.html``, and records the batch in
+the line's history and episodes (:mod:`~pipelines.drift.episodes`). It returns a small,
+plain summary (fit for an XCom). Whether to retrain is a separate step
+(:func:`pipelines.drift.episodes.claim_retrain`), so a sensor can ask it on its own
+schedule.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pipelines.drift.episodes import record_batch
+from pipelines.drift.files import drift_dir
+from pipelines.drift.profile import load_profile
+from pipelines.drift.report import write_html_report, write_json_report
+from pipelines.drift.score import score_batch
+from pipelines.drift.settings import DriftSpec, drift_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def line_drift_spec(line: str) -> DriftSpec:
+    """The line's ``drift:`` section, validated (defaults when the spec has none)."""
+    from pipelines.specs import load_spec
+
+    section = load_spec(line).drift
+    return drift_spec(section.model_dump() if hasattr(section, "model_dump") else section)
+
+
+def report_paths(line: str, batch_id: str, home: Path | None = None) -> tuple[Path, Path]:
+    safe = re.sub(r"[^A-Za-z0-9._=-]", "_", batch_id) or "batch"
+    folder = drift_dir(line, home) / "reports"
+    return folder / f"{safe}.json", folder / f"{safe}.html"
+
+
+def monitor_batch(
+    line: str,
+    frame: pd.DataFrame,
+    profile_path: Path,
+    *,
+    batch_id: str,
+    model_version: str | None = None,
+    scores: Any = None,
+    labels: Any = None,
+    positive: Any = None,
+    config: DriftSpec | dict[str, Any] | None = None,
+    home: Path | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """Score, report and record one batch; returns a summary dict (plain values only)."""
+    cfg = drift_spec(config) if config is not None else line_drift_spec(line)
+    profile = load_profile(profile_path)
+    version = model_version if model_version is not None else profile.get("meta", {}).get("model_version")
+    report = score_batch(
+        profile, frame, scores=scores, labels=labels, positive=positive, config=cfg, batch_id=batch_id
+    )
+    report["profile"]["meta"].setdefault("line", line)
+    report["profile"]["meta"]["model_version"] = version
+    json_path, html_path = report_paths(line, batch_id, home)
+    write_json_report(report, json_path)
+    write_html_report(report, html_path)
+    record = record_batch(
+        line,
+        report,
+        model_version=None if version is None else str(version),
+        batch_id=batch_id,
+        report_path=str(json_path),
+        html_path=str(html_path),
+        policy=cfg.retrain,
+        home=home,
+        now=now,
+    )
+    return {
+        "line": line,
+        "batch_id": batch_id,
+        "status": report["status"],
+        "drifted": report["drifted"],
+        "drifted_features": [d["feature"] for d in report["drifted_features"]],
+        "why": [f"{d['feature']}: {d['by']}" for d in report["drifted_features"]],
+        "episode_id": record["episode_id"],
+        "model_version": record["model_version"],
+        "report_path": str(json_path),
+        "html_path": str(html_path),
+    }

@@ -1,0 +1,375 @@
+"""Score a new batch against a reference profile: per-feature drift and one verdict.
+
+What is computed
+----------------
+Every monitored feature is reduced to a distribution over the profile's buckets (numeric:
+the reference's quantile bins plus ``__missing__``; categorical: the reference's
+categories plus ``__other__`` and ``__missing__``), and compared with:
+
+- PSI, ``sum((q - p) ln(q / p))``, empty buckets smoothed to ``epsilon`` (1e-4);
+- Jensen-Shannon divergence in bits (base 2, in [0, 1]);
+- L-infinity distance, the largest change of one bucket's share;
+- a chi-square test of homogeneity on the bucket counts (sparse buckets pooled);
+- numeric features only: the two-sample Kolmogorov-Smirnov test of the batch's values
+  against the profile's reference sample (statistic and p-value).
+
+The model's scores (``scores=``) are the numeric feature ``__score__``: prediction drift,
+with the same metrics. With labels as well, ROC AUC on the batch is reported next to the
+reference's.
+
+When a feature alarms
+---------------------
+A feature is ``drifted`` only when BOTH hold:
+
+1. effect: some effect metric reaches its threshold (defaults PSI >= 0.2, JSD >= 0.1,
+   L-inf >= 0.2; per line in the spec's ``drift.thresholds``, per feature in
+   ``drift.features.<name>``, for the score in ``drift.prediction``);
+2. significance: the feature's p-value is below ``alpha / m`` (Bonferroni), where
+   ``alpha`` is the line's family-wise level (default 0.01) and ``m`` the number of tests
+   in the batch (two per numeric feature, KS and chi-square, whose smaller p-value
+   counts; one per categorical feature).
+
+Why both. The effect size alone depends on the sample size: between two samples of ONE
+distribution the expected PSI is about ``(buckets - 1) * (1/n_ref + 1/n_cur)``, so a batch
+of 100 rows of a 50-category feature reads PSI ~ 0.5 from noise alone, and a fixed PSI
+threshold would alarm on every small batch. The test alone has the opposite fault: with
+tens of thousands of rows any real but harmless change is significant (ANC between the
+2015 and 2018 ACS years, PSI 0.014, has a chi-square p-value far below 1e-10), and a model
+does not need retraining for it. Requiring both means small batches alarm only on changes
+too large to be noise and large batches only on changes large enough to matter.
+Bonferroni keeps the chance that any of the ~20 features of a same-distribution batch
+passes the test at or under ``alpha``; the effect threshold makes it smaller still. The
+defaults follow common practice (PSI 0.1-0.25 "moderate", above 0.25 "major" shift; for
+small changes JSD in bits is about PSI / 5.5, so JSD 0.1 sits well above PSI 0.2 and
+adds a criterion for changes concentrated in few buckets; L-inf 0.2 is a 20 point move
+of one category's share).
+
+Chi-square cells with an expected count under 5 are pooled (Cochran's rule), so one
+rare category seen once in a 20-row batch cannot produce a tiny p-value. The KS
+p-value is asymptotic; with ties (integer data such as ages) it is conservative.
+
+Bad input
+---------
+- A monitored feature absent from the batch is a finding with status ``missing`` that
+  counts as drift (the batch no longer has what the model was trained on; a retrain on
+  the new schema is the fix) and is listed first; ``on_missing="error"`` raises
+  :class:`DriftInputError` instead.
+- An empty batch gives a report with ``status: "empty"``, ``drifted: false`` and no
+  scores: nothing is known about it, and no alarm is raised on no evidence.
+- Unparseable values in a numeric column count as missing (the ``__missing__`` bucket).
+- A profile that is missing or corrupt fails in :func:`pipelines.drift.profile.load_profile`
+  with :class:`~pipelines.drift.profile.ProfileError`.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pipelines.drift import metrics
+from pipelines.drift.profile import category_counts, check_profile, numeric_values
+from pipelines.drift.settings import EFFECT_METRICS, SCORE_FEATURE, DriftSpec, drift_spec
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+REPORT_FORMAT = "factory-drift-report"
+MAX_UNSEEN_LISTED = 20
+
+
+class DriftInputError(ValueError):
+    """A batch that cannot be scored as asked (e.g. a monitored feature is missing and
+    ``on_missing="error"``)."""
+
+
+def _finite(x: float | None) -> float | None:
+    return float(x) if x is not None and math.isfinite(x) else None
+
+
+def _numeric_counts(feature: dict[str, Any], values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bucket counts of the batch on the profile's bins (+ missing) and the finite values."""
+    nan = np.isnan(values)
+    finite = values[~nan]
+    edges = np.asarray(feature["edges"], dtype="float64")
+    counts = np.bincount(np.searchsorted(edges, finite, side="left"), minlength=len(edges) + 1)
+    return np.append(counts, int(nan.sum())), finite
+
+
+def _categorical_counts(feature: dict[str, Any], values: Any) -> tuple[np.ndarray, dict[str, int]]:
+    """Bucket counts of the batch on the profile's categories, and the values the profile
+    does not name (they are counted in ``__other__``)."""
+    seen = category_counts(values)
+    index = {c: i for i, c in enumerate(feature["categories"])}
+    counts = np.zeros(len(index) + 2, dtype="int64")
+    unseen: dict[str, int] = {}
+    for key, count in seen.items():
+        if key is None:
+            counts[-1] += count
+        elif key in index:
+            counts[index[key]] += count
+        else:
+            counts[-2] += count
+            unseen[key] = count
+    return counts, unseen
+
+
+def _summary(finite: np.ndarray, n: int) -> dict[str, Any]:
+    if len(finite) == 0:
+        return {"n": n, "missing": n, "mean": None, "std": None}
+    return {
+        "n": n,
+        "missing": int(n - len(finite)),
+        "mean": _finite(float(finite.mean())),
+        "std": _finite(float(finite.std(ddof=1))) if len(finite) > 1 else 0.0,
+        "min": float(finite.min()),
+        "max": float(finite.max()),
+    }
+
+
+def _compare(feature: dict[str, Any], values: Any, epsilon: float) -> dict[str, Any]:
+    """Distances and test statistics of one feature; no decision yet."""
+    ref_counts = np.asarray(feature["counts"], dtype="int64")
+    out: dict[str, Any] = {"kind": feature["kind"]}
+    if feature["kind"] == "numeric":
+        cur_counts, finite = _numeric_counts(feature, numeric_values(values))
+        statistic, pvalue = metrics.ks_from_sample(np.asarray(feature["sample"], dtype="float64"), finite)
+        out["ks"] = {
+            "statistic": _finite(statistic),
+            "pvalue": pvalue,
+            "n_ref_sample": len(feature["sample"]),
+            "n_cur": len(finite),
+        }
+        out["summary_cur"] = _summary(finite, int(cur_counts.sum()))
+        out["summary_ref"] = {k: feature["summary"].get(k) for k in ("n", "missing", "mean", "std", "min", "max")}
+        out["tests"] = 2
+    else:
+        cur_counts, unseen = _categorical_counts(feature, values)
+        ranked = sorted(unseen.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_UNSEEN_LISTED]
+        # values the profile does not name; "new" when the reference had no __other__ values
+        out["unseen"] = {
+            "values": dict(ranked),
+            "distinct": len(unseen),
+            "rows": int(sum(unseen.values())),
+            "new": bool(unseen) and bool(ref_counts[-2] == 0),
+        }
+        out["tests"] = 1
+    p, q = metrics.shares(ref_counts), metrics.shares(cur_counts)
+    chi2, dof, chi2_p = metrics.chi2_homogeneity(ref_counts, cur_counts)
+    out["chi2"] = {"statistic": chi2, "dof": dof, "pvalue": chi2_p}
+    out["values"] = {
+        "psi": metrics.psi(p, q, epsilon),
+        "jsd": metrics.jensen_shannon(p, q),
+        "linf": metrics.linf(p, q),
+    }
+    out["pvalue"] = min(chi2_p, out["ks"]["pvalue"]) if "ks" in out else chi2_p
+    out["n_ref"] = int(ref_counts.sum())
+    out["n_cur"] = int(cur_counts.sum())
+    out["distribution"] = {
+        "buckets": list(feature["buckets"]),
+        "ref": [float(x) for x in p],
+        "cur": [float(x) for x in q],
+    }
+    return out
+
+
+def _decide(finding: dict[str, Any], thresholds: dict[str, float | None], alpha_test: float) -> None:
+    """Fill in the per-metric thresholds, the effect, significance, verdict and severity."""
+    table, ratios = {}, []
+    for metric in EFFECT_METRICS:
+        value, threshold = finding["values"][metric], thresholds.get(metric)
+        exceeded = threshold is not None and value >= threshold
+        table[metric] = {"value": value, "threshold": threshold, "exceeded": exceeded}
+        if threshold is not None:
+            ratios.append(value / threshold)
+    if "ks" in finding:
+        table["ks"] = {
+            "statistic": finding["ks"]["statistic"],
+            "pvalue": finding["ks"]["pvalue"],
+            "n_ref_sample": finding["ks"]["n_ref_sample"],
+        }
+    table["chi2"] = finding.pop("chi2")
+    finding.pop("values")
+    finding.pop("ks", None)
+    finding["metrics"] = table
+    finding["alpha"] = alpha_test
+    finding["effect"] = any(table[m]["exceeded"] for m in EFFECT_METRICS)
+    finding["significant"] = finding["pvalue"] < alpha_test
+    finding["drifted"] = finding["effect"] and finding["significant"]
+    finding["severity"] = max(ratios) if ratios else 0.0
+
+
+def _why(name: str, finding: dict[str, Any]) -> dict[str, Any]:
+    if finding["status"] == "missing":
+        return {"feature": name, "severity": None, "status": "missing", "by": "absent from the batch"}
+    over = [
+        f"{m} {finding['metrics'][m]['value']:.3g} >= {finding['metrics'][m]['threshold']:g}"
+        for m in EFFECT_METRICS
+        if finding["metrics"][m]["exceeded"]
+    ]
+    return {
+        "feature": name,
+        "severity": finding["severity"],
+        "status": "drifted",
+        "by": ", ".join(over) + (f" (p={finding['pvalue']:.2g})" if finding["pvalue"] > 0 else " (p<1e-300)"),
+        **{m: finding["metrics"][m]["value"] for m in EFFECT_METRICS},
+    }
+
+
+def _labels01(labels: Any, positive: Any) -> np.ndarray:
+    y = np.asarray(labels)
+    if positive is not None:
+        return np.asarray([str(v) == str(positive) for v in y], dtype=bool)
+    if y.dtype == bool:
+        return y
+    try:
+        yf = y.astype("float64")
+    except (TypeError, ValueError):
+        raise DriftInputError("labels must be 0/1 or boolean (or give positive=)") from None
+    if not np.isin(yf[~np.isnan(yf)], (0.0, 1.0)).all():
+        raise DriftInputError("labels must be 0/1 or boolean (or give positive=)")
+    return yf == 1.0
+
+
+def score_batch(
+    profile: dict[str, Any],
+    frame: pd.DataFrame,
+    *,
+    scores: Any = None,
+    labels: Any = None,
+    positive: Any = None,
+    config: DriftSpec | dict[str, Any] | None = None,
+    on_missing: str = "report",
+    batch_id: str | None = None,
+) -> dict[str, Any]:
+    """Compare a batch with a reference profile; return the drift report (JSON-ready).
+
+    ``scores``/``labels``: array-likes aligned with ``frame``, or column names in it.
+    ``positive``: the positive label value when labels are not 0/1. ``config``: the line's
+    ``drift:`` section. See the module docstring for the rule and the report's fields:
+    ``features`` (one finding per monitored feature), ``drifted``, ``drifted_features``
+    (sorted, most severe first), ``prediction`` and ``performance``.
+    """
+    check_profile(profile)
+    if on_missing not in ("report", "error"):
+        raise ValueError(f"on_missing must be 'report' or 'error', got {on_missing!r}")
+    cfg = drift_spec(config)
+    n_cur = len(frame)
+
+    def column(value: Any, what: str) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            if value not in frame.columns:
+                raise DriftInputError(f"{what} column {value!r} is not in the batch")
+            return frame[value]
+        if len(value) != n_cur:
+            raise DriftInputError(f"{what} has {len(value)} values for {n_cur} rows")
+        return value
+
+    score_values = column(scores, "scores")
+    label_values = column(labels, "labels")
+
+    notes = []
+    names = [n for n in profile["features"] if n != SCORE_FEATURE]
+    if score_values is not None:
+        if SCORE_FEATURE in profile["features"]:
+            names.append(SCORE_FEATURE)
+        else:
+            notes.append("scores given, but the profile has no reference scores: no prediction drift")
+    absent = [n for n in names if n != SCORE_FEATURE and n not in frame.columns and not cfg.ignored(n)]
+    if absent and on_missing == "error":
+        raise DriftInputError(f"the batch lacks monitored feature(s) {absent}")
+
+    findings: dict[str, dict[str, Any]] = {}
+    for name in names:
+        feature = profile["features"][name]
+        base = {"kind": feature["kind"], "n_ref": int(sum(feature["counts"])), "n_cur": n_cur}
+        if cfg.ignored(name):
+            findings[name] = {**base, "status": "ignored", "drifted": False}
+        elif name in absent:
+            findings[name] = {**base, "status": "missing", "drifted": True, "severity": None}
+        elif n_cur == 0:
+            findings[name] = {**base, "status": "no_data", "drifted": False}
+        else:
+            values = score_values if name == SCORE_FEATURE else frame[name]
+            findings[name] = {"status": "ok", **_compare(feature, values, cfg.epsilon)}
+
+    tests = sum(f.get("tests", 0) for f in findings.values())
+    alpha_test = cfg.alpha / tests if tests else cfg.alpha
+    for name, finding in findings.items():
+        if finding["status"] == "ok":
+            _decide(finding, cfg.thresholds_for(name), alpha_test)
+
+    performance = None
+    if label_values is not None:
+        performance = _performance(profile, score_values, label_values, positive, cfg)
+
+    drifted = [
+        _why(name, f)
+        for name, f in findings.items()
+        if f["drifted"]
+    ]
+    drifted.sort(key=lambda d: (d["status"] != "missing", -(d["severity"] or 0.0), d["feature"]))
+    score_finding = findings.get(SCORE_FEATURE)
+    any_drift = bool(drifted) or bool(performance and performance.get("drifted"))
+    return {
+        "format": REPORT_FORMAT,
+        "format_version": 1,
+        "batch_id": batch_id,
+        "scored_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "profile": {"meta": dict(profile.get("meta") or {}), "created_at": profile.get("created_at"), "n": profile.get("n")},
+        "status": "empty" if n_cur == 0 else "ok",
+        "n_ref": profile.get("n"),
+        "n_cur": n_cur,
+        "alpha": cfg.alpha,
+        "tests": tests,
+        "alpha_per_test": alpha_test,
+        "drifted": any_drift,
+        "data_drift": any(d["feature"] != SCORE_FEATURE for d in drifted),
+        "prediction_drift": bool(score_finding and score_finding["drifted"]),
+        "schema_changed": bool(absent),
+        "drifted_features": drifted,
+        "features": findings,
+        "performance": performance,
+        "notes": notes,
+    }
+
+
+def _performance(
+    profile: dict[str, Any], scores: Any, labels: Any, positive: Any, cfg: DriftSpec
+) -> dict[str, Any]:
+    ref = profile.get("performance") or {}
+    out: dict[str, Any] = {"auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False}
+    if scores is None:
+        out["note"] = "labels without scores: no AUC"
+        return out
+    y = _labels01(labels, positive)
+    s = numeric_values(scores)
+    ok = ~np.isnan(s)
+    y, s = y[ok], s[ok]
+    out.update(n=int(len(y)), positives=int(y.sum()), auc=metrics.roc_auc(y, s))
+    limit = cfg.performance.max_auc_drop
+    if out["auc"] is not None and out["auc_ref"] is not None:
+        out["auc_drop"] = out["auc_ref"] - out["auc"]
+        # A drop is news only when it is also beyond noise at this batch's size: twice the
+        # AUC's standard error (Hanley & McNeil 1982). With ~130 positives that is ~0.05.
+        out["auc_se"] = _auc_standard_error(out["auc"], out["positives"], out["n"] - out["positives"])
+        if limit is not None and out["n"] >= cfg.performance.min_labelled_rows:
+            out["drifted"] = out["auc_drop"] >= max(limit, 2 * out["auc_se"])
+    out["max_auc_drop"] = limit
+    return out
+
+
+
+def _auc_standard_error(auc: float, positives: int, negatives: int) -> float:
+    """Hanley & McNeil's standard error of a ROC AUC estimate."""
+    if positives < 1 or negatives < 1:
+        return float("inf")
+    q1, q2 = auc / (2 - auc), 2 * auc * auc / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc * auc) + (negatives - 1) * (q2 - auc * auc)) / (
+        positives * negatives
+    )
+    return float(max(var, 0.0) ** 0.5)

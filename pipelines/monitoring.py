@@ -1,0 +1,174 @@
+"""The monitor stage's task logic; ``dags/monitor.py`` only wires it.
+
+- After training, :func:`write_reference_profile` scores the training data with the new
+  model and stores the reference profile (feature distributions and the model's score
+  distribution) inside the SavedModel's ``assets.extra/``, so it travels with the model
+  version into the serving store.
+- The monitor waits (a deferrable sensor, see :mod:`pipelines.drift.sensor`) for
+  validated batches that have not been scored, once a model is in serving;
+  :func:`score_new_batches` scores each against the serving model's profile, with
+  the serving model's predictions (prediction drift) and, where the batch has labels,
+  its ROC AUC; every score is kept in the line's drift history.
+- :func:`retrain_decision` opens or continues a drift episode and claims at most one
+  retrain per episode, after the spec's cooldown.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from pipelines import state
+from pipelines.config import line_paths, ml_python
+from pipelines.specs import load_spec
+
+PROFILE = "drift_profile.json"  # in <SavedModel>/assets.extra/
+
+
+class MonitorError(RuntimeError):
+    """Scoring could not run; the message says why."""
+
+
+def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
+    """The model's positive-class probabilities for the rows of ``inputs``, in order
+    (scored in the ML environment)."""
+    from pipelines.training.launch import worker_environment
+
+    with tempfile.TemporaryDirectory(prefix="factory-scores-") as tmp:
+        out = Path(tmp) / "scores.parquet"
+        cmd = [str(ml_python()), "-m", "pipelines.training.score", "--model", str(model_dir), "--output", str(out)]
+        done = subprocess.run(
+            [*cmd, *map(str, inputs)], env=worker_environment(), capture_output=True, text=True, timeout=1800
+        )
+        if done.returncode != 0:
+            lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
+            reason = next((ln for ln in reversed(lines) if "factory-score: error" in ln), lines[-1] if lines else "")
+            raise MonitorError(f"scoring with {model_dir} failed: {reason}")
+        import pandas as pd
+
+        return pd.read_parquet(out)["score"].tolist()
+
+
+def write_reference_profile(run_dir: Path) -> Path:
+    """Profile the run's training data and the new model's scores on it; stored in the
+    SavedModel's ``assets.extra`` (and next to the run) and returned."""
+    from pipelines.drift.monitor import line_drift_spec
+    from pipelines.drift.profile import build_profile_from_run, save_profile
+
+    run_dir = Path(run_dir)
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    model_dir = run_dir / "model" / "Format-Serving"
+    shards = sorted((run_dir / "data" / "train").glob("part-*.parquet"))
+    scores = model_scores(model_dir, shards)
+    import pandas as pd
+
+    labels = pd.concat([pd.read_parquet(p, columns=[manifest["label"]["name"]]) for p in shards])
+    profile = build_profile_from_run(
+        run_dir,
+        scores=scores,
+        labels=labels[manifest["label"]["name"]].to_numpy(),
+        config=line_drift_spec(manifest["line"]),
+        meta={"line": manifest["line"], "run_id": manifest["run_id"], "batches": manifest["batches"]},
+    )
+    # The performance reference is the model's AUC on its held-out split: on its own
+    # training rows it reads optimistic, and every honest batch would look like a drop.
+    from pipelines.drift.metrics import roc_auc
+
+    eval_path = run_dir / "data" / "eval.parquet"
+    eval_labels = pd.read_parquet(eval_path, columns=[manifest["label"]["name"]])[manifest["label"]["name"]]
+    eval_scores = model_scores(model_dir, [eval_path])
+    import numpy as np
+
+    profile["performance"] = {
+        "auc": roc_auc(eval_labels.to_numpy().astype(bool), np.asarray(eval_scores, dtype=float)),
+        "n": int(len(eval_labels)),
+        "source": "held-out evaluation split",
+    }
+    save_profile(profile, run_dir / PROFILE)
+    return save_profile(profile, model_dir / "assets.extra" / PROFILE)
+
+
+def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | None:
+    """The version TF Serving serves for ``line`` and its directory, or None."""
+    from pipelines.evaluation.paths import serving_base
+    from pipelines.evaluation.serving import serving_version
+
+    base = serving_base(line, home)
+    version = serving_version(base)
+    return None if version is None else (version, base / str(version))
+
+
+def unscored_batches(line: str, home: Path | None = None) -> list[str]:
+    """Validated batches not yet in the line's drift history, oldest first."""
+    from pipelines.drift.history import read_history
+
+    scored = {r.get("batch_id") for r in read_history(line, home, kind="batch")}
+    records = state.all_records(line_paths(line, home))
+    return [r["batch_id"] for r in records if r.get("status") == state.VALIDATED and r["batch_id"] not in scored]
+
+
+def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path | None = None) -> dict[str, Any]:
+    """Score each new validated batch against the serving model's reference profile."""
+    import pandas as pd
+
+    from pipelines.drift.monitor import monitor_batch
+
+    served = serving_model(line, home)
+    if served is None:
+        return {"line": line, "status": "no_serving_model", "batches": []}
+    version, model_dir = served
+    profile = model_dir / "assets.extra" / PROFILE
+    if not profile.exists():
+        raise MonitorError(f"the serving model {line} v{version} has no reference profile ({profile})")
+    spec = load_spec(line)
+    label = spec.schema.label.name
+    summaries = []
+    for batch_id in batch_ids if batch_ids is not None else unscored_batches(line, home):
+        record = state.read(line_paths(line, home), batch_id)
+        path = Path(record["cleaning"]["clean_path"])
+        frame = pd.read_parquet(path)
+        notes = []
+        try:
+            scores = model_scores(model_dir, sorted(path.glob("*.parquet")) or [path])
+        except MonitorError as err:  # e.g. a feature column is missing: still scored on the rest
+            scores, notes = None, [str(err)]
+        labels = frame[label].astype(str).to_numpy() if label in frame.columns else None
+        summary = monitor_batch(
+            line,
+            frame,
+            profile,
+            batch_id=batch_id,
+            model_version=str(version),
+            scores=scores,
+            labels=labels,
+            positive=str(spec.schema.label.positive),
+            home=home,
+        )
+        summary["notes"] = [*summary.get("notes", []), *notes]
+        summaries.append(summary)
+    return {"line": line, "status": "scored", "model_version": version, "batches": summaries}
+
+
+def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[str, Any] | None:
+    """Claim a retrain for the line's open drift episode if the policy allows one now
+    (one per episode, after the cooldown); returns what the drift event carries: the
+    episode, its batches and what drifted by how much. None when no retrain is due."""
+    from pipelines.drift.episodes import claim_retrain
+    from pipelines.drift.history import read_history
+    from pipelines.drift.monitor import line_drift_spec
+
+    decision = claim_retrain(line, run_id, policy=line_drift_spec(line).retrain, home=home)
+    if not decision.retrain:
+        return None
+    event = decision.to_dict()
+    drifted: dict[str, str] = {}
+    for record in read_history(line, home, kind="batch"):
+        if record.get("episode_id") == decision.episode_id:
+            for item in record.get("drifted_features") or []:
+                if isinstance(item, dict) and "feature" in item:
+                    drifted[item["feature"]] = str(item.get("by", ""))
+    event.update(line=line, claimed_by=run_id, drifted=drifted)
+    return event

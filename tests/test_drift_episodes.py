@@ -1,0 +1,255 @@
+"""Drift history (append-only JSONL) and episodes: one retrain per episode, cooldown,
+stale claims, outcomes; the file wrappers under concurrency; monitor_batch end to end."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pytest
+from realdata import lending_club_frame
+
+from pipelines.drift import episodes as ep
+from pipelines.drift.history import HistoryError, append_history, history_path, read_history
+from pipelines.drift.monitor import monitor_batch
+from pipelines.drift.profile import build_profile, features_from_spec, save_profile
+from pipelines.drift.settings import RetrainPolicy
+from pipelines.specs import load_spec
+
+T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
+COOLDOWN = 24 * HOUR
+
+
+def batch(batch_id: str, drifted: bool, status: str = "ok") -> dict:
+    features = [{"feature": "AGEP", "severity": 2.0}] if drifted else []
+    return {"batch_id": batch_id, "drifted": drifted, "status": status, "model_version": "1",
+            "drifted_features": features}
+
+
+def feed(state: dict, *batches: dict, at: datetime = T0) -> dict:
+    for b in batches:
+        state, _ = ep.apply_batch(state, b, at)
+    return state
+
+
+# -- pure logic ---------------------------------------------------------------------------
+
+
+def test_no_drift_no_episode_no_retrain():
+    state = feed(ep.new_state("employment"), batch("b1", False), batch("b2", False))
+    assert state["episodes"] == []
+    decision = ep.should_retrain(state, T0, COOLDOWN)
+    assert not decision.retrain and decision.reason == "no open drift episode"
+
+
+def test_one_retrain_per_episode():
+    state = feed(ep.new_state("employment"), batch("b1", True), batch("b2", True), batch("b3", False))
+    assert len(state["episodes"]) == 1  # the drifted batches share one episode
+    episode = state["episodes"][0]
+    assert episode["opened_by"] == "b1" and episode["batches"] == ["b1", "b2", "b3"]
+    first = ep.should_retrain(state, T0, COOLDOWN)
+    assert first.retrain and first.episode_id == episode["id"] and first.batches == ("b1", "b2", "b3")
+    assert "AGEP" in first.reason
+    state = ep.apply_claim(state, first, "retrain-1", T0)
+    # more drifted batches while the retrain is pending or running: no second retrain
+    state = feed(state, batch("b4", True), at=T0 + HOUR)
+    later = ep.should_retrain(state, T0 + 30 * HOUR, COOLDOWN)
+    assert not later.retrain and "'retrain-1'" in later.reason and "pending" in later.reason
+    state = ep.apply_running(state, episode["id"], "retrain-1", T0 + HOUR)
+    assert "running" in ep.should_retrain(state, T0 + 2 * HOUR, COOLDOWN).reason
+
+
+def test_blessed_retrain_resolves_the_episode_and_new_drift_opens_another():
+    state = feed(ep.new_state("l"), batch("b1", True))
+    d = ep.should_retrain(state, T0, COOLDOWN)
+    state = ep.apply_claim(state, d, "r1", T0)
+    state = ep.apply_outcome(state, d.episode_id, "r1", "blessed", T0 + 2 * HOUR, model_version="2")
+    assert state["episodes"][0]["status"] == "resolved" and "model 2" in state["episodes"][0]["close_reason"]
+    assert not ep.should_retrain(state, T0 + 48 * HOUR, COOLDOWN).retrain
+    state = feed(state, batch("b9", True), at=T0 + 3 * HOUR)
+    assert len(state["episodes"]) == 2 and state["episodes"][1]["status"] == "open"
+    # a new episode still waits for the line's cooldown
+    d2 = ep.should_retrain(state, T0 + 3 * HOUR, COOLDOWN)
+    assert not d2.retrain and d2.wait_until == (T0 + COOLDOWN).isoformat()
+    assert ep.should_retrain(state, T0 + COOLDOWN, COOLDOWN).retrain
+
+
+def test_not_blessed_allows_another_attempt_after_the_cooldown_only():
+    state = feed(ep.new_state("l"), batch("b1", True))
+    d = ep.should_retrain(state, T0, COOLDOWN)
+    state = ep.apply_claim(state, d, "r1", T0)
+    state = ep.apply_outcome(state, d.episode_id, "r1", "not_blessed", T0 + HOUR)
+    assert state["episodes"][0]["status"] == "open"
+    assert not ep.should_retrain(state, T0 + 2 * HOUR, COOLDOWN).retrain
+    again = ep.should_retrain(state, T0 + 25 * HOUR, COOLDOWN)
+    assert again.retrain and again.episode_id == d.episode_id and "attempt 2" in again.reason
+
+
+def test_attempts_are_capped():
+    state = feed(ep.new_state("l"), batch("b1", True))
+    now = T0
+    for i in range(2):
+        d = ep.should_retrain(state, now, COOLDOWN, max_attempts=2)
+        assert d.retrain
+        state = ep.apply_claim(state, d, f"r{i}", now)
+        state = ep.apply_outcome(state, d.episode_id, f"r{i}", "failed", now + HOUR)
+        now += COOLDOWN
+    d = ep.should_retrain(state, now, COOLDOWN, max_attempts=2)
+    assert not d.retrain and "needs a person" in d.reason
+
+
+def test_stale_claims_do_not_block_forever():
+    state = feed(ep.new_state("l"), batch("b1", True))
+    d = ep.should_retrain(state, T0, COOLDOWN)
+    state = ep.apply_claim(state, d, "r1", T0)
+    assert not ep.should_retrain(state, T0 + 25 * HOUR, COOLDOWN, stale_after=30 * HOUR).retrain
+    d2 = ep.should_retrain(state, T0 + 31 * HOUR, COOLDOWN, stale_after=30 * HOUR)
+    assert d2.retrain and d2.stale_runs == ("r1",)
+    state = ep.apply_claim(state, d2, "r2", T0 + 31 * HOUR)
+    assert [a["status"] for a in state["episodes"][0]["attempts"]] == ["stale", "pending"]
+    # the late outcome of the stale run is still recorded
+    state = ep.apply_outcome(state, d.episode_id, "r1", "not_blessed", T0 + 32 * HOUR)
+    assert state["episodes"][0]["attempts"][0]["status"] == "not_blessed"
+
+
+def test_episode_subsides_after_clean_batches_unless_a_retrain_is_in_flight():
+    policy = RetrainPolicy(close_after_clean_batches=2)
+    state, _ = ep.apply_batch(ep.new_state("l"), batch("b1", True), T0, policy)
+    for b in (batch("e", False, status="empty"), batch("b2", False)):  # an empty batch is no evidence
+        state, _ = ep.apply_batch(state, b, T0, policy)
+    assert state["episodes"][0]["status"] == "open"
+    state, _ = ep.apply_batch(state, batch("b3", False), T0, policy)
+    assert state["episodes"][0]["status"] == "subsided"
+
+    state, _ = ep.apply_batch(ep.new_state("l"), batch("b1", True), T0, policy)
+    state = ep.apply_claim(state, ep.should_retrain(state, T0, COOLDOWN), "r1", T0)
+    for b in ("b2", "b3", "b4"):
+        state, _ = ep.apply_batch(state, batch(b, False), T0, policy)
+    assert state["episodes"][0]["status"] == "open"  # the retrain's outcome decides
+
+
+def test_bad_operations_are_refused():
+    state = feed(ep.new_state("l"), batch("b1", True))
+    with pytest.raises(ep.EpisodeError, match="nothing to claim"):
+        ep.apply_claim(state, ep.RetrainDecision(False, "no"), "r", T0)
+    d = ep.should_retrain(state, T0, COOLDOWN)
+    state = ep.apply_claim(state, d, "r1", T0)
+    with pytest.raises(ep.EpisodeError, match="outcome must be one of"):
+        ep.apply_outcome(state, d.episode_id, "r1", "great", T0)
+    with pytest.raises(ep.EpisodeError, match="no retrain 'r9'"):
+        ep.apply_outcome(state, d.episode_id, "r9", "blessed", T0)
+    with pytest.raises(ep.EpisodeError, match="no drift episode 'ep-x'"):
+        ep.apply_outcome(state, "ep-x", "r1", "blessed", T0)
+    state = ep.apply_outcome(state, d.episode_id, "r1", "blessed", T0)
+    with pytest.raises(ep.EpisodeError, match="already ended blessed"):
+        ep.apply_outcome(state, d.episode_id, "r1", "failed", T0)
+
+
+# -- files: history and state -------------------------------------------------------------
+
+
+def report(drifted: bool) -> dict:
+    finding = {"status": "ok", "metrics": {"psi": {"value": 0.3 if drifted else 0.01}}}
+    return {
+        "batch_id": None, "scored_at": T0.isoformat(), "status": "ok", "n_cur": 100, "drifted": drifted,
+        "features": {"AGEP": finding},
+        "drifted_features": [{"feature": "AGEP", "severity": 1.5, "by": "psi 0.3 >= 0.2"}] if drifted else [],
+    }
+
+
+def test_history_records_every_batch_with_its_model_and_episode(home):
+    r1 = ep.record_batch("employment", report(False), model_version="1", batch_id="2015", home=home, now=T0)
+    r2 = ep.record_batch("employment", report(True), model_version="1", batch_id="2016", home=home, now=T0 + HOUR)
+    r3 = ep.record_batch("employment", report(True), model_version="1", batch_id="2017", home=home, now=T0 + HOUR)
+    assert r1["episode_id"] is None and r2["episode_id"] == r3["episode_id"] is not None
+    history = read_history("employment", home)
+    assert [h["batch_id"] for h in history] == ["2015", "2016", "2017"]
+    assert history[1]["max_psi"] == {"feature": "AGEP", "value": 0.3} and history[1]["model_version"] == "1"
+
+    decision = ep.claim_retrain("employment", "run-a", home=home, now=T0 + 2 * HOUR)
+    assert decision.retrain and decision.episode_id == r2["episode_id"]
+    second = ep.claim_retrain("employment", "run-b", home=home, now=T0 + 5 * HOUR)
+    assert not second.retrain and "pending" in second.reason
+    ep.mark_retrain_running("employment", decision.episode_id, "run-a", home=home, now=T0 + 3 * HOUR)
+    episode = ep.record_retrain_outcome(
+        "employment", decision.episode_id, "run-a", "blessed", model_version="2", home=home, now=T0 + 4 * HOUR
+    )
+    assert episode["status"] == "resolved"
+    events = [(h["kind"], h.get("event")) for h in read_history("employment", home)]
+    assert events[3:] == [("retrain", "pending"), ("retrain", "running"), ("retrain", "blessed")]
+    assert len(read_history("employment", home, kind="batch")) == 3
+    assert ep.load_state("employment", home)["episodes"][0]["attempts"][0]["model_version"] == "2"
+
+
+def test_retrain_can_be_switched_off(home):
+    ep.record_batch("l", report(True), model_version="1", batch_id="b", home=home, now=T0)
+    decision = ep.claim_retrain("l", "r", policy=RetrainPolicy(enabled=False), home=home, now=T0)
+    assert not decision.retrain and "switched off" in decision.reason
+
+
+def test_reader_skips_a_torn_record_and_refuses_a_damaged_one(home):
+    append_history("l", {"kind": "batch", "batch_id": "a"}, home)
+    path = history_path("l", home)
+    with open(path, "a") as fh:
+        fh.write('{"kind": "batch", "batch_')  # a writer died here
+    assert [r["batch_id"] for r in read_history("l", home)] == ["a"]
+    append_history("l", {"kind": "batch", "batch_id": "b"}, home)  # starts on a fresh line
+    assert [r["batch_id"] for r in read_history("l", home)] == ["a", "b"]
+    path.write_text(path.read_text() + "garbage\n" + json.dumps({"batch_id": "c"}) + "\n")
+    with pytest.raises(HistoryError, match="is not a JSON record"):
+        read_history("l", home)
+    assert read_history("nothing-yet", home) == []
+
+
+def test_corrupt_state_file_is_a_clear_error(home):
+    ep.record_batch("l", report(True), model_version="1", batch_id="b", home=home, now=T0)
+    ep.state_path("l", home).write_text("{")
+    with pytest.raises(ep.EpisodeError, match="corrupt"):
+        ep.load_state("l", home)
+
+
+def _append_many(args):
+    home, worker = args
+    for i in range(25):
+        append_history("l", {"kind": "batch", "batch_id": f"{worker}-{i}", "pad": "x" * 5000}, home)
+
+
+def _claim(args):
+    home, worker = args
+    return ep.claim_retrain("l", f"run-{worker}", home=home, now=T0).retrain
+
+
+def test_concurrent_appends_and_claims(home):
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(4) as pool:
+        pool.map(_append_many, [(home, w) for w in range(4)])
+    records = read_history("l", home)
+    assert len(records) == 100 and len({r["batch_id"] for r in records}) == 100
+    ep.record_batch("l", report(True), model_version="1", batch_id="b", home=home, now=T0)
+    with ctx.Pool(4) as pool:
+        claims = pool.map(_claim, [(home, w) for w in range(8)])
+    assert sum(claims) == 1  # exactly one sensor wins the retrain
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+
+def test_monitor_batch_scores_reports_and_records(home, tmp_path):
+    features = features_from_spec(load_spec("credit_risk"))
+    reference = pd.concat([lending_club_frame(i) for i in (1, 2, 3)], ignore_index=True)
+    model_dir = tmp_path / "models" / "3"
+    model_dir.mkdir(parents=True)
+    save_profile(build_profile(reference, features, meta={"model_version": "3"}), model_dir)
+
+    quiet = monitor_batch("credit_risk", lending_club_frame(4), model_dir, batch_id="4", home=home, now=T0)
+    assert quiet["drifted"] is False and quiet["episode_id"] is None and quiet["model_version"] == "3"
+    shifted = lending_club_frame(4).assign(annual_inc=lambda f: f["annual_inc"] * 1.5)
+    loud = monitor_batch("credit_risk", shifted, model_dir, batch_id="4b", home=home, now=T0 + HOUR)
+    assert loud["drifted_features"] == ["annual_inc"] and loud["episode_id"]
+    assert "annual_inc" in open(loud["html_path"]).read()
+    assert json.loads(open(loud["report_path"]).read())["drifted"] is True
+    assert [h["drifted"] for h in read_history("credit_risk", home)] == [False, True]
+    json.dumps(loud)  # a plain XCom value
