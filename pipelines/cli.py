@@ -4,22 +4,23 @@
     factory drop LINE [--batch ID ...]  land the line's real batches (replayed arrivals)
     factory drop LINE --file F --as ID  land a file of your own as batch ID
     factory status [LINE]               where every batch stands, with its counts
-    factory run [LINE ...]              the whole line: land real batches, ingest them
-                                        through Airflow, print a summary
+    factory run [LINE ...]              the whole line: start Airflow, land real batches,
+                                        trigger ingestion through the REST API, follow the
+                                        runs it sets off (training), print a summary, stop
+    factory start | stop                the Airflow runtime (API server + UI, scheduler, ...)
+    factory trigger DAG [--conf JSON]   trigger a DAG through the REST API
+    factory rollback LINE               serve the previous model version again
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 from pipelines import landing, state
-from pipelines.config import airflow_environment, factory_home, line_paths
+from pipelines.config import factory_home, line_paths, training_root
 from pipelines.specs import SpecError, load_spec, load_specs
 
 
@@ -79,62 +80,216 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _airflow(env: dict[str, str], *argv: str, log: Path) -> subprocess.Popen:
-    exe = shutil.which("airflow", path=env["PATH"])
-    if exe is None:
-        raise SystemExit("airflow is not installed in this environment: run scripts/setup.sh")
-    fh = open(log, "ab")
-    return subprocess.Popen([exe, *argv], env=env, stdout=fh, stderr=subprocess.STDOUT)
+def _follow_ledger(line: str, seen: dict[str, str]) -> None:
+    """Print each batch's status changes."""
+    for r in state.all_records(line_paths(line)):
+        status = r.get("status", "?")
+        if seen.get(r["batch_id"]) != status:
+            seen[r["batch_id"]] = status
+            _out(f"  {line}/{r['batch_id']}: {status}" + (f" ({r['error']})" if r.get("error") else ""))
 
 
-def _ensure_db(env: dict[str, str], logs: Path) -> None:
-    db = Path(env["AIRFLOW_HOME"]) / "airflow.db"
-    if env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("sqlite") and db.exists():
-        return
-    _out("preparing the Airflow metadata database ...")
-    proc = _airflow(env, "db", "migrate", log=logs / "airflow-db-migrate.log")
-    if proc.wait() != 0:
-        raise SystemExit(f"airflow db migrate failed; see {logs / 'airflow-db-migrate.log'}")
+def _client():
+    from pipelines import api, runtime
+
+    creds = runtime.admin()
+    return api.Client(runtime.base_url(), creds.username, creds.password)
 
 
-def _follow(line: str, proc: subprocess.Popen, seen: dict[str, str]) -> None:
-    """Print each batch's status changes while the DAG runs."""
-    while True:
-        done = proc.poll() is not None
-        for r in state.all_records(line_paths(line)):
-            status = r.get("status", "?")
-            if seen.get(r["batch_id"]) != status:
-                seen[r["batch_id"]] = status
-                _out(f"  {line}/{r['batch_id']}: {status}" + (f" ({r['error']})" if r.get("error") else ""))
-        if done:
-            return
-        time.sleep(1.0)
+def _task_printer(prefix: str):
+    printed: set[tuple] = set()
+
+    def on_change(run: dict, tis: list[dict]) -> None:
+        for t in sorted(tis, key=lambda t: (t.get("start_date") or "", t["task_id"], t.get("map_index", -1))):
+            state_ = t.get("state")
+            key = (t["task_id"], t.get("map_index", -1), state_)
+            if state_ in ("running", "success", "failed", "skipped", "upstream_failed") and key not in printed:
+                printed.add(key)
+                index = f"[{t['map_index']}]" if t.get("map_index", -1) >= 0 else ""
+                _out(f"  {prefix} {t['task_id']}{index}: {state_}")
+
+    return on_change
+
+
+def _await_asset_run(client, dag_id: str, after: str, timeout_s: float = 120) -> dict | None:
+    """The run of ``dag_id`` that an asset event created after ``after`` (ISO time)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        for run in client.runs(dag_id):
+            if run.get("run_type") == "asset_triggered" and (run.get("run_after") or "") >= after:
+                return run
+        time.sleep(2)
+    return None
+
+
+def _latest_training(line: str, home: Path | None = None, since: float = 0.0) -> Path | None:
+    root = training_root(line, home)
+    runs = [p for p in root.glob("*/manifest.json") if p.stat().st_mtime >= since] if root.exists() else []
+    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
+
+
+def _print_training_progress(line: str, started: float, printed: list[int]) -> None:
+    """Print the workers' per-epoch progress lines not printed yet."""
+    run = _latest_training(line, since=started)
+    log = run / "logs" / "horovodrun.log" if run else None
+    if log and log.exists():
+        lines = [ln for ln in log.read_text(errors="replace").splitlines() if "factory-train:" in ln]
+        for ln in lines[printed[0] :]:
+            _out("    " + ln.split("factory-train:", 1)[1].strip())
+        printed[0] = len(lines)
+
+
+def _model_rows(line: str, home: Path) -> list[str]:
+    run = _latest_training(line, home)
+    if run is None or not (run / "result.json").exists():
+        return ["  model: none trained"]
+    import json
+
+    result = json.loads((run / "result.json").read_text())
+    manifest = json.loads((run / "manifest.json").read_text())
+    mlflow_run = (run / "mlflow_run_id").read_text().strip() if (run / "mlflow_run_id").exists() else "?"
+    rows = [
+        f"  model: val ROC AUC {result.get('val_auc', float('nan')):.4f}, {result.get('epochs_run')} epochs "
+        f"(best {result.get('best_epoch')}), {result.get('workers')} Horovod workers, "
+        f"{result.get('samples_per_s', 0):.0f} samples/s, trained on {manifest['rows']['train']} rows "
+        f"of batches {', '.join(manifest['batches'])}",
+        f"  SavedModel: {run / 'model' / 'Format-Serving'}  (MLflow run {mlflow_run})",
+    ]
+    evaluation = run / "evaluation" / "result.json"
+    if evaluation.exists():
+        ev = json.loads(evaluation.read_text())
+        overall = ((ev.get("metrics") or {}).get("Overall") or {}).get("candidate") or {}
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items() if isinstance(v, float))
+        serving = ev.get("serving") or {}
+        registry = ev.get("registry") or {}
+        rows.append(f"  evaluation: {ev.get('blessing')} ({ev.get('why') or ev.get('blessed_on') or ''}); {metrics}")
+        rows.append(
+            f"  serving: version {serving.get('version', '-')} at {serving.get('path', '-')}; registry "
+            f"{registry.get('name', '-')} v{registry.get('version', '-')}"
+            + (" = champion" if registry.get("champion") else "")
+        )
+    else:
+        rows.append("  evaluation: not run")
+    from pipelines.drift.history import read_history
+
+    scored = read_history(line, home, kind="batch")
+    if scored:
+        drifted = [r["batch_id"] for r in scored if r.get("drifted")]
+        rows.append(
+            f"  drift: {len(scored)} batch(es) scored against the serving model, "
+            + (f"drift in {drifted}" if drifted else "no drift alarm")
+        )
+    else:
+        rows.append("  drift: no batch scored yet")
+    return rows
+
+
+def _follow_runs(client, dag_id: str, after: str, *, quiet_s: float, timeout_s: float, on_change=None) -> list[dict]:
+    """Follow every run of ``dag_id`` that starts after ``after`` (ISO time) until none is
+    left queued or running and none new appeared for ``quiet_s``; returns them, oldest first."""
+    deadline = time.time() + timeout_s
+    followed: dict[str, dict] = {}
+    idle_since = time.time()
+    while time.time() < deadline:
+        # a run counts if it was still going when the job began: a scheduled run's
+        # run_after is its slot, which can be earlier than the moment it took the work
+        runs = [r for r in client.runs(dag_id, limit=50) if (r.get("end_date") or "9999") >= after]
+        fresh = [r for r in runs if r["dag_run_id"] not in followed]
+        for run in sorted(fresh, key=lambda r: r.get("run_after") or ""):
+            _out(f"  {dag_id}: run {run['dag_run_id']} ({run.get('run_type')})")
+            final = client.wait(dag_id, run["dag_run_id"], timeout_s=max(60.0, deadline - time.time()), poll_s=5,
+                                on_change=on_change)
+            _out(f"  {dag_id}: {final['state']}")
+            followed[run["dag_run_id"]] = final
+            idle_since = time.time()
+        if not fresh and time.time() - idle_since > quiet_s:
+            break
+        time.sleep(3)
+    return sorted(followed.values(), key=lambda r: r.get("run_after") or "")
+
+
+def _run_line(client, spec, home: Path) -> bool:
+    """Land, ingest (triggered through the REST API) and follow what it sets off: training
+    (scheduled by the validated-data Asset) and the drift monitor. True if all succeeded."""
+    from datetime import UTC, datetime
+
+    line = spec.name
+    started_at = datetime.now(UTC).isoformat()
+    _out(f"== {line}: landing real batches")
+    for r in landing.replay(spec, home):
+        _out(f"  {r.batch_id}: {'landed' if r.created else 'already landed'}")
+    for dag_id in (f"ingest_{line}", f"train_{line}", f"monitor_{line}"):
+        client.unpause(dag_id)
+    started = time.time()
+    run = client.trigger(f"ingest_{line}", {}, note="factory run")
+    _out(f"== {line}: triggered ingest_{line} through the REST API (run {run['dag_run_id']})")
+    seen = {r["batch_id"]: r.get("status", "") for r in state.all_records(line_paths(line, home))}
+    printer = _task_printer(f"ingest_{line}")
+
+    def on_ingest(run: dict, tis: list[dict]) -> None:
+        printer(run, tis)
+        _follow_ledger(line, seen)
+
+    # Unpausing also starts the DAG's latest scheduled run, which may take the batches
+    # first: follow every ingest run since the start, not only the triggered one.
+    ingests = _follow_runs(client, f"ingest_{line}", started_at, quiet_s=5, timeout_s=3600, on_change=on_ingest)
+    _follow_ledger(line, seen)
+    ok = all(r["state"] == "success" for r in ingests)
+    _out(f"  ingest: {len(ingests)} run(s) in {time.time() - started:.0f}s")
+    announced = [
+        t for r in ingests for t in client.task_instances(f"ingest_{line}", r["dag_run_id"])
+        if t["task_id"] == "announce" and t["state"] == "success"
+    ]
+    if not announced:
+        _out(f"== {line}: no batch passed validation: nothing to train")
+        return False
+    _out(f"== {line}: the validated-data Asset schedules train_{line} ...")
+    t0, printed = time.time(), [0]
+    tprinter = _task_printer(f"train_{line}")
+
+    def on_train(run: dict, tis: list[dict]) -> None:
+        tprinter(run, tis)
+        _print_training_progress(line, t0 - 5, printed)
+
+    trains = _follow_runs(client, f"train_{line}", started_at, quiet_s=20, timeout_s=7200, on_change=on_train)
+    _print_training_progress(line, t0 - 5, printed)
+    trained = [r for r in trains if r["state"] == "success"]
+    _out(f"  training: {len(trains)} run(s), {len(trained)} succeeded, in {time.time() - t0:.0f}s")
+    ok = ok and bool(trained) and trains[-1]["state"] == "success"
+    if ok:
+        # The monitor was set off by the same Asset (and its schedule); its deferred sensor
+        # fires once a model serves and scores the new batches against it. Wait for the
+        # scores, not for the sensor: once they are in, it goes back to waiting.
+        from pipelines.monitoring import unscored_batches
+
+        _out(f"== {line}: drift monitor (scores the batches against the serving model)")
+        deadline = time.time() + 600
+        while unscored_batches(line, home) and time.time() < deadline:
+            time.sleep(5)
+        left = unscored_batches(line, home)
+        _out(f"  monitor_{line}: " + (f"{len(left)} batch(es) not scored yet" if left else "every batch scored"))
+    return ok
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from pipelines import runtime
+
     specs = [load_spec(n) for n in args.lines] if args.lines else load_specs()
     home = factory_home()
-    env = {**os.environ, **airflow_environment(home)}
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
-    _ensure_db(env, logs)
+    owned = runtime.status(home) is None
+    if owned:
+        runtime.start(home, echo=lambda s: _out(f"== {s}"))
+    else:
+        _out(f"== using the running factory runtime at {runtime.base_url()}")
     failed = []
-    for spec in specs:
-        _out(f"== {spec.name}: landing real batches")
-        for r in landing.replay(spec, home):
-            _out(f"  {r.batch_id}: {'landed' if r.created else 'already landed'}")
-        _out(f"== {spec.name}: running DAG ingest_{spec.name} (log: {logs / f'ingest_{spec.name}.log'})")
-        started = time.time()
-        seen = {r["batch_id"]: r.get("status", "") for r in state.all_records(line_paths(spec.name, home))}
-        proc = _airflow(env, "dags", "test", f"ingest_{spec.name}", log=logs / f"ingest_{spec.name}.log")
-        _follow(spec.name, proc, seen)
-        ok = proc.returncode == 0 and not any(
-            r.get("status") == state.FAILED for r in state.all_records(line_paths(spec.name, home))
-        )
-        _out(f"  DAG run {'succeeded' if ok else 'FAILED'} in {time.time() - started:.0f}s")
-        if not ok:
-            failed.append(spec.name)
+    try:
+        client = _client()
+        for spec in specs:
+            if not _run_line(client, spec, home):
+                failed.append(spec.name)
+    finally:
+        if owned and not args.keep_running:
+            runtime.stop(home, echo=lambda s: _out(f"== {s}"))
     _out("\n== summary")
     for spec in specs:
         for row in _table(spec.name):
@@ -142,9 +297,61 @@ def cmd_run(args: argparse.Namespace) -> int:
         docs = [r["validation"]["data_docs"] for r in state.all_records(line_paths(spec.name, home)) if r.get("validation")]
         if docs:
             _out(f"  Data Docs: {docs[-1]}")
+        for row in _model_rows(spec.name, home):
+            _out(row)
     if failed:
-        _out(f"\nlines with failures: {', '.join(failed)} (see the logs under {logs})")
+        _out(f"\nlines with failures: {', '.join(failed)} (see the logs under {home / 'logs'} and the Airflow UI)")
         return 1
+    return 0
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    from pipelines import runtime
+
+    record = runtime.start(echo=_out)
+    creds = runtime.admin()
+    _out(f"UI and REST API: {record['url']}  (user {creds.username}; FACTORY_ADMIN_PASSWORD sets the password)")
+    _out("stop it with: factory stop")
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    from pipelines import runtime
+
+    stopped = runtime.stop(echo=_out)
+    if not stopped:
+        _out("the factory runtime is not running")
+    return 0
+
+
+def cmd_rollback(args: argparse.Namespace) -> int:
+    from pipelines.evaluation.stage import RollbackError, plan_rollback, rollback
+
+    load_spec(args.line)
+    try:
+        plan = plan_rollback(args.line)
+        _out(f"{args.line}: serving v{plan['from_version']}; rolling back to v{plan['to_version']}")
+        done = rollback(args.line, args.reason, expect_version=plan["from_version"])
+    except RollbackError as err:
+        sys.stderr.write(f"factory: {err}\n")
+        return 1
+    _out(f"{args.line}: now serving v{done.get('serving_version', plan['to_version'])}; champion moved")
+    return 0
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    import json
+
+    conf = json.loads(args.conf) if args.conf else {}
+    if not isinstance(conf, dict):
+        raise SystemExit("factory: --conf must be a JSON object")
+    client = _client()
+    run = client.trigger(args.dag_id, conf)
+    _out(f"{args.dag_id}: triggered run {run['dag_run_id']} ({run['state']})")
+    if args.wait:
+        final = client.wait(args.dag_id, run["dag_run_id"], timeout_s=args.timeout, on_change=_task_printer(args.dag_id))
+        _out(f"{args.dag_id}: {final['state']}")
+        return 0 if final["state"] == "success" else 1
     return 0
 
 
@@ -163,7 +370,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("run", help="run the line end to end on the embedded default")
     p.add_argument("lines", nargs="*", help="product lines (default: all)")
+    p.add_argument("--keep-running", action="store_true", help="leave the runtime up afterwards")
     p.set_defaults(func=cmd_run)
+    sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer)").set_defaults(
+        func=cmd_start
+    )
+    sub.add_parser("stop", help="stop the runtime, leaving no process behind").set_defaults(func=cmd_stop)
+    p = sub.add_parser("rollback", help="serve the previous model of a line again (store and champion)")
+    p.add_argument("line")
+    p.add_argument("--reason", help="why (recorded with the retired version)")
+    p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("trigger", help="trigger a DAG through the REST API")
+    p.add_argument("dag_id")
+    p.add_argument("--conf", help="the run's conf, a JSON object (checked against the DAG's params)")
+    p.add_argument("--wait", action="store_true", help="follow the run until it ends")
+    p.add_argument("--timeout", type=float, default=3600)
+    p.set_defaults(func=cmd_trigger)
     return parser
 
 
@@ -174,6 +396,14 @@ def main(argv: list[str] | None = None) -> int:
     except (SpecError, landing.LandingError) as err:
         sys.stderr.write(f"factory: {err}\n")
         return 2
+    except Exception as err:
+        from pipelines.api import ApiError
+        from pipelines.runtime import RuntimeFailure
+
+        if isinstance(err, ApiError | RuntimeFailure):
+            sys.stderr.write(f"factory: {err}\n")
+            return 1
+        raise
 
 
 if __name__ == "__main__":

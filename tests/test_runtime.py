@@ -1,0 +1,156 @@
+"""The Airflow runtime for real: start every component, trigger a DAG through the REST
+API with authentication on, run it to success, and stop with no process left."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pipelines import api, landing, runtime, state
+from pipelines.config import factory_home, line_paths
+from pipelines.sources import load_source
+from pipelines.specs import load_spec
+
+pytestmark = pytest.mark.integration
+
+PORT = "18080"
+
+
+def _processes_of(pids: dict[str, int]) -> list[int]:
+    """Live processes in the process groups of the runtime's components."""
+    groups = set(pids.values())
+    alive = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) in groups and fields[0] != "Z":
+                alive.append(int(proc.name))
+    return alive
+
+
+@pytest.fixture(scope="module")
+def running():
+    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
+    os.environ["FACTORY_API_PORT"] = PORT
+    # Only what a test unpauses runs (no training set off by the asset event).
+    os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
+    record = runtime.start()
+    yield record
+    try:
+        runtime.stop()
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def admin(running) -> api.Client:
+    creds = runtime.admin()
+    return api.Client(running["url"], creds.username, creds.password)
+
+
+def test_trigger_through_the_api_runs_to_success(running, admin):
+    spec = load_spec("credit_risk")
+    landing.land_frame(spec, load_source(spec).iloc[6000:6600], "api-1", factory_home())
+    admin.unpause("ingest_credit_risk")
+    run = admin.trigger("ingest_credit_risk", {"batch_id": "api-1"})
+    final = admin.wait("ingest_credit_risk", run["dag_run_id"], timeout_s=600)
+    assert final["state"] == "success"
+    tis = {t["task_id"]: t["state"] for t in admin.task_instances("ingest_credit_risk", run["dag_run_id"])}
+    assert tis["announce"] == "success" and tis["verdict"] == "success"
+    assert state.read(line_paths("credit_risk"), "api-1")["status"] == state.VALIDATED
+    news = admin.xcom("ingest_credit_risk", run["dag_run_id"], "announce")
+    assert news["batches"] == ["api-1"] and news["rows"] == 600
+
+
+def test_official_python_client(running, admin):
+    """The README's example with ``apache-airflow-client``: trigger, then read the run."""
+    import airflow_client.client as ac
+    from airflow_client.client.api.dag_run_api import DagRunApi
+    from airflow_client.client.models.trigger_dag_run_post_body import TriggerDAGRunPostBody
+
+    configuration = ac.Configuration(host=running["url"], access_token=admin.token)
+    with ac.ApiClient(configuration) as client:
+        runs = DagRunApi(client)
+        run = runs.trigger_dag_run("ingest_credit_risk", TriggerDAGRunPostBody(logical_date=None, conf={}))
+        assert run.dag_id == "ingest_credit_risk"
+        final = admin.wait("ingest_credit_risk", run.dag_run_id, timeout_s=300)
+        assert runs.get_dag_run("ingest_credit_risk", run.dag_run_id).state.value == final["state"]
+        # nothing new landed: the run plans no batch and skips its work
+        assert final["state"] == "success"
+
+
+def test_no_token_is_401(running):
+    r = httpx.post(f"{running['url']}/api/v2/dags/ingest_credit_risk/dagRuns", json={"logical_date": None})
+    assert r.status_code == 401
+
+
+def test_expired_and_forged_tokens_are_refused(running, admin):
+    import jwt
+
+    from pipelines.config import airflow_home
+
+    claims = jwt.decode(admin.token, options={"verify_signature": False})
+    now = int(time.time())
+    claims.update(iat=now - 7200, nbf=now - 7200, exp=now - 60)
+    secret = (airflow_home() / "jwt_secret").read_text().strip()
+    expired = jwt.encode(claims, secret, algorithm=jwt.get_unverified_header(admin.token)["alg"])
+    r = httpx.get(f"{running['url']}/api/v2/dags", headers={"Authorization": f"Bearer {expired}"})
+    assert (r.status_code, r.json()["detail"]) == (401, "Token Expired")
+    # Airflow answers a token it cannot verify with 403
+    r = httpx.get(f"{running['url']}/api/v2/dags", headers={"Authorization": "Bearer not-a-valid-token"})
+    assert (r.status_code, r.json()["detail"]) == (403, "Invalid JWT token")
+
+
+def test_bad_password_is_refused(running):
+    with pytest.raises(api.ApiError) as info:
+        api.Client(running["url"], runtime.admin().username, "wrong password")
+    assert info.value.status == 401
+
+
+def test_viewer_can_read_but_not_trigger(running):
+    creds = runtime.viewer()
+    viewer = api.Client(running["url"], creds.username, creds.password)
+    assert viewer.dag("ingest_credit_risk")["dag_id"] == "ingest_credit_risk"
+    with pytest.raises(api.ApiError) as info:
+        viewer.trigger("ingest_credit_risk")
+    assert info.value.status == 403
+
+
+def test_bad_params_and_unknown_dag(admin):
+    with pytest.raises(api.ApiError) as info:
+        admin.trigger("train_credit_risk", {"workers": "two"})
+    assert info.value.status == 400 and "workers" in str(info.value)
+    with pytest.raises(api.ApiError) as info:
+        admin.trigger("train_credit_risk", {"learning_rate": -1})
+    assert info.value.status == 400
+    with pytest.raises(api.ApiError) as info:
+        admin.trigger("no_such_dag")
+    assert info.value.status == 404
+
+
+def test_second_start_is_refused(running):
+    with pytest.raises(runtime.RuntimeFailure, match="already running"):
+        runtime.start()
+
+
+def test_stop_leaves_no_process_behind(running, admin):
+    # runs last in this module: stop, then the fixture's stop is a no-op
+    pids = dict(running["pids"])
+    assert _processes_of(pids)
+    stopped = runtime.stop()
+    assert sorted(stopped) == sorted(runtime.COMPONENTS)
+    assert _processes_of(pids) == []
+    assert runtime.status() is None
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(f"{running['url']}/api/v2/monitor/health", timeout=3)
