@@ -14,7 +14,7 @@ from pipelines import landing, state
 from pipelines.cleaning import job
 from pipelines.config import line_paths
 from pipelines.sources import load_source
-from pipelines.specs import load_spec
+from pipelines.specs import LineSpec, load_spec
 
 pytestmark = pytest.mark.integration
 
@@ -60,6 +60,9 @@ def dirty_batch(credit, real_rows) -> tuple[str, dict]:
         _variant(base, 9009, emp_length=""),  # filled with emp_unk
         _variant(base, 9010, emp_length="emp_99"),  # unknown, mapped to emp_unk
         _variant(base, 9011, funded_amnt="2000.0"),  # a whole number written as a float
+        _variant(base, 9012, int_rate="1.5d"),  # a Java literal, not a number in a file
+        _variant(base, 9013, annual_inc="Infinity"),  # not a finite number: not clipped
+        {**base, "loan_id": "1e30"},  # an integer beyond 64 bits: this row, not the batch
         good[0],  # exact duplicate of the first row
         _variant(good[1], int(good[1]["loan_id"]), int_rate="9.99"),  # a later correction of row 2
     ]
@@ -68,10 +71,12 @@ def dirty_batch(credit, real_rows) -> tuple[str, dict]:
     text += "1,2,3\n"  # a malformed line: too few fields
     expected = {
         "rows_in": len(rows) + 1,
-        "quarantined": 7,
+        "quarantined": 10,
         "duplicates": 2,
         "reasons": {
-            "unparseable:int_rate": 1,
+            "unparseable:int_rate": 2,
+            "unparseable:annual_inc": 1,
+            "overflow:loan_id": 1,
             "not_an_integer:funded_amnt": 1,
             "out_of_range:funded_amnt": 1,
             "unknown_category:addr_state": 1,
@@ -119,6 +124,7 @@ def test_dirty_batch(spark, credit, dirty_batch, real_rows, home, tmp_path):
     by_id = quarantine.set_index("loan_id")
     assert by_id.loc["9006", "_reason"] == "unknown_category:term; missing:int_rate"
     assert by_id.loc["9001", "int_rate"] == "abc"  # the raw value is kept as it arrived
+    assert by_id.loc["1e30", "_reason"] == "overflow:loan_id"
     malformed = quarantine[quarantine["_reason"] == "malformed_record"]
     assert malformed["_raw_record"].tolist() == ["1,2,3"]
 
@@ -143,6 +149,36 @@ def _expect_batch_failure(home, line, batch_id, match):
     assert record["status"] == state.FAILED and record["failed_stage"] == "cleaning"
     assert landing.batch_file(line_paths(line, home), batch_id).exists()  # nothing lost
     assert not line_paths(line, home).clean_batch(batch_id).exists()
+
+
+def test_key_conflicts_quarantined_and_clip_keeps_missing(spark, credit, real_rows, home, tmp_path):
+    """key_duplicates: quarantine sends every version of a conflicting key to the
+    quarantine, counted once; a clipped field with missing: keep stays missing."""
+    data = credit.model_dump(by_alias=True)
+    data["cleaning"]["key_duplicates"] = "quarantine"
+    for f in data["schema"]["fields"]:
+        if f["name"] == "annual_inc":
+            f["missing"] = "keep"
+    spec = LineSpec.model_validate(data)
+    rows = list(real_rows[:6])
+    rows.append(_variant(rows[0], int(rows[0]["loan_id"]), int_rate="9.99"))  # conflicts with row 1
+    rows.append(dict(rows[1]))  # an exact duplicate: removed, not a conflict
+    rows.append(_variant(rows[2], 9101, annual_inc=""))  # missing, clipped field
+    rows.append(_variant(rows[2], 9102, annual_inc="5000000"))  # clipped
+    _land_text(spec, home, tmp_path, "conflict", _csv(rows, spec.schema.names))
+    report = job.clean_one(spark, spec, line_paths("credit_risk", home), "conflict")
+
+    assert report["rows_in"] == 10, report
+    assert report["rows_quarantined"] == 2, (report["quarantine_reasons"], report["duplicates"])
+    assert report["quarantine_reasons"] == {"key_conflict:loan_id": 2}
+    assert report["duplicates"] == {"exact": 1}
+    assert report["rows_clean"] == 7
+    assert report["rows_in"] == report["rows_clean"] + report["rows_quarantined"] + report["duplicates_removed"]
+    clean = pd.read_parquet(report["clean_path"]).set_index("loan_id")
+    assert int(rows[0]["loan_id"]) not in clean.index
+    assert pd.isna(clean.loc[9101, "annual_inc"])
+    assert clean.loc[9102, "annual_inc"] == 2_000_000
+    assert report["repairs"] == {"clipped:annual_inc": 1}
 
 
 def test_missing_column_fails_naming_it(spark, credit, real_rows, home, tmp_path):

@@ -39,6 +39,11 @@ def spark_session(app_name: str):
     # pure overhead here; adaptive execution coalesces further at scale.
     builder = builder.config("spark.sql.shuffle.partitions", "8")
     builder = builder.config("spark.ui.showConsoleProgress", "false")
+    # HotSpot never JIT-compiles a method over 8,000 bytes of bytecode: Spark's
+    # default limit (64 KB) lets whole-stage code generation emit such methods
+    # for the wide cleaning plans, which then run in the bytecode interpreter.
+    # At 8,000 Spark compiles those plans operator by operator instead.
+    builder = builder.config("spark.sql.codegen.hugeMethodLimit", "8000")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
@@ -104,18 +109,33 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines.cleaning.rules import DUP, REASONS, clean_batch
+    from pipelines.cleaning.rules import REASONS, clean_batch
 
     record = state.read(paths, batch_id)
     assert record is not None
     started = time.time()
     batch, header = read_batch(spark, record["file"], record["format"], spec)
     result = clean_batch(batch, spec, header)
-    result.checked.persist(StorageLevel.MEMORY_AND_DISK)
-    rows_in = result.checked.count()
+    # Three outputs read the checked rows: check once, to local disk (the page
+    # cache keeps it in memory when there is room; a large batch cached on the
+    # JVM heap does not fit the 1 GiB default driver and fails).
+    result.checked.persist(StorageLevel.DISK_ONLY)
+    # One pass fills the cache and counts the input and the repairs.
+    ok = F.size(REASONS) == 0
+    totals = (
+        result.checked.agg(
+            F.count(F.lit(1)).alias("_rows_in"),
+            F.count_if(ok).alias("_rows_ok"),
+            *[F.count_if(ok & F.col(f"`{n}`")).alias(n) for n in result.repair_names],
+        )
+        .first()
+        .asDict()
+    )
+    rows_in, rows_ok = totals.pop("_rows_in"), totals.pop("_rows_ok")
     if rows_in == 0:
+        result.checked.unpersist()
         raise CleaningError("the batch has a header but no rows")
-    flagged = result.flagged.persist(StorageLevel.MEMORY_AND_DISK)
+    repairs = {name: n for name, n in totals.items() if n}
 
     run = uuid.uuid4().hex[:8]
     # Spark skips inputs whose own name starts with "." or "_", so the hidden
@@ -126,8 +146,9 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
     clean.sortWithinPartitions(*spec.schema.key).write.mode("overwrite").parquet(staging_clean)
     result.quarantine.write.mode("overwrite").parquet(staging_quarantine)
 
-    dup_counts = {r[DUP]: r["count"] for r in flagged.groupBy(DUP).count().collect()}
-    clean_rows = dup_counts.pop(None, 0)
+    # (With no row to de-duplicate, adaptive execution may drop the empty part
+    # of the plan and its observed counts with it; they are all zero then.)
+    dup_counts = {kind: n for kind, n in result.duplicates().items() if n} if rows_ok else {}
     quarantined = spark.read.parquet(staging_quarantine).count()
     reasons = {
         r["reason"]: r["count"]
@@ -137,21 +158,18 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
         .count()
         .collect()
     }
-    repairs: dict[str, int] = {}
-    if result.repair_names:
-        sums = result.checked.filter(F.size(REASONS) == 0).agg(
-            *[F.sum(F.col(f"`{n}`").cast("long")).alias(n) for n in result.repair_names]
-        )
-        repairs = {k: int(v or 0) for k, v in sums.first().asDict().items() if v}
+    # Rows of a conflicting key (key_duplicates: quarantine) leave the clean
+    # output but are in the quarantine: counted there, not as duplicates.
+    conflicts = dup_counts.pop("key_conflict", 0)
     duplicates = sum(dup_counts.values())
     written = spark.read.parquet(staging_clean).count()
+    clean_rows = rows_ok - duplicates - conflicts
     if written != clean_rows or rows_in != clean_rows + quarantined + duplicates:
         raise CleaningError(
             f"counts do not reconcile: in={rows_in} clean={clean_rows} (written {written}) "
             f"quarantined={quarantined} duplicates={duplicates}"
         )
     result.checked.unpersist()
-    flagged.unpersist()
     _replace_dir(spark, staging_clean, str(paths.clean_batch(batch_id)))
     _replace_dir(spark, staging_quarantine, str(paths.quarantine_batch(batch_id)))
     return {

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import Column, DataFrame, Observation, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -29,6 +29,12 @@ DUP = "_duplicate"
 MISSING_TOKENS = ("", "na", "n/a", "nan", "null", "none")
 SPARK_TYPES = {"integer": T.LongType(), "double": T.DoubleType(), "string": T.StringType(), "boolean": T.BooleanType()}
 TRUE_TOKENS = ("true", "t", "yes", "y", "1")
+# A number as people write it in a file: Spark's own cast also takes Java forms
+# ("1.5d", "2f"), "Infinity" and "NaN", which no batch means as numbers.
+NUMBER = r"^[+-]?([0-9]+[.]?[0-9]*|[.][0-9]+)([eE][+-]?[0-9]+)?$"
+# Integers are parsed as doubles; beyond +-2^63 they do not fit the long column
+# (and Spark's ANSI cast would fail the whole batch instead of the row).
+LONG_LIMIT = 2.0**63
 FALSE_TOKENS = ("false", "f", "no", "n", "0")
 
 
@@ -70,7 +76,8 @@ def _raw(name: str) -> Column:
 
 
 def _reason(cond: Column, text: str) -> Column:
-    return F.when(cond, F.lit(text))
+    """``[text]`` where ``cond`` holds, else ``[]``: a row's reasons are their concatenation."""
+    return F.when(cond, F.array(F.lit(text))).otherwise(F.array().cast("array<string>"))
 
 
 def _lookup(categories: list, aliases: dict) -> Column:
@@ -80,17 +87,42 @@ def _lookup(categories: list, aliases: dict) -> Column:
     return F.create_map(*[F.lit(x) for kv in pairs.items() for x in kv])
 
 
-def check_field(f: FieldSpec) -> Checked:
-    raw = _raw(f.name)
+def _value(i: int) -> str:
+    return f"_v{i}"  # field i's raw value: trimmed, missing tokens as null
+
+
+def _parsed(i: int) -> str:
+    return f"_p{i}"  # field i parsed: a double, a canonical category or a boolean
+
+
+def prepare_field(i: int, f: FieldSpec) -> Column | None:
+    """Field ``i`` parsed from its raw value column, computed once and read by every check."""
+    raw = F.col(_value(i))
+    if f.type in ("integer", "double"):
+        return F.when(raw.rlike(NUMBER), raw.try_cast("double"))
+    if f.type == "string" and f.categories is not None:
+        return F.try_element_at(_lookup(f.categories, f.aliases), F.lower(raw))
+    if f.type == "boolean":
+        low_raw = F.lower(raw)
+        return F.when(low_raw.isin(*TRUE_TOKENS), F.lit(True)).when(low_raw.isin(*FALSE_TOKENS), F.lit(False))
+    return None
+
+
+def check_field(i: int, f: FieldSpec) -> Checked:
+    """Field ``i``'s checks, over the columns :func:`prepare_field` computed."""
+    raw = F.col(_value(i))
     n = f.name
     reasons: list[Column] = []
     repairs: dict[str, Column] = {}
 
     if f.type in ("integer", "double"):
-        parsed = raw.try_cast("double")
+        parsed = F.col(_parsed(i))
         reasons.append(_reason(raw.isNotNull() & parsed.isNull(), f"unparseable:{n}"))
         if f.type == "integer":
-            reasons.append(_reason(parsed.isNotNull() & (parsed != F.floor(parsed)), f"not_an_integer:{n}"))
+            # (x % 1, not floor: Spark's floor of a double is a long and overflows)
+            reasons.append(_reason(parsed.isNotNull() & (parsed % 1 != 0), f"not_an_integer:{n}"))
+            too_large = parsed.isNotNull() & (F.abs(parsed) >= F.lit(LONG_LIMIT))
+            reasons.append(_reason(too_large, f"overflow:{n}"))
         value = parsed
         if f.categories is not None:
             allowed = [float(c) for c in f.categories]
@@ -105,17 +137,21 @@ def check_field(f: FieldSpec) -> Checked:
         outside = value.isNotNull() & outside
         if f.out_of_range == "clip":
             repairs[f"clipped:{n}"] = outside
+            # greatest/least skip nulls: a missing value stays missing, not the bound
             if low is not None:
-                value = F.greatest(value, low)
+                value = F.when(value.isNotNull(), F.greatest(value, low))
             if high is not None:
-                value = F.least(value, high)
+                value = F.when(value.isNotNull(), F.least(value, high))
         else:
             reasons.append(_reason(outside, f"out_of_range:{n}"))
+        if f.type == "integer":
+            # the row is quarantined for overflow; its typed value must not fail the cast
+            value = F.when(F.abs(value) < F.lit(LONG_LIMIT), value)
         value = value.cast(SPARK_TYPES[f.type])
     elif f.type == "string":
         value = raw
         if f.categories is not None:
-            mapped = F.try_element_at(_lookup(f.categories, f.aliases), F.lower(raw))
+            mapped = F.col(_parsed(i))
             unknown = raw.isNotNull() & mapped.isNull()
             if f.unknown_category == "map":
                 repairs[f"mapped_unknown:{n}"] = unknown
@@ -124,8 +160,7 @@ def check_field(f: FieldSpec) -> Checked:
                 reasons.append(_reason(unknown, f"unknown_category:{n}"))
             value = mapped
     elif f.type == "boolean":
-        low_raw = F.lower(raw)
-        value = F.when(low_raw.isin(*TRUE_TOKENS), F.lit(True)).when(low_raw.isin(*FALSE_TOKENS), F.lit(False))
+        value = F.col(_parsed(i))
         reasons.append(_reason(raw.isNotNull() & value.isNull(), f"unparseable:{n}"))
     else:  # image fields are handled by the image cleaner, never here
         raise BatchSchemaError(f"field {n}: type {f.type} is not a tabular type")
@@ -140,13 +175,20 @@ def check_field(f: FieldSpec) -> Checked:
 
 @dataclass
 class Cleaned:
-    checked: DataFrame  # every row with its reasons (cache it: three outputs read it)
+    checked: DataFrame  # every row with its reasons (cache it: the counts and both outputs read it)
     flagged: DataFrame  # rows without reasons, typed, with _duplicate set for removed ones
     quarantine: DataFrame  # raw columns + _reason, _reasons, _raw_record, _row
     repair_names: list[str]
+    # the duplicates by kind, counted by the first action that computes `flagged`
+    duplicate_counts: Observation | None = None
 
     def clean(self, names: list[str]) -> DataFrame:
         return self.flagged.filter(F.col(DUP).isNull()).select(*names)
+
+    def duplicates(self) -> dict[str, int]:
+        """Removed rows by kind (``exact``, ``key``, ``key_conflict``), once ``flagged`` has been computed."""
+        assert self.duplicate_counts is not None
+        return {k: int(v or 0) for k, v in self.duplicate_counts.get.items()}
 
 
 def _raw_columns(raw_columns: list[str]) -> list[Column]:
@@ -155,24 +197,43 @@ def _raw_columns(raw_columns: list[str]) -> list[Column]:
 
 def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cleaned:
     """Apply the spec's rules; the result's frames are lazy."""
-    checks = [check_field(f) for f in spec.schema.fields]
+    fields = list(enumerate(spec.schema.fields))
+    # Each field's raw value and parsed value are computed once, below the
+    # checks, and read by all of them (Spark keeps a projection apart when its
+    # costly columns are read more than once). Inlined, every check repeated
+    # them: the generated code grew beyond 64 KB, whole-stage code generation
+    # was abandoned and every row was evaluated interpreted.
+    values = batch.select(
+        F.col(ROW),
+        F.col(CORRUPT),
+        F.struct(*[F.col(f"`{c}`") for c in raw_columns]).alias("_raw"),
+        *[_raw(f.name).alias(_value(i)) for i, f in fields],
+    )
+    parsed = [(i, col) for i, f in fields if (col := prepare_field(i, f)) is not None]
+    values = values.select("*", *[col.alias(_parsed(i)) for i, col in parsed])
+    checks = [check_field(i, f) for i, f in fields]
     reasons = [r for c in checks for r in c.reasons]
     # A malformed line's fields are shifted or missing: its field checks say
-    # nothing, so it carries the one reason that does.
+    # nothing, so it carries the one reason that does. (The reasons are a
+    # concatenation of one-element arrays because that compiles; filtering the
+    # nulls out of one array with a lambda is evaluated interpreted, row by row.)
     reason_array = F.when(F.col(CORRUPT).isNotNull(), F.array(F.lit("malformed_record"))).otherwise(
-        F.filter(F.array(*reasons), lambda x: x.isNotNull())
+        F.concat(*reasons) if reasons else F.array().cast("array<string>")
     )
     repair_names = [name for c in checks for name in c.repairs]
     repair_cols = [F.coalesce(cond, F.lit(False)).alias(name) for c in checks for name, cond in c.repairs.items()]
 
-    checked = batch.select(
+    checked = values.select(
         F.col(ROW),
         F.col(CORRUPT),
-        F.struct(*[F.col(f"`{c}`") for c in raw_columns]).alias("_raw"),
+        F.col("_raw"),
         reason_array.alias(REASONS),
         F.struct(*[c.value for c in checks]).alias("_typed"),
         *repair_cols,
     )
+    # Only a quarantined row needs its raw values: without them for the others,
+    # the cached batch is about half the size.
+    checked = checked.withColumn("_raw", F.when(F.size(REASONS) > 0, F.col("_raw")))
     names, key = spec.schema.names, spec.schema.key
     rows = checked.filter(F.size(REASONS) == 0).select(F.col(ROW), *[F.col(f"_typed.`{n}`").alias(n) for n in names])
 
@@ -190,7 +251,11 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
         dup = F.when(is_exact, F.lit("exact")).when(key_rank > 1, F.lit("key"))
     else:
         dup = F.when(is_exact, F.lit("exact")).when(versions > 1, F.lit("key_conflict"))
-    flagged = rows.withColumn(DUP, dup).drop("_exact_rank")
+    unobserved = rows.withColumn(DUP, dup).drop("_exact_rank")
+    # Counted as the rows stream past, so the report needs no pass of its own.
+    duplicate_counts = Observation("duplicates")
+    kinds = ("exact", "key", "key_conflict")
+    flagged = unobserved.observe(duplicate_counts, *[F.count_if(F.col(DUP) == k).alias(k) for k in kinds])
 
     quarantine = checked.filter(F.size(REASONS) > 0).select(
         *_raw_columns(raw_columns),
@@ -201,7 +266,7 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
     )
     if spec.cleaning.key_duplicates == "quarantine":
         conflict = f"key_conflict:{','.join(key)}"
-        conflicts = flagged.filter(F.col(DUP) == "key_conflict").select(ROW)
+        conflicts = unobserved.filter(F.col(DUP) == "key_conflict").select(ROW)
         quarantine = quarantine.unionByName(
             checked.join(conflicts, on=ROW).select(
                 *_raw_columns(raw_columns),
@@ -211,4 +276,4 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
                 F.col(ROW),
             )
         )
-    return Cleaned(checked=checked, flagged=flagged, quarantine=quarantine, repair_names=repair_names)
+    return Cleaned(checked, flagged, quarantine, repair_names, duplicate_counts)
