@@ -22,7 +22,7 @@ from pipelines.drift.profile import (
 )
 from pipelines.drift.report import render_html, write_html_report, write_json_report
 from pipelines.drift.score import DriftInputError, score_batch
-from pipelines.drift.settings import SCORE_FEATURE, drift_spec
+from pipelines.drift.settings import LABEL_FEATURE, SCORE_FEATURE, drift_spec
 from pipelines.specs import load_spec
 
 
@@ -277,3 +277,35 @@ def test_html_report_falls_back_to_inline_svg(profile, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
     page = render_html(drifted_report(profile))
     assert page.count("<svg") == 2 and "<img " not in page
+
+
+def test_a_changed_label_rate_is_drift_of_its_own(reference, features):
+    """A prior shift: more loans go bad while the loans look the same. Built from real
+    rows: the last slice with every bad loan kept and the good ones thinned to 15% bad."""
+    y_ref = (reference["Class"] == "bad").to_numpy()
+    profile = build_profile(reference, features, scores=toy_score(reference), labels=y_ref)
+    assert profile["performance"]["positive_rate"] == pytest.approx(y_ref.mean())
+
+    batch = lending_club_frame(4)
+    same = score_batch(profile, batch, scores=toy_score(batch), labels="Class", positive="bad")
+    assert same["performance"]["label_rate_drifted"] is False
+    assert LABEL_FEATURE not in {d["feature"] for d in same["drifted_features"]}
+
+    bad = batch[batch["Class"] == "bad"]
+    good = batch[batch["Class"] == "good"].sample(n=len(bad) * 85 // 15, random_state=0)
+    shifted = pd.concat([bad, good], ignore_index=True)
+    report = score_batch(profile, shifted, scores=toy_score(shifted), labels="Class", positive="bad")
+    perf = report["performance"]
+    assert perf["positive_rate"] == pytest.approx(0.15, abs=0.01)
+    assert perf["label_rate_drifted"] is True and report["drifted"] is True
+    named = {d["feature"]: d for d in report["drifted_features"]}
+    assert "positive rate" in named[LABEL_FEATURE]["by"]
+
+    # reported, not an alarm, when the line switches the check off
+    off = score_batch(
+        profile, shifted, scores=toy_score(shifted), labels="Class", positive="bad",
+        config={"performance": {"max_label_rate_change": None}},
+    )
+    assert off["performance"]["positive_rate_change"] > 0.09
+    assert off["performance"]["label_rate_drifted"] is False
+    assert LABEL_FEATURE not in {d["feature"] for d in off["drifted_features"]}

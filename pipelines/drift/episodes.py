@@ -344,6 +344,7 @@ def batch_record(
         ],
         "max_psi": {"feature": top, "value": psi[top]} if top else None,
         "auc": (report.get("performance") or {}).get("auc"),
+        "positive_rate": (report.get("performance") or {}).get("positive_rate"),
         "report_path": report_path,
         "html_path": html_path,
     }

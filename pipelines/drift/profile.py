@@ -267,7 +267,12 @@ def build_profile(
         if len(y) != len(frame):
             raise ProfileError(f"labels has {len(y)} values for {len(frame)} rows")
         ok = ~np.isnan(score_values)
-        performance = {"auc": roc_auc(y[ok].astype(bool), score_values[ok]), "n": int(ok.sum())}
+        performance = {
+            "auc": roc_auc(y[ok].astype(bool), score_values[ok]),
+            "n": int(ok.sum()),
+            "positive_rate": float(y.astype(bool).mean()) if len(y) else None,
+            "labelled_rows": int(len(y)),
+        }
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,

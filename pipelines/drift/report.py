@@ -190,9 +190,14 @@ def render_html(report: dict[str, Any], title: str | None = None) -> str:
         out.append(
             "<h2>Performance</h2><p>"
             + " &middot; ".join(
-                f"{k}: <b>{_fmt(perf.get(k))}</b>" for k in ("auc", "auc_ref", "auc_drop", "n", "positives")
+                f"{k}: <b>{_fmt(perf.get(k))}</b>"
+                for k in (
+                    "auc", "auc_ref", "auc_drop", "n", "positives",
+                    "positive_rate", "positive_rate_ref", "positive_rate_change",
+                )
             )
-            + (" &middot; <b>AUC drop over its limit</b>" if perf.get("drifted") else "")
+            + (" &middot; <b>AUC drop over its limit</b>" if perf.get("auc_drifted") else "")
+            + (" &middot; <b>positive rate changed beyond its limit</b>" if perf.get("label_rate_drifted") else "")
             + "</p>"
         )
     out.append(

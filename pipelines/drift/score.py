@@ -15,7 +15,10 @@ categories plus ``__other__`` and ``__missing__``), and compared with:
 
 The model's scores (``scores=``) are the numeric feature ``__score__``: prediction drift,
 with the same metrics. With labels as well, ROC AUC on the batch is reported next to the
-reference's.
+reference's, and the batch's positive-class rate next to the training data's: a change of
+at least ``performance.max_label_rate_change`` (five points by default) that a two-sided
+two-proportion z-test also finds significant at ``alpha`` is drift named ``__label__``
+(a prior shift moves no feature and may not move the scores).
 
 When a feature alarms
 ---------------------
@@ -71,7 +74,7 @@ import numpy as np
 
 from pipelines.drift import metrics
 from pipelines.drift.profile import category_counts, check_profile, numeric_values
-from pipelines.drift.settings import EFFECT_METRICS, SCORE_FEATURE, DriftSpec, drift_spec
+from pipelines.drift.settings import EFFECT_METRICS, LABEL_FEATURE, SCORE_FEATURE, DriftSpec, drift_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -312,6 +315,8 @@ def score_batch(
         for name, f in findings.items()
         if f["drifted"]
     ]
+    if performance and performance.get("label_rate_drifted"):
+        drifted.append(_label_why(performance))
     drifted.sort(key=lambda d: (d["status"] != "missing", -(d["severity"] or 0.0), d["feature"]))
     score_finding = findings.get(SCORE_FEATURE)
     any_drift = bool(drifted) or bool(performance and performance.get("drifted"))
@@ -343,10 +348,13 @@ def _performance(
 ) -> dict[str, Any]:
     ref = profile.get("performance") or {}
     out: dict[str, Any] = {"auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False}
+    y_all = _labels01(labels, positive)
+    out.update(_label_rate(y_all, ref, cfg))
     if scores is None:
         out["note"] = "labels without scores: no AUC"
+        out["drifted"] = out["label_rate_drifted"]
         return out
-    y = _labels01(labels, positive)
+    y = y_all
     s = numeric_values(scores)
     ok = ~np.isnan(s)
     y, s = y[ok], s[ok]
@@ -358,9 +366,46 @@ def _performance(
         # AUC's standard error (Hanley & McNeil 1982). With ~130 positives that is ~0.05.
         out["auc_se"] = _auc_standard_error(out["auc"], out["positives"], out["n"] - out["positives"])
         if limit is not None and out["n"] >= cfg.performance.min_labelled_rows:
-            out["drifted"] = out["auc_drop"] >= max(limit, 2 * out["auc_se"])
+            out["auc_drifted"] = out["auc_drop"] >= max(limit, 2 * out["auc_se"])
     out["max_auc_drop"] = limit
+    out["drifted"] = bool(out.get("auc_drifted")) or out["label_rate_drifted"]
     return out
+
+
+def _label_rate(y: np.ndarray, ref: dict[str, Any], cfg: DriftSpec) -> dict[str, Any]:
+    """The batch's positive rate against the reference's: change, z-test p-value, verdict."""
+    limit = cfg.performance.max_label_rate_change
+    n, ref_rate, ref_n = int(len(y)), ref.get("positive_rate"), ref.get("labelled_rows")
+    out: dict[str, Any] = {
+        "positive_rate": float(y.mean()) if n else None,
+        "positive_rate_ref": ref_rate,
+        "max_label_rate_change": limit,
+        "label_rate_drifted": False,
+    }
+    if not n or ref_rate is None or not ref_n:
+        return out
+    change = out["positive_rate"] - ref_rate
+    pooled = (y.sum() + ref_rate * ref_n) / (n + ref_n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / ref_n))
+    pvalue = math.erfc(abs(change) / se / math.sqrt(2)) if se > 0 else (0.0 if change else 1.0)
+    out.update(positive_rate_change=change, positive_rate_pvalue=pvalue)
+    if limit is not None and n >= cfg.performance.min_labelled_rows:
+        out["label_rate_drifted"] = abs(change) >= limit and pvalue < cfg.alpha
+    return out
+
+
+def _label_why(perf: dict[str, Any]) -> dict[str, Any]:
+    p = perf["positive_rate_pvalue"]
+    return {
+        "feature": LABEL_FEATURE,
+        "severity": abs(perf["positive_rate_change"]) / perf["max_label_rate_change"],
+        "status": "drifted",
+        "by": (
+            f"positive rate {perf['positive_rate_ref']:.3f} -> {perf['positive_rate']:.3f}, "
+            f"change {perf['positive_rate_change']:+.3f} >= {perf['max_label_rate_change']:g}"
+            + (f" (p={p:.2g})" if p > 0 else " (p<1e-300)")
+        ),
+    }
 
 
 

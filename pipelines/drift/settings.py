@@ -13,6 +13,8 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCORE_FEATURE = "__score__"
+# the label's positive rate, named like a feature when it drifts (a prior shift)
+LABEL_FEATURE = "__label__"
 EFFECT_METRICS = ("psi", "jsd", "linf")
 
 Threshold = Annotated[float, Field(gt=0)] | None
@@ -57,9 +59,15 @@ class RetrainPolicy(_Strict):
 
 class PerformanceSpec(_Strict):
     """Labelled batches: ROC AUC on the batch against the reference's. ``max_auc_drop``
-    (absolute) makes a drop an alarm of its own; ``null``: reported only."""
+    (absolute) makes a drop an alarm of its own; ``null``: reported only.
+
+    ``max_label_rate_change``: an absolute change of the positive-class share (0.05: five
+    points) that, when also beyond noise at ``alpha``, is drift of its own. A prior shift
+    (more defaults, fewer people employed) can leave every feature and the score
+    distribution where they were, so nothing else would see it; ``null``: reported only."""
 
     max_auc_drop: Annotated[float, Field(gt=0, lt=1)] | None = None
+    max_label_rate_change: Annotated[float, Field(gt=0, lt=1)] | None = 0.05
     min_labelled_rows: Annotated[int, Field(ge=2)] = 100
 
 
