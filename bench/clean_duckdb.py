@@ -31,7 +31,14 @@ from typing import Any
 
 import duckdb
 
-from pipelines.cleaning.rules import FALSE_TOKENS, LONG_LIMIT, MISSING_TOKENS, NUMBER, TRUE_TOKENS, check_columns
+from pipelines.cleaning.rules import (
+    FALSE_TOKENS,
+    LONG_LIMIT,
+    MISSING_TOKENS,
+    NUMBER,
+    TRUE_TOKENS,
+    check_columns,
+)
 from pipelines.specs import FieldSpec, LineSpec
 
 

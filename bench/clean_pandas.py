@@ -22,7 +22,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipelines.cleaning.rules import FALSE_TOKENS, LONG_LIMIT, MISSING_TOKENS, NUMBER, TRUE_TOKENS, check_columns
+from pipelines.cleaning.rules import (
+    FALSE_TOKENS,
+    LONG_LIMIT,
+    MISSING_TOKENS,
+    NUMBER,
+    TRUE_TOKENS,
+    check_columns,
+)
 from pipelines.specs import FieldSpec, LineSpec
 
 DTYPES = {"integer": "int64", "double": "float64", "string": "str", "boolean": "bool"}

@@ -39,7 +39,6 @@ import argparse
 import gc
 import json
 import os
-import platform
 import re
 import resource
 import shutil
@@ -58,6 +57,8 @@ import pyarrow.csv as pacsv
 # Measure the pipelines of this checkout, whichever one the environment installed.
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
 
 from pipelines import landing  # noqa: E402
 from pipelines.ingest import CLEANING_JOB, cleaning_args  # noqa: E402
@@ -96,26 +97,6 @@ LABELS = {
 # --------------------------------------------------------------------------- machine
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 2**20
-    except OSError:
-        pass
-    return float("nan")
-
-
 def _java_version() -> str:
     try:
         out = subprocess.run(["java", "-version"], capture_output=True, text=True, timeout=30).stderr
@@ -131,17 +112,12 @@ def machine() -> dict[str, Any]:
     import pyspark
 
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": round(_ram_gib(), 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **host(),
         "java": _java_version(),
         "spark": pyspark.__version__,
         "pandas": pd.__version__,
         "pyarrow": pa.__version__,
         "duckdb": duckdb.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -431,10 +407,10 @@ def fit(points: list[tuple[int, float]]) -> dict[str, float] | None:
 
 
 def print_machine(m: dict[str, Any]) -> None:
+    print(describe(m))
     print(
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}; "
-        f"Python {m['python']}, Java {m['java']}, Spark {m['spark']}, pandas {m['pandas']}, "
-        f"pyarrow {m['pyarrow']}, DuckDB {m['duckdb']}; load average at start {m['load_average_at_start']}"
+        f"software: Java {m['java']}, Spark {m['spark']}, pandas {m['pandas']}, "
+        f"pyarrow {m['pyarrow']}, DuckDB {m['duckdb']}"
     )
 
 

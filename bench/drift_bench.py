@@ -34,8 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -55,6 +53,7 @@ from pipelines.drift.score import score_batch
 from pipelines.specs import load_spec
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+from machine import describe, host  # noqa: E402
 from realdata import employment_frame  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
@@ -64,40 +63,15 @@ DATA_VERSION = 1
 BATCHES = ("2018", "2018_older")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _ram_gib() -> float:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return float("nan")
-
-
 def machine() -> dict[str, Any]:
     import scipy
 
     return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "ram_gib": _ram_gib(),
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **host(),
         "numpy": np.__version__,
         "pandas": pd.__version__,
         "scipy": scipy.__version__,
         "pyarrow": pa.__version__,
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -228,7 +202,7 @@ def main() -> None:
     declared = features_from_spec(spec)
     names = [f["name"] for f in declared]
     info = machine()
-    print(f"machine: {info['cpu']}, {info['cores']} cores, {info['ram_gib']} GiB RAM, load {info['load_average_at_start']}")
+    print(describe(info))
     t = time.perf_counter()
     paths = datasets(args.rows, names)
     print(f"data: {args.rows:,} rows x {len(names)} features per set ({time.perf_counter() - t:.1f} s to prepare)")

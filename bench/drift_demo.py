@@ -50,9 +50,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -82,6 +80,7 @@ from pipelines.training.launch import run_workers  # noqa: E402
 from pipelines.training.prepare import prepare_run, split_bucket  # noqa: E402
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))
+from machine import describe, host  # noqa: E402
 from realdata import employment_frame, lending_club_frame, make_validated_batch  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "drift_demo.json"
@@ -94,33 +93,9 @@ NEW_VERIFICATION = "Joint_Verified"
 
 
 def machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    ram = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count()
     return {
+        **host(),
         "date_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "host": socket.gethostname(),
-        "cpu": cpu,
-        "cores": cores,
-        "ram_gib": ram,
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
         "pandas": pd.__version__,
         "numpy": np.__version__,
     }
@@ -745,8 +720,7 @@ def report(out: dict[str, Any]) -> None:
     m = out["machine"]
     say()
     say(
-        f"machine: {m['cpu']}, {m['cores']} cores, {m['ram_gib']} GiB RAM, {m['os']}, python {m['python']}, "
-        f"pandas {m['pandas']}; {m['date_utc']}; total {out['total_seconds']:.0f}s"
+        f"{describe(m)}; pandas {m['pandas']}; {m['date_utc']}; total {out['total_seconds']:.0f}s"
     )
     e = out["employment"]
     b = e["base_model"]

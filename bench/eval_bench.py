@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -39,6 +38,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+from machine import host  # noqa: E402  (bench/ is this script's folder)
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULTS = REPO / "bench" / "results"
 AIRFLOW_PY = REPO / ".venv" / "airflow" / "bin" / "python"
@@ -65,27 +66,7 @@ prepare_run("employment", run, {"workers": 1, "epochs": 3, "batch_size": 256}, h
 
 
 def machine() -> dict[str, Any]:
-    cpu = ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = ""
-    try:
-        mem = Path("/proc/meminfo").read_text().splitlines()[0].split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory": mem,
-        "loadavg_1m": os.getloadavg()[0],
-    }
+    return host()
 
 
 def include_dir(work: Path) -> Path:

@@ -58,6 +58,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
+
 RESULTS = REPO / "bench" / "results"
 ML_BIN = REPO / ".venv" / "ml" / "bin"
 MWMS_WORKER = REPO / "bench" / "mwms_worker.py"
@@ -72,18 +74,6 @@ def log(msg: str) -> None:
 
 
 # --------------------------------------------------------------------------- machine
-
-
-def _first(path: str, key: str) -> str:
-    try:
-        for line in Path(path).read_text().splitlines():
-            if line.startswith(key):
-                return (
-                    line.split(":", 1)[1].strip() if ":" in line else line.split("=", 1)[1].strip().strip('"')
-                )
-    except OSError:
-        pass
-    return ""
 
 
 def machine() -> dict[str, Any]:
@@ -101,14 +91,8 @@ def machine() -> dict[str, Any]:
         text=True,
         check=True,
     ).stdout
-    mem_kb = int(_first("/proc/meminfo", "MemTotal").split()[0] or 0)
     return {
-        "cpu": _first("/proc/cpuinfo", "model name"),
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)),
-        "memory_gib": round(mem_kb / 2**20, 1),
-        "os": _first("/etc/os-release", "PRETTY_NAME") or platform.platform(),
-        "kernel": platform.release(),
+        **host(),
         "orchestration_env": {
             "python": platform.python_version(),
             "pandas": version("pandas"),
@@ -117,7 +101,6 @@ def machine() -> dict[str, Any]:
             "pyarrow": version("pyarrow"),
         },
         "ml_env": json.loads(ml_versions),
-        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
     }
 
 
@@ -993,10 +976,7 @@ def main() -> int:
             shutil.rmtree(work, ignore_errors=True)
 
     mc = report["machine"]
-    print(
-        f"machine: {mc['cpu']}, {mc['cores']} cores ({mc['cores_usable']} usable), {mc['memory_gib']} GiB RAM, "
-        f"{mc['os']} (kernel {mc['kernel']})"
-    )
+    print(describe(mc))
     ml, orch = mc["ml_env"], mc["orchestration_env"]
     print(
         f"ML env: Python {ml['python']}, TensorFlow {ml['tensorflow']}, tf_keras {ml['tf_keras']}, "
@@ -1007,7 +987,7 @@ def main() -> int:
         f"LightGBM {orch['lightgbm']}, pandas {orch['pandas']}"
     )
     print(
-        f"load average (1/5/15 min): start {mc['loadavg_start']}, end {mc['loadavg_end']}, "
+        f"load average (1/5/15 min): start {mc['load_average_at_start']}, end {mc['loadavg_end']}, "
         f"{mc['cores']} cores shared with other work; benchmark total {report['total_s']:.0f} s"
     )
     print()

@@ -34,8 +34,7 @@ import training_bench as tb  # noqa: E402
 def render(report: dict[str, Any]) -> None:
     mc = report["machine"]
     print(
-        f"machine: {mc['cpu']}, {mc['cores']} cores, load average start {mc['loadavg_start']}, "
-        f"end {mc['loadavg_end']}; total {report['total_s']:.0f} s"
+        f"{tb.describe(mc)}; load average at end {mc['loadavg_end']}; total {report['total_s']:.0f} s"
     )
     print(
         f"{report['line']}: eval AUC over {report['folds']} rotated splits (fold 0: the stage's own), one run per split"
