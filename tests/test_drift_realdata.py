@@ -10,6 +10,7 @@ from realdata import employment_frame, lending_club_frame
 
 from pipelines.drift.profile import build_profile, features_from_spec
 from pipelines.drift.score import score_batch
+from pipelines.drift.settings import LABEL_FEATURE
 from pipelines.specs import load_spec
 
 # ANC (ancestry recode) moves most between survey years; PSI against 2015, measured on
@@ -193,3 +194,34 @@ def test_credit_rare_new_category_is_reported_without_alarm(credit_profile):
     report = score_batch(credit_profile, batch)
     assert report["drifted"] is False
     assert report["features"]["verification_status"]["unseen"]["values"] == {"Pending": 10}
+
+
+# -- the label's rate: real years no alarm, a prior shift named ------------------------------
+
+
+def test_employment_label_rate_real_years_quiet_prior_shift_named(employment, emp_features):
+    """The employed rate moves about one point from 2015 to 2018 (0.494 -> 0.505): no
+    alarm. Real 2018 rows with the rate lowered 15 points, drawn within each class so the
+    people look the same given their label: named as ``__label__`` and nothing else."""
+
+    def score(frame: pd.DataFrame) -> np.ndarray:  # any fixed score will do: age
+        return frame["AGEP"].to_numpy(dtype="float64")
+
+    y2015 = employment[employment["year"] == 2015]
+    profile = build_profile(y2015, emp_features, scores=score(y2015), labels=y2015["employed"].to_numpy())
+    for year in (2016, 2017, 2018):
+        batch = employment[employment["year"] == year]
+        perf = score_batch(profile, batch, scores=score(batch), labels="employed")["performance"]
+        assert abs(perf["positive_rate_change"]) < 0.02 and perf["label_rate_drifted"] is False
+
+    y2018 = employment[employment["year"] == 2018]
+    employed = y2018["employed"].astype(bool).to_numpy()
+    n, rate = 20_000, employed.mean() - 0.15
+    rng = np.random.default_rng(15)
+    pos = rng.choice(np.flatnonzero(employed), round(n * rate), replace=False)
+    neg = rng.choice(np.flatnonzero(~employed), n - len(pos), replace=False)
+    shifted = y2018.iloc[np.concatenate([pos, neg])].reset_index(drop=True)
+    report = score_batch(profile, shifted, scores=score(shifted), labels="employed")
+    assert report["performance"]["positive_rate_change"] == pytest.approx(-0.139, abs=0.01)
+    assert report["drifted"] is True
+    assert [d["feature"] for d in report["drifted_features"]] == [LABEL_FEATURE]
