@@ -316,6 +316,14 @@ def parse_spec(data: Any, path: Path) -> LineSpec:
         raise SpecError(_format_error(path, data, err)) from None
     if spec.name != path.stem:
         raise SpecError(f"{path.name}: name: {spec.name!r} must match the file name {path.stem!r}")
+    # The evaluation section is the gate's to define, but a mistake in it must fail here,
+    # at load (DAG parse, CLI), not hours later when a candidate reaches the gate.
+    from pipelines.evaluation.settings import EvaluationSettingsError, load_settings
+
+    try:
+        load_settings(spec)
+    except EvaluationSettingsError as err:
+        raise SpecError(str(err)) from None
     return spec
 
 

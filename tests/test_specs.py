@@ -57,6 +57,9 @@ def _field(data, name):
         (lambda d: d.update(expectations="../../etc/passwd"), "expectations: Value error, must be a path inside"),
         (lambda d: _field(d, "emp_length").update(unknown_value="emp_99"), "unknown_value"),
         (lambda d: _field(d, "loan_id").update(missing="keep"), "key column 'loan_id' must use missing: quarantine"),
+        # the evaluation section fails at load too, not when a candidate reaches the gate
+        (lambda d: d["evaluation"]["slices"].append("nope"), "evaluation.slices.2: 'nope' is not a field"),
+        (lambda d: d["evaluation"]["thresholds"].update(aucc={"min": 0.5}), "evaluation.thresholds"),
     ],
 )
 def test_invalid_spec_names_the_field(mutate, expected):
