@@ -6,11 +6,14 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$ROOT/scripts/setup.sh" all
 
 # What only the tests need from Debian: PostgreSQL (the metadata-database option is
-# tested against a real server) and Chromium (the UI view is tested in a browser).
+# tested against a real server), Chromium (the UI view is tested in a browser) and
+# Prometheus for its promtool (the shipped scrape and rule files are checked with it;
+# the package's service is not started).
 missing=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
+[ -x /usr/bin/promtool ] || missing+=(prometheus)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "[test] installing ${missing[*]} (Debian packages)" >&2
   sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
