@@ -44,7 +44,7 @@ def build(spec: LineSpec) -> DAG:
 
         @task
         def plan() -> dict:
-            from airflow.exceptions import AirflowFailException
+            from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines.evaluation.stage import RollbackError, plan_rollback
 
@@ -55,7 +55,7 @@ def build(spec: LineSpec) -> DAG:
 
         @task(execution_timeout=timedelta(minutes=15))
         def rollback(planned: dict, params: dict | None = None, dag_run=None) -> dict:
-            from airflow.exceptions import AirflowFailException
+            from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines.evaluation.stage import RollbackError
             from pipelines.evaluation.stage import rollback as do_rollback

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import signal
@@ -228,6 +229,8 @@ def test_only_rank_zero_writes(trained):
     info = json.loads((model / "assets.extra" / "factory_model.json").read_text())
     assert info["line"] == "credit_risk" and info["run_id"] == "run-1"
     assert {"val_auc", "best_epoch"} <= set(info["metrics"])
+    rate = info["label"]["positive_rate"]
+    assert info["prior_correction"] == pytest.approx(math.log((1 - rate) / rate))  # balanced weights
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +249,11 @@ frame = pq.read_table(run + "/data/eval.parquet").to_pandas().head(5)
 sig = tf.saved_model.load(run + "/model/Format-Serving").signatures["serving_default"]
 out = sig(examples=tf.constant(serialize_examples(frame, load_manifest(run))))
 empty = sig(examples=tf.constant([tf.train.Example().SerializeToString()]))
+full = pq.read_table(run + "/data/eval.parquet").to_pandas()
+manifest = load_manifest(run)
+probs = sig(examples=tf.constant(serialize_examples(full, manifest)))["probabilities"].numpy()
 print(json.dumps({"max_abs_diff": diff, "inputs": list(sig.structured_input_signature[1]),
+                  "mean_probability": float(probs.mean()), "positive_rate": float(full[manifest.label].mean()),
                   "outputs": sorted(out), "shape": out["probabilities"].shape.as_list(),
                   "dtype": out["probabilities"].dtype.name, "empty": float(empty["probabilities"][0, 0])}))
 """
@@ -262,6 +269,15 @@ def test_serving_signature(export_report):
     assert export_report["outputs"] == ["logits", "probabilities"]
     assert export_report["shape"] == [5, 1] and export_report["dtype"] == "float32"
     assert 0 <= export_report["empty"] <= 1  # an empty example reads as the train means / out-of-vocabulary
+
+
+def test_served_probabilities_are_calibrated_to_the_label_rate(export_report):
+    """Balanced class weights train the network on 50/50 odds; the export's prior
+    correction brings its probabilities back to the data's rate (about 5% bad loans),
+    where without it they average several times that."""
+    rate, mean = export_report["positive_rate"], export_report["mean_probability"]
+    assert 0 < rate < 0.2
+    assert rate / 2 < mean < rate * 2, (mean, rate)
 
 
 def test_epoch_metrics_reach_the_open_mlflow_run(trained, mlflow_run):

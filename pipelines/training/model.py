@@ -18,7 +18,8 @@ Two parts, so the expensive one can be XLA-compiled:
 The exported SavedModel composes both, so serving needs no outside code:
 ``serving_default`` takes ``examples`` (a 1-D string tensor of serialized
 ``tf.Example``) and returns ``probabilities`` and ``logits`` (``[n, 1]``
-float32); ``predict_features`` takes the raw feature tensors by name. It is a
+float32; the logit less :func:`prior_correction`, so probabilities are calibrated
+to the training rate even when the loss weighted the classes); ``predict_features`` takes the raw feature tensors by name. It is a
 plain ``tf.Module``, so ``tf.saved_model.load`` reads it and TFMA treats it as a
 generic TF model (not a Keras one).
 
@@ -255,12 +256,24 @@ def load_manifest(run_dir: Path | str) -> Manifest:
     return parse_manifest(data)
 
 
+def prior_correction(manifest: Manifest) -> float:
+    """What the exported model subtracts from the core's logit: ``log(positive_weight)``.
+
+    Weighting positive examples by ``w`` in the loss multiplies the odds the network
+    learns by ``w`` (with balanced weights, a 5% class reads as 50%). Subtracting
+    ``log(w)`` restores probabilities calibrated to the training data's rate; the ranking,
+    and so every AUC, is unchanged. 0 when the line trains unweighted.
+    """
+    return math.log(manifest.positive_weight)
+
+
 def model_info(manifest: Manifest, metrics: dict[str, Any]) -> dict[str, Any]:
     """The manifest subset written next to the exported model (``assets.extra/factory_model.json``)."""
     raw = manifest.raw
     info = {k: raw[k] for k in ("line", "spec_version", "run_id", "batches", "features", "label", "params")}
     info["key"] = raw["key"]
     info["metrics"] = metrics
+    info["prior_correction"] = prior_correction(manifest)
     return info
 
 
@@ -488,8 +501,10 @@ def export_saved_model(preprocessor, core, manifest: Manifest, model_root: Path,
     # saving the model itself would trace every Keras layer again (seconds per layer stack).
     module.core_variables = list(core.variables)
 
+    shift = prior_correction(manifest)
+
     def outputs(features):
-        logits = core(preprocessor(features), training=False)
+        logits = core(preprocessor(features), training=False) - shift
         return {"probabilities": tf.sigmoid(logits), "logits": logits}
 
     # autograph=False: nothing here branches on tensors, and converting Keras' call
@@ -554,7 +569,7 @@ def check_export(run_dir: Path | str, max_rows: int = 2000) -> float:
 
     frame = pq.read_table(run_dir / "data" / "eval.parquet").to_pandas().head(max_rows)
     feats = {k: tf.constant(v) for k, v in frame_to_features(frame, manifest).items()}
-    memory = tf.sigmoid(core(pre(feats), training=False)).numpy()
+    memory = tf.sigmoid(core(pre(feats), training=False) - prior_correction(manifest)).numpy()
 
     loaded = tf.saved_model.load(str(run_dir / "model" / EXPORT_DIR))
     served = loaded.signatures["serving_default"](examples=tf.constant(serialize_examples(frame, manifest)))
