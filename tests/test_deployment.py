@@ -14,7 +14,6 @@ Spark standalone cluster on this machine's loopback, with their health checks.
 from __future__ import annotations
 
 import copy
-import glob
 import hashlib
 import json
 import os
@@ -22,10 +21,8 @@ import re
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 import urllib.request
@@ -34,6 +31,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 import yaml
+from pgserver import free_port, postgres_server
 
 from pipelines.config import REPO_ROOT
 
@@ -672,12 +670,6 @@ def test_serve_script_starts_tf_serving_on_the_first_pushed_model(tmp_path):
 # ----------------------------------------------------------------------------- real engines
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _healthcheck_argv(test: list[str], replacements: dict[str, str]) -> list[str]:
     """A compose CMD health check as a local command line."""
     assert test[0] == "CMD"
@@ -711,34 +703,12 @@ def _stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-
-
-def _as_postgres(*cmd: str) -> None:
-    if os.geteuid() == 0:
-        cmd = ("runuser", "-u", "postgres", "--", *cmd)
-    subprocess.run(cmd, check=True, capture_output=True, text=True)
-
-
 @pytest.fixture(scope="module")
 def compose_postgres():
     """A throw-away PostgreSQL on loopback, initialised by the compose file's init script
     with the compose file's postgres environment (defaults)."""
-    if not PG_BIN:
-        pytest.skip("Debian's postgresql is not installed (scripts/test.sh installs it)")
-    bin_dir = Path(PG_BIN[-1])
-    root = Path(tempfile.mkdtemp(prefix="factory-deploy-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    port = _free_port()
     env = load_compose()["services"]["postgres"]["environment"]
-    _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", env["POSTGRES_USER"], "--auth=trust", "-E", "UTF8")
-    _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start",
-                 "-o", f"-c listen_addresses=127.0.0.1 -p {port} -k {sock}")
-    try:
+    with postgres_server(env["POSTGRES_USER"]) as port:
         pg = {**os.environ, **env, "PGHOST": "127.0.0.1", "PGPORT": str(port)}
         subprocess.run(["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
                         f'CREATE DATABASE "{env["POSTGRES_DB"]}"'], env=pg, check=True, capture_output=True)
@@ -746,9 +716,6 @@ def compose_postgres():
         done = subprocess.run(["bash", str(script)], env=pg, capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         yield {"port": port, "env": env}
-    finally:
-        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.mark.integration
@@ -757,7 +724,7 @@ def test_mlflow_server_runs_with_the_compose_command(compose_postgres, tmp_path)
     proxied artifacts, allowed hosts) on loopback; its health check; a client run whose
     artifact goes through the server into the artifact store."""
     svc = load_compose()["services"]["mlflow"]
-    port = _free_port()
+    port = free_port()
     artifacts = tmp_path / "artifacts"
     argv = [str(Path(sys.executable).parent / "mlflow")]
     for arg in svc["command"][1:]:
@@ -810,7 +777,7 @@ def test_spark_cluster_runs_with_the_compose_commands(tmp_path):
     spark_class = Path(sys.executable).parent / "spark-class"
     if not spark_class.exists():
         pytest.skip("pyspark's spark-class is not installed")
-    rpc, ui, wui = _free_port(), _free_port(), _free_port()
+    rpc, ui, wui = free_port(), free_port(), free_port()
 
     def local(cmd: list[str]) -> list[str]:
         text = shlex.join(cmd)

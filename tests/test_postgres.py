@@ -3,56 +3,25 @@ throw-away cluster, ``airflow db migrate`` and a DAG run against it."""
 
 from __future__ import annotations
 
-import glob
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import pytest
+from pgserver import postgres_server
 
 from pipelines.config import airflow_environment
 
 pytestmark = pytest.mark.integration
 
-PG_BIN = sorted(glob.glob("/usr/lib/postgresql/*/bin"))
-PORT = 15433
-
-
-def _as_postgres(*cmd: str, **kw) -> subprocess.CompletedProcess:
-    """initdb and postgres refuse to run as root: run them as Debian's postgres user."""
-    if os.geteuid() == 0:
-        cmd = ("runuser", "-u", "postgres", "--", *cmd)
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
-
-
 @pytest.fixture(scope="module")
 def postgres():
-    if not PG_BIN:
-        pytest.skip("Debian's postgresql is not installed (scripts/test.sh installs it)")
-    bin_dir = Path(PG_BIN[-1])
-    # not under pytest's tmp root: that is private to root, and the server runs as postgres
-    root = Path(tempfile.mkdtemp(prefix="factory-pg-"))
-    data, sock = root / "data", root / "sock"
-    sock.mkdir()
-    if os.geteuid() == 0:
-        shutil.chown(root, "postgres")
-        shutil.chown(sock, "postgres")
-    _as_postgres(str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8")
-    _as_postgres(
-        str(bin_dir / "pg_ctl"), "-D", str(data), "-l", str(root / "pg.log"), "-w", "start",
-        "-o", f"-c listen_addresses=127.0.0.1 -p {PORT} -k {sock}",
-    )
-    try:
-        psql = ["psql", "-h", "127.0.0.1", "-p", str(PORT), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
+    with postgres_server() as port:
+        psql = ["psql", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "-v", "ON_ERROR_STOP=1", "-c"]
         subprocess.run([*psql, "CREATE USER airflow PASSWORD 'airflow'"], check=True, capture_output=True)
         subprocess.run([*psql, "CREATE DATABASE airflow OWNER airflow"], check=True, capture_output=True)
-        yield f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{PORT}/airflow"
-    finally:
-        _as_postgres(str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
-        shutil.rmtree(root, ignore_errors=True)
+        yield f"postgresql+psycopg2://airflow:airflow@127.0.0.1:{port}/airflow"
 
 
 def test_airflow_runs_on_postgres(postgres, tmp_path, monkeypatch):
