@@ -73,7 +73,7 @@ from pipelines.drift.episodes import claim_retrain  # noqa: E402
 from pipelines.drift.metrics import roc_auc  # noqa: E402
 from pipelines.drift.monitor import line_drift_spec, monitor_batch  # noqa: E402
 from pipelines.drift.profile import build_profile, features_from_spec, save_profile  # noqa: E402
-from pipelines.drift.settings import SCORE_FEATURE  # noqa: E402
+from pipelines.drift.settings import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
 from pipelines.monitoring import model_scores, write_reference_profile  # noqa: E402
 from pipelines.specs import load_spec  # noqa: E402
 from pipelines.training.launch import run_workers  # noqa: E402
@@ -267,7 +267,8 @@ def monitor(
         "auc_se": auc_se(labels01, np.asarray(scores)) if perf.get("auc") is not None else None,
         "labelled_rows": perf.get("n"),
         "max_auc_drop": perf.get("max_auc_drop"),
-        "performance_alarm": bool(perf.get("drifted")),
+        "performance_alarm": bool(perf.get("auc_drifted")),
+        "label_rate_alarm": bool(perf.get("label_rate_drifted")),
         "drifted": report["drifted"],
         "named": [{"feature": d["feature"], "by": d["by"]} for d in report["drifted_features"]],
         "unseen": {
@@ -652,12 +653,14 @@ def top(row: dict[str, Any], k: int = 3) -> str:
 def alarms(row: dict[str, Any]) -> str:
     """What the batch alarmed on: data, prediction, performance (or no)."""
     kinds = []
-    if any(d["feature"] != SCORE_FEATURE for d in row["named"]):
+    if any(d["feature"] not in (SCORE_FEATURE, LABEL_FEATURE) for d in row["named"]):
         kinds.append("data")
     if row["prediction_drift"]:
         kinds.append("prediction")
+    if row["label_rate_alarm"]:
+        kinds.append("label rate")
     if row["performance_alarm"]:
-        kinds.append("performance")
+        kinds.append("AUC")
     return "YES: " + "+".join(kinds) if row["drifted"] else "no"
 
 

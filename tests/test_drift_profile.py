@@ -294,12 +294,23 @@ def test_a_changed_label_rate_is_drift_of_its_own(reference, features):
     bad = batch[batch["Class"] == "bad"]
     good = batch[batch["Class"] == "good"].sample(n=len(bad) * 85 // 15, random_state=0)
     shifted = pd.concat([bad, good], ignore_index=True)
-    report = score_batch(profile, shifted, scores=toy_score(shifted), labels="Class", positive="bad")
+    # the line's own settings: their min_labelled_rows (2,000) guards the AUC rule, not this one
+    line_drift = load_spec("credit_risk").drift
+    report = score_batch(
+        profile, shifted, scores=toy_score(shifted), labels="Class", positive="bad", config=line_drift
+    )
     perf = report["performance"]
+    assert len(shifted) < line_drift.performance.min_labelled_rows
     assert perf["positive_rate"] == pytest.approx(0.15, abs=0.01)
     assert perf["label_rate_drifted"] is True and report["drifted"] is True
     named = {d["feature"]: d for d in report["drifted_features"]}
     assert "positive rate" in named[LABEL_FEATURE]["by"]
+
+    # too few rows for the test's normal approximation (under five expected bad loans): no verdict
+    tiny = pd.concat([bad.head(6), good.head(14)], ignore_index=True)
+    few = score_batch(profile, tiny, scores=toy_score(tiny), labels="Class", positive="bad")
+    assert few["performance"]["positive_rate"] == pytest.approx(0.3)
+    assert few["performance"]["label_rate_drifted"] is False
 
     # reported, not an alarm, when the line switches the check off
     off = score_batch(

@@ -389,7 +389,9 @@ def _label_rate(y: np.ndarray, ref: dict[str, Any], cfg: DriftSpec) -> dict[str,
     se = math.sqrt(pooled * (1 - pooled) * (1 / n + 1 / ref_n))
     pvalue = math.erfc(abs(change) / se / math.sqrt(2)) if se > 0 else (0.0 if change else 1.0)
     out.update(positive_rate_change=change, positive_rate_pvalue=pvalue)
-    if limit is not None and n >= cfg.performance.min_labelled_rows:
+    # min_labelled_rows is the AUC's guard; the z-test carries its own, and only needs
+    # the normal approximation to hold: five expected rows of the rarer class.
+    if limit is not None and n * min(ref_rate, 1 - ref_rate) >= 5:
         out["label_rate_drifted"] = abs(change) >= limit and pvalue < cfg.alpha
     return out
 

@@ -64,7 +64,9 @@ class PerformanceSpec(_Strict):
     ``max_label_rate_change``: an absolute change of the positive-class share (0.05: five
     points) that, when also beyond noise at ``alpha``, is drift of its own. A prior shift
     (more defaults, fewer people employed) can leave every feature and the score
-    distribution where they were, so nothing else would see it; ``null``: reported only."""
+    distribution where they were, so nothing else would see it; ``null``: reported only.
+    ``min_labelled_rows`` guards the AUC rule only (an AUC on few rows of a rare class is
+    noise); the label-rate test needs five expected rows of the rarer class."""
 
     max_auc_drop: Annotated[float, Field(gt=0, lt=1)] | None = None
     max_label_rate_change: Annotated[float, Field(gt=0, lt=1)] | None = 0.05
