@@ -43,7 +43,6 @@ from machine import host  # noqa: E402  (bench/ is this script's folder)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULTS = REPO / "bench" / "results"
 AIRFLOW_PY = REPO / ".venv" / "airflow" / "bin" / "python"
-ML_BIN = REPO / ".venv" / "ml" / "bin"
 
 BENCH_EVALUATION = {
     "slices": ["SEX", "age_band", ["SEX", "age_band"]],
@@ -92,23 +91,13 @@ def make_run(work: Path) -> Path:
     subprocess.run(
         [str(AIRFLOW_PY), "-c", PREPARE, str(REPO), str(home), str(run), "20000"], check=True, env=env
     )
-    env.update(TF_USE_LEGACY_KERAS="1", PATH=f"{ML_BIN}{os.pathsep}{env['PATH']}", PYTHONPATH=str(REPO))
+    # trained as the train DAG's task trains it: the launcher's command and environment, one rank
+    from pipelines.training.launch import horovod_command, worker_environment
+
     subprocess.run(
-        [
-            str(ML_BIN / "horovodrun"),
-            "-np",
-            "1",
-            "-H",
-            "localhost:1",
-            "--gloo",
-            str(ML_BIN / "python"),
-            "-m",
-            "pipelines.training.worker",
-            "--run-dir",
-            str(run),
-        ],
+        horovod_command(run, 1),
         check=True,
-        env=env,
+        env=worker_environment({"FACTORY_INCLUDE": env["FACTORY_INCLUDE"]}),
         stdout=subprocess.DEVNULL,
     )
     return run
