@@ -30,7 +30,7 @@ import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,16 +136,23 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _group_alive(pgid: int) -> bool:
+def group_processes(pgids: Iterable[int]) -> list[int]:
+    """Live (not zombie) processes in any of the process groups ``pgids``."""
+    groups = set(pgids)
+    alive = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
                 fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
             except OSError:
                 continue
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                return True
-    return False
+            if int(fields[2]) in groups and fields[0] != "Z":
+                alive.append(int(proc.name))
+    return alive
+
+
+def _group_alive(pgid: int) -> bool:
+    return bool(group_processes([pgid]))
 
 
 def status(home: Path | None = None) -> dict[str, object] | None:
@@ -239,7 +246,7 @@ def stop(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: No
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and any(_group_alive(pid) for _, pid in pgids):
+    while time.monotonic() < deadline and group_processes(pid for _, pid in pgids):
         time.sleep(0.5)
     for name, pid in pgids:
         if _group_alive(pid):

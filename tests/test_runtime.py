@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,21 +17,6 @@ from pipelines.specs import load_spec
 pytestmark = pytest.mark.integration
 
 PORT = "18080"
-
-
-def _processes_of(pids: dict[str, int]) -> list[int]:
-    """Live processes in the process groups of the runtime's components."""
-    groups = set(pids.values())
-    alive = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) in groups and fields[0] != "Z":
-                alive.append(int(proc.name))
-    return alive
 
 
 @pytest.fixture(scope="module")
@@ -147,10 +131,10 @@ def test_second_start_is_refused(running):
 def test_stop_leaves_no_process_behind(running, admin):
     # runs last in this module: stop, then the fixture's stop is a no-op
     pids = dict(running["pids"])
-    assert _processes_of(pids)
+    assert runtime.group_processes(pids.values())
     stopped = runtime.stop()
     assert sorted(stopped) == sorted(runtime.COMPONENTS)
-    assert _processes_of(pids) == []
+    assert runtime.group_processes(pids.values()) == []
     assert runtime.status() is None
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{running['url']}/api/v2/monitor/health", timeout=3)
