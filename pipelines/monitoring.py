@@ -82,14 +82,12 @@ def write_reference_profile(run_dir: Path) -> Path:
     eval_scores = model_scores(model_dir, [eval_path])
     import numpy as np
 
-    train_labels = labels[manifest["label"]["name"]].to_numpy().astype(bool)
+    # (the label's rate stays the training rows': a property of the data, not the model)
     profile["performance"] = {
+        **profile["performance"],
         "auc": roc_auc(eval_labels.to_numpy().astype(bool), np.asarray(eval_scores, dtype=float)),
         "n": int(len(eval_labels)),
         "source": "held-out evaluation split",
-        # the label's rate is a property of the data, not the model: the training rows say it best
-        "positive_rate": float(train_labels.mean()),
-        "labelled_rows": int(len(train_labels)),
     }
     save_profile(profile, run_dir / PROFILE)
     return save_profile(profile, model_dir / "assets.extra" / PROFILE)

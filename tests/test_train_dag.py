@@ -67,7 +67,11 @@ def test_train_dag_end_to_end(dagbag, validated_credit_risk):
     assert json.loads((run_dir / "manifest.json").read_text())["params"]["epochs"] == 4
     # the reference profile for drift monitoring travels inside the SavedModel
     profile = run_dir / "model" / "Format-Serving" / "assets.extra" / "drift_profile.json"
-    assert json.loads(profile.read_text())["performance"]["source"] == "held-out evaluation split"
+    performance = json.loads(profile.read_text())["performance"]
+    assert performance["source"] == "held-out evaluation split"
+    # the label-rate reference is the training rows' rate, not the held-out split's
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert performance["positive_rate"] == pytest.approx(manifest["label"]["positive_rate"])
 
     evaluation = run.get_task_instance("evaluate").xcom_pull(task_ids="evaluate")
     assert evaluation["blessing"] in ("BLESSED", "NOT_BLESSED")

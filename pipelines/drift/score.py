@@ -348,13 +348,12 @@ def _performance(
 ) -> dict[str, Any]:
     ref = profile.get("performance") or {}
     out: dict[str, Any] = {"auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False}
-    y_all = _labels01(labels, positive)
-    out.update(_label_rate(y_all, ref, cfg))
+    y = _labels01(labels, positive)
+    out.update(_label_rate(y, ref, cfg))
     if scores is None:
         out["note"] = "labels without scores: no AUC"
         out["drifted"] = out["label_rate_drifted"]
         return out
-    y = y_all
     s = numeric_values(scores)
     ok = ~np.isnan(s)
     y, s = y[ok], s[ok]
