@@ -2,7 +2,7 @@
 
 Not production code: it exists so ``cleaning_bench.py`` can time the same
 cleaning on another engine and check that the Spark job's counts agree. It
-follows :mod:`pipelines.cleaning.rules` rule for rule:
+follows :mod:`pipelines.ingest.cleaning.rules` rule for rule:
 
 - every cell is trimmed of spaces; the missing tokens (``""``, ``na``, ``n/a``,
   ``nan``, ``null``, ``none``, any case) mean "no value";
@@ -31,7 +31,7 @@ from typing import Any
 
 import duckdb
 
-from pipelines.cleaning.rules import (
+from pipelines.ingest.cleaning.rules import (
     FALSE_TOKENS,
     LONG_LIMIT,
     MISSING_TOKENS,

@@ -2,7 +2,7 @@
 
 Not production code: it exists so ``cleaning_bench.py`` can time the same
 cleaning on another engine and check that the Spark job's counts agree. The
-rules are those of :mod:`pipelines.cleaning.rules` (see ``clean_duckdb`` for
+rules are those of :mod:`pipelines.ingest.cleaning.rules` (see ``clean_duckdb`` for
 the list). The CSV is read by pyarrow's reader, the one behind
 ``pandas.read_csv(engine="pyarrow")``, called directly so the lines that do not
 split into the header's columns can be counted as ``malformed_record``; all
@@ -22,7 +22,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pacsv
 
-from pipelines.cleaning.rules import (
+from pipelines.ingest.cleaning.rules import (
     FALSE_TOKENS,
     LONG_LIMIT,
     MISSING_TOKENS,

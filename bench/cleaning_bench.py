@@ -9,9 +9,9 @@ Parquet, and count the outcome (rows clean, quarantined, duplicates removed,
 reasons, repairs). Engines:
 
 - ``spark-submit``: the job exactly as the ingest DAG runs it, a fresh
-  ``spark-submit pipelines/cleaning/job.py`` process (``local[*]``), timed from
+  ``spark-submit pipelines/ingest/cleaning/job.py`` process (``local[*]``), timed from
   launch to exit: Python and JVM start-up, session, ledger and all;
-- ``spark (warm)``: :func:`pipelines.cleaning.job.run` in a Spark session that
+- ``spark (warm)``: :func:`pipelines.ingest.cleaning.job.run` in a Spark session that
   is already up and has cleaned one small batch (JIT warm); the difference to
   ``spark-submit`` is Spark's fixed start-up cost;
 - ``pandas`` and ``duckdb``: the reference implementations in ``bench/``,
@@ -61,8 +61,8 @@ sys.path.insert(0, str(REPO))
 from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
 
 from pipelines import landing  # noqa: E402
-from pipelines.ingest import CLEANING_JOB, cleaning_args  # noqa: E402
-from pipelines.sources import load_source  # noqa: E402
+from pipelines.ingest.stage import CLEANING_JOB, cleaning_args  # noqa: E402
+from pipelines.ingest.sources import load_source  # noqa: E402
 from pipelines.specs import FieldSpec, LineSpec, load_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
@@ -369,7 +369,7 @@ def run_spark_warm(spec: LineSpec, batch_id: str, home: Path) -> tuple[float, fl
 
     Returns (wall seconds, CPU seconds of this process and its driver JVM, report counts).
     """
-    from pipelines.cleaning import job
+    from pipelines.ingest.cleaning import job
 
     spark = job.spark_session(f"factory-clean-{spec.name}")
     jvm = spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid()
@@ -481,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(home, ignore_errors=True)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     if "spark" in engines:
-        from pipelines.cleaning import job
+        from pipelines.ingest.cleaning import job
 
         started = time.perf_counter()
         job.spark_session(f"factory-clean-{spec.name}")

@@ -6,9 +6,9 @@ Everything runs in a fresh temporary ``FACTORY_HOME`` with the factory's own cod
 are landed as validated batches (``tests/realdata.make_validated_batch``), models are
 trained by ``pipelines.training.prepare.prepare_run`` and the Horovod workers
 (``pipelines.training.launch.run_workers``, 2 Gloo ranks, the spec's settings), each base
-model's reference profile is written by ``pipelines.monitoring.write_reference_profile``,
-the model's scores come from ``pipelines.monitoring.model_scores``, and every batch is
-scored, reported and recorded by ``pipelines.drift.monitor.monitor_batch`` with the line
+model's reference profile is written by ``pipelines.monitoring.stage.write_reference_profile``,
+the model's scores come from ``pipelines.monitoring.stage.model_scores``, and every batch is
+scored, reported and recorded by ``pipelines.monitoring.batch.monitor_batch`` with the line
 spec's ``drift:`` section (scores: prediction drift; labels: ROC AUC on the batch).
 
 employment (ACS Massachusetts, one batch per survey year, ~69k people each)
@@ -69,12 +69,12 @@ import pyarrow.parquet as pq  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from pipelines.config import REPO_ROOT, training_root  # noqa: E402
-from pipelines.drift.episodes import claim_retrain  # noqa: E402
-from pipelines.drift.metrics import roc_auc  # noqa: E402
-from pipelines.drift.monitor import line_drift_spec, monitor_batch  # noqa: E402
-from pipelines.drift.profile import build_profile, features_from_spec, save_profile  # noqa: E402
-from pipelines.drift.settings import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
-from pipelines.monitoring import model_scores, write_reference_profile  # noqa: E402
+from pipelines.monitoring.episodes import claim_retrain  # noqa: E402
+from pipelines.monitoring.statistics import roc_auc  # noqa: E402
+from pipelines.monitoring.batch import line_drift_spec, monitor_batch  # noqa: E402
+from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile  # noqa: E402
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
+from pipelines.monitoring.stage import model_scores, write_reference_profile  # noqa: E402
 from pipelines.specs import load_spec  # noqa: E402
 from pipelines.training.launch import run_workers  # noqa: E402
 from pipelines.training.prepare import prepare_run, split_bucket  # noqa: E402

@@ -248,7 +248,7 @@ def main() -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)
     from pipelines.evaluation import eval_config as ec
     from pipelines.evaluation import inputs
-    from pipelines.evaluation.settings import load_settings
+    from pipelines.specs.evaluation import load_settings
     from pipelines.specs import load_spec
 
     settings = load_settings(load_spec(args.line))

@@ -23,7 +23,7 @@ own ``prepare_run``.
 2. **Quality** (credit_risk all 9,857 rows; employment all 277,677 rows unless
    ``--employment-rows`` samples): the factory model trained with the spec's settings
    (``prepare_run`` defaults from ``include/lines/*.yaml``, 2 Horovod workers), its exported
-   SavedModel scored on ``data/eval.parquet`` by ``pipelines.training.score``, against a
+   SavedModel scored on ``data/eval.parquet`` by ``pipelines.training.batch_predict``, against a
    logistic regression (standardised numerics + one-hot categoricals; class_weight balanced
    for credit_risk) and LightGBM (categoricals as ``category``; early stopping on the run's
    validation split) fitted on the same ``data/train/part-*.parquet`` and scored on the same
@@ -300,7 +300,7 @@ def mwms(run: Path, workers: int, out_dir: Path) -> dict[str, Any]:
 SCORE = r"""
 import json, sys
 from pathlib import Path
-from pipelines.training.score import score_files
+from pipelines.training.batch_predict import score_files
 import pyarrow as pa, pyarrow.parquet as pq
 for model, data, out in json.loads(sys.argv[1]):
     scores = score_files(Path(model), [Path(data)])
@@ -309,7 +309,7 @@ for model, data, out in json.loads(sys.argv[1]):
 
 
 def score_models(jobs: list[tuple[Path, Path, Path]]) -> None:
-    """Each exported model scores its eval split through ``pipelines.training.score`` (one
+    """Each exported model scores its eval split through ``pipelines.training.batch_predict`` (one
     process for all, so TensorFlow is imported once)."""
     spec = json.dumps([[str(m), str(d), str(o)] for m, d, o in jobs])
     done = subprocess.run(

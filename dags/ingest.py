@@ -6,7 +6,7 @@ One DAG per product line, generated from `include/lines/*.yaml`.
 For every batch to process (the `batch_id` asked for, or every batch landed and
 not yet cleaned), a mapped task group runs:
 
-1. **clean**: the Spark job `pipelines/cleaning/job.py`, submitted with
+1. **clean**: the Spark job `pipelines/ingest/cleaning/job.py`, submitted with
    `SparkSubmitOperator` to the master of the `spark_default` connection. Rows it
    cannot clean go to quarantine with a reason; counts reconcile.
 2. **validate**: the line's expectation suite through a GX checkpoint. A batch that
@@ -27,9 +27,9 @@ from datetime import datetime, timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, task, task_group
 
-from pipelines.assets import validated_data
-from pipelines.ingest import CLEANING_JOB
-from pipelines.landing import BATCH_ID_PATTERN
+from pipelines.runtime.assets import validated_data
+from pipelines.ingest.stage import CLEANING_JOB
+from pipelines.ingest.landing import BATCH_ID_PATTERN
 from pipelines.specs import LineSpec, load_specs
 
 
@@ -65,7 +65,7 @@ def build(spec: LineSpec) -> DAG:
         def plan(params: dict | None = None) -> list[str]:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from pipelines.ingest import plan_batches
+            from pipelines.ingest.stage import plan_batches
 
             batches = plan_batches(line, (params or {}).get("batch_id"))
             if not batches:
@@ -74,7 +74,7 @@ def build(spec: LineSpec) -> DAG:
 
         @task
         def spark_args(batch_id: str) -> list[str]:
-            from pipelines.ingest import cleaning_args
+            from pipelines.ingest.stage import cleaning_args
 
             return cleaning_args(line, batch_id)
 
@@ -83,7 +83,7 @@ def build(spec: LineSpec) -> DAG:
         def validate(batch_id: str) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from pipelines.ingest import ValidationFailed, validate_batch
+            from pipelines.ingest.stage import ValidationFailed, validate_batch
 
             try:
                 return validate_batch(line, batch_id)
@@ -95,7 +95,7 @@ def build(spec: LineSpec) -> DAG:
         def announce(batches: list[str], outlet_events=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from pipelines.ingest import announcement
+            from pipelines.ingest.stage import announcement
 
             news = announcement(line, batches)
             if not news["batches"]:
@@ -123,7 +123,7 @@ def build(spec: LineSpec) -> DAG:
         def verdict(batches: list[str]) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
-            from pipelines.ingest import announcement
+            from pipelines.ingest.stage import announcement
 
             news = announcement(line, batches)
             if news["failed"]:

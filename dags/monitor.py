@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from pipelines.assets import drift_asset, validated_data
-from pipelines.drift.sensor import NewBatchesSensor
+from pipelines.runtime.assets import drift_asset, validated_data
+from pipelines.monitoring.sensor import NewBatchesSensor
 from pipelines.specs import LineSpec, load_specs
 
 
@@ -52,7 +52,7 @@ def build(spec: LineSpec) -> DAG:
 
         @task
         def score(work: dict) -> dict:
-            from pipelines.monitoring import score_new_batches
+            from pipelines.monitoring.stage import score_new_batches
 
             return score_new_batches(line, work.get("batches"))
 
@@ -60,7 +60,7 @@ def build(spec: LineSpec) -> DAG:
         def retrain(scored: dict, run_id: str | None = None, outlet_events=None) -> dict:
             from airflow.sdk.exceptions import AirflowSkipException
 
-            from pipelines.monitoring import retrain_decision
+            from pipelines.monitoring.stage import retrain_decision
 
             event = retrain_decision(line, run_id or "manual")
             if event is None:

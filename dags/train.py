@@ -29,7 +29,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task
 
-from pipelines.assets import drift_asset, validated_data
+from pipelines.runtime.assets import drift_asset, validated_data
 from pipelines.specs import LineSpec, load_specs
 
 

@@ -19,7 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines import landing, state
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
 from pipelines.config import factory_home, line_paths, training_root
 from pipelines.specs import SpecError, load_spec, load_specs
 
@@ -65,7 +67,7 @@ def _row(r: dict) -> str:
 
 
 def _table(line: str) -> list[str]:
-    records = state.all_records(line_paths(line))
+    records = ledger.all_records(line_paths(line))
     rows = [f"{line}:", f"  {'batch':<12} {'status':<10} {'rows in':>8} {'clean':>8} {'quar.':>6} {'dups':>6}  validation"]
     rows += [_row(r) for r in records] or ["  (no batches landed)"]
     return rows
@@ -82,7 +84,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def _follow_ledger(line: str, seen: dict[str, str]) -> None:
     """Print each batch's status changes."""
-    for r in state.all_records(line_paths(line)):
+    for r in ledger.all_records(line_paths(line)):
         status = r.get("status", "?")
         if seen.get(r["batch_id"]) != status:
             seen[r["batch_id"]] = status
@@ -90,7 +92,8 @@ def _follow_ledger(line: str, seen: dict[str, str]) -> None:
 
 
 def _client():
-    from pipelines import api, runtime
+    from pipelines.runtime import api
+    from pipelines import runtime
 
     creds = runtime.admin()
     return api.Client(runtime.base_url(), creds.username, creds.password)
@@ -170,7 +173,7 @@ def _model_rows(line: str, home: Path) -> list[str]:
         )
     else:
         rows.append("  evaluation: not run")
-    from pipelines.drift.history import read_history
+    from pipelines.monitoring.history import read_history
 
     scored = read_history(line, home, kind="batch")
     if scored:
@@ -223,7 +226,7 @@ def _run_line(client, spec, home: Path) -> bool:
     started = time.time()
     run = client.trigger(f"ingest_{line}", {}, note="factory run")
     _out(f"== {line}: triggered ingest_{line} through the REST API (run {run['dag_run_id']})")
-    seen = {r["batch_id"]: r.get("status", "") for r in state.all_records(line_paths(line, home))}
+    seen = {r["batch_id"]: r.get("status", "") for r in ledger.all_records(line_paths(line, home))}
     printer = _task_printer(f"ingest_{line}")
 
     def on_ingest(run: dict, tis: list[dict]) -> None:
@@ -260,7 +263,7 @@ def _run_line(client, spec, home: Path) -> bool:
         # The monitor was set off by the same Asset (and its schedule); its deferred sensor
         # fires once a model serves and scores the new batches against it. Wait for the
         # scores, not for the sensor: once they are in, it goes back to waiting.
-        from pipelines.monitoring import unscored_batches
+        from pipelines.monitoring.stage import unscored_batches
 
         _out(f"== {line}: drift monitor (scores the batches against the serving model)")
         deadline = time.time() + 600
@@ -294,7 +297,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for spec in specs:
         for row in _table(spec.name):
             _out(row)
-        docs = [r["validation"]["data_docs"] for r in state.all_records(line_paths(spec.name, home)) if r.get("validation")]
+        docs = [r["validation"]["data_docs"] for r in ledger.all_records(line_paths(spec.name, home)) if r.get("validation")]
         if docs:
             _out(f"  Data Docs: {docs[-1]}")
         for row in _model_rows(spec.name, home):
@@ -397,8 +400,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"factory: {err}\n")
         return 2
     except Exception as err:
-        from pipelines.api import ApiError
-        from pipelines.runtime import RuntimeFailure
+        from pipelines.runtime.api import ApiError
+        from pipelines.runtime.supervisor import RuntimeFailure
 
         if isinstance(err, ApiError | RuntimeFailure):
             sys.stderr.write(f"factory: {err}\n")

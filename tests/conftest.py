@@ -40,7 +40,7 @@ def home(tmp_path: Path) -> Path:
 def spark():
     pyspark = pytest.importorskip("pyspark")
     del pyspark
-    from pipelines.cleaning.job import spark_session
+    from pipelines.ingest.cleaning.job import spark_session
 
     session = spark_session("factory-tests")
     yield session

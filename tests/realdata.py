@@ -41,7 +41,7 @@ def _lending_club() -> pd.DataFrame:
 
 def lending_club_frame(slice_no: int | None = None, slices: int = CREDIT_RISK_SLICES) -> pd.DataFrame:
     """Lending Club loans (9,857 rows), or one of ``slices`` contiguous slices (1-based),
-    cut the way ``pipelines.landing.source_batches`` cuts them."""
+    cut the way ``pipelines.ingest.landing.source_batches`` cuts them."""
     frame = _lending_club()
     if slice_no is None:
         return frame.copy()
@@ -83,18 +83,18 @@ def employment_frame(year: int | None = None) -> pd.DataFrame:
 
 def make_validated_batch(home: Path, line: str, batch_id: str, frame: pd.DataFrame) -> None:
     """A batch as the ingest stage leaves it: clean Parquet and a validated ledger record."""
-    from pipelines import state
+    from pipelines.catalog import ledger
     from pipelines.config import line_paths
 
     paths = line_paths(line, home)
     out = paths.clean_batch(batch_id)
     out.mkdir(parents=True)
     frame.to_parquet(out / "part-0.parquet", index=False)
-    state.update(
+    ledger.update(
         paths,
         batch_id,
         "validated",
-        status=state.VALIDATED,
-        landed_at=state.now(),
+        status=ledger.VALIDATED,
+        landed_at=ledger.now(),
         cleaning={"clean_path": str(out), "rows_clean": len(frame)},
     )

@@ -10,10 +10,12 @@ import io
 import pandas as pd
 import pytest
 
-from pipelines import landing, state
-from pipelines.cleaning import job
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
+from pipelines.ingest.cleaning import job
 from pipelines.config import line_paths
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import LineSpec, load_spec
 
 pytestmark = pytest.mark.integration
@@ -128,8 +130,8 @@ def test_dirty_batch(spark, credit, dirty_batch, real_rows, home, tmp_path):
     malformed = quarantine[quarantine["_reason"] == "malformed_record"]
     assert malformed["_raw_record"].tolist() == ["1,2,3"]
 
-    record = state.read(line_paths("credit_risk", home), "dirty")
-    assert record["status"] == state.CLEANED
+    record = ledger.read(line_paths("credit_risk", home), "dirty")
+    assert record["status"] == ledger.CLEANED
     assert record["cleaning"]["rows_clean"] == report["rows_clean"]
 
     # Idempotent: the same batch again gives the same output, not twice the rows.
@@ -145,8 +147,8 @@ def test_dirty_batch(spark, credit, dirty_batch, real_rows, home, tmp_path):
 def _expect_batch_failure(home, line, batch_id, match):
     with pytest.raises(job.CleaningError, match=match):
         job.run(line, [batch_id], home)
-    record = state.read(line_paths(line, home), batch_id)
-    assert record["status"] == state.FAILED and record["failed_stage"] == "cleaning"
+    record = ledger.read(line_paths(line, home), batch_id)
+    assert record["status"] == ledger.FAILED and record["failed_stage"] == "cleaning"
     assert landing.batch_file(line_paths(line, home), batch_id).exists()  # nothing lost
     assert not line_paths(line, home).clean_batch(batch_id).exists()
 

@@ -534,12 +534,12 @@ def test_grafana_provisioning_and_dashboard(compose):
 
 
 def test_dashboard_factory_metrics_are_ones_the_exporter_writes(tmp_path):
-    from pipelines.metrics import collect
+    from pipelines.observability.exporter import collect
 
     names = set(collect(tmp_path / "home", tmp_path / "serving", lines=["x"]).families)
     dashboard = (DEPLOY / "grafana/dashboards/factory.json").read_text()
     used = set(re.findall(r"\b(factory_[a-z_]+)", dashboard))
-    assert used and used <= names, f"not exported by pipelines.metrics: {sorted(used - names)}"
+    assert used and used <= names, f"not exported by pipelines.observability.exporter: {sorted(used - names)}"
 
 
 def test_dashboard_airflow_metrics_are_ones_the_mapping_produces():

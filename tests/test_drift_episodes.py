@@ -11,11 +11,11 @@ import pandas as pd
 import pytest
 from realdata import lending_club_frame
 
-from pipelines.drift import episodes as ep
-from pipelines.drift.history import HistoryError, append_history, history_path, read_history
-from pipelines.drift.monitor import monitor_batch
-from pipelines.drift.profile import build_profile, features_from_spec, save_profile
-from pipelines.drift.settings import RetrainPolicy
+from pipelines.monitoring import episodes as ep
+from pipelines.monitoring.history import HistoryError, append_history, history_path, read_history
+from pipelines.monitoring.batch import monitor_batch
+from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile
+from pipelines.specs.drift import RetrainPolicy
 from pipelines.specs import load_spec
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)

@@ -15,9 +15,9 @@ from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 from sklearn.metrics import roc_auc_score
 
-from pipelines.drift import metrics
-from pipelines.drift.profile import build_profile, features_from_spec
-from pipelines.drift.score import score_batch
+from pipelines.monitoring import statistics as metrics
+from pipelines.monitoring.profile import build_profile, features_from_spec
+from pipelines.monitoring.detection import score_batch
 from pipelines.specs import load_spec
 
 TOL = 1e-9

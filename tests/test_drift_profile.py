@@ -11,7 +11,7 @@ import pytest
 from realdata import lending_club_frame, make_validated_batch
 from sklearn.metrics import roc_auc_score
 
-from pipelines.drift.profile import (
+from pipelines.monitoring.profile import (
     PROFILE_FILE,
     ProfileError,
     build_profile,
@@ -20,9 +20,9 @@ from pipelines.drift.profile import (
     load_profile,
     save_profile,
 )
-from pipelines.drift.report import render_html, write_html_report, write_json_report
-from pipelines.drift.score import DriftInputError, score_batch
-from pipelines.drift.settings import LABEL_FEATURE, SCORE_FEATURE, drift_spec
+from pipelines.monitoring.report import render_html, write_html_report, write_json_report
+from pipelines.monitoring.detection import DriftInputError, score_batch
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE, drift_spec
 from pipelines.specs import load_spec
 
 

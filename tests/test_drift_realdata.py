@@ -8,9 +8,9 @@ import pandas as pd
 import pytest
 from realdata import employment_frame, lending_club_frame
 
-from pipelines.drift.profile import build_profile, features_from_spec
-from pipelines.drift.score import score_batch
-from pipelines.drift.settings import LABEL_FEATURE
+from pipelines.monitoring.profile import build_profile, features_from_spec
+from pipelines.monitoring.detection import score_batch
+from pipelines.specs.drift import LABEL_FEATURE
 from pipelines.specs import load_spec
 
 # ANC (ancestry recode) moves most between survey years; PSI against 2015, measured on

@@ -17,7 +17,7 @@ from pipelines.evaluation import paths, serving
 from pipelines.evaluation.eval_config import gated_slices
 from pipelines.evaluation.gate import ForceBlessError, check_force_reason
 from pipelines.evaluation.report import render
-from pipelines.evaluation.settings import EvaluationSettingsError, load_settings, parse_settings
+from pipelines.specs.evaluation import EvaluationSettingsError, load_settings, parse_settings
 from pipelines.specs import load_spec
 
 # Example sections exercising every field (the lines' YAML files hold the production ones).

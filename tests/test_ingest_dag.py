@@ -6,9 +6,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines import landing, state
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
 from pipelines.config import REPO_ROOT, factory_home, line_paths
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
 pytestmark = pytest.mark.integration
@@ -63,8 +65,8 @@ def test_ingest_dag_cleans_validates_and_announces(dag):
     assert sorted(validated.values()) == ["failed", "success", "success"]
     assert run.state == "failed"  # a batch failed its suite: the run says so
 
-    good_r, dirty_r, small_r = (state.read(paths, b) for b in ("good", "dirty", "small"))
-    assert good_r["status"] == dirty_r["status"] == state.VALIDATED
+    good_r, dirty_r, small_r = (ledger.read(paths, b) for b in ("good", "dirty", "small"))
+    assert good_r["status"] == dirty_r["status"] == ledger.VALIDATED
     assert good_r["cleaning"]["rows_clean"] == 1500
     assert dirty_r["cleaning"] | {} and dirty_r["cleaning"]["rows_in"] == 501
     assert dirty_r["cleaning"]["rows_quarantined"] == 2
@@ -72,7 +74,7 @@ def test_ingest_dag_cleans_validates_and_announces(dag):
     assert dirty_r["cleaning"]["rows_clean"] == 498
     assert len(pd.read_parquet(paths.clean_batch("good"))) == 1500
 
-    assert small_r["status"] == state.FAILED and small_r["failed_stage"] == "validation"
+    assert small_r["status"] == ledger.FAILED and small_r["failed_stage"] == "validation"
     failed = [f["expectation"] for f in small_r["validation"]["failed"]]
     assert "expect_table_row_count_to_be_between" in failed
     assert small_r["validation"]["data_docs"].endswith(".html")

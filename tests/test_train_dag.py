@@ -8,9 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import landing, state, tracking
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
+
+from pipelines import tracking
 from pipelines.config import REPO_ROOT, factory_home, line_paths, ml_python
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
 pytestmark = [
@@ -30,12 +34,12 @@ def dagbag(airflow_db):
 def validated_credit_risk(dagbag) -> list[str]:
     """Validated credit_risk batches, through the real ingest DAG if none are there yet."""
     paths = line_paths("credit_risk")
-    ok = [r["batch_id"] for r in state.all_records(paths) if r.get("status") == state.VALIDATED]
-    if sum(state.read(paths, b)["cleaning"]["rows_clean"] for b in ok) < 1500:
+    ok = [r["batch_id"] for r in ledger.all_records(paths) if r.get("status") == ledger.VALIDATED]
+    if sum(ledger.read(paths, b)["cleaning"]["rows_clean"] for b in ok) < 1500:
         spec = load_spec("credit_risk")
         landing.land_frame(spec, load_source(spec).iloc[3000:5000], "train-e2e", factory_home())
         dagbag.dags["ingest_credit_risk"].test()
-        ok = [r["batch_id"] for r in state.all_records(paths) if r.get("status") == state.VALIDATED]
+        ok = [r["batch_id"] for r in ledger.all_records(paths) if r.get("status") == ledger.VALIDATED]
     assert ok
     return ok
 

@@ -22,9 +22,15 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from pipelines import api, landing, runtime, state
+from pipelines.runtime import api
+
+from pipelines.ingest import landing
+
+from pipelines import runtime
+
+from pipelines.catalog import ledger
 from pipelines.config import REPO_ROOT, airflow_home, apply_airflow_environment, line_paths
-from pipelines.sources import load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 from pipelines.ui.cdp import Chromium, find_chromium, group_alive
 from pipelines.ui.data import run_folder_name
@@ -128,7 +134,7 @@ def ingested(factory):
     landing.land_frame(spec, source.iloc[7000:7300], "ui-2", home)
     _later_stages(home)
     runs = {r["dag_run_id"]: r["state"] for r in admin.runs(dag_id)}
-    return {"admin": admin, "runs": runs, "ledger": state.read(line_paths(LINE, home), "ui-1")}
+    return {"admin": admin, "runs": runs, "ledger": ledger.read(line_paths(LINE, home), "ui-1")}
 
 
 def test_the_view_needs_an_airflow_token(factory, ingested):

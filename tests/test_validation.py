@@ -11,7 +11,7 @@ from realdata import employment_frame, lending_club_frame
 
 from pipelines.config import include_dir
 from pipelines.specs import load_spec
-from pipelines.validation import load_suite_dict, run_checkpoint
+from pipelines.ingest.validation import load_suite_dict, run_checkpoint
 
 pytestmark = pytest.mark.integration
 

@@ -3,7 +3,7 @@
 #
 # Writes the simple auth manager's password file from the environment
 # (FACTORY_ADMIN_USER/PASSWORD, FACTORY_VIEWER_USER/PASSWORD, the names
-# pipelines/runtime.py uses on one machine), then runs the command. Only the
+# pipelines/runtime/supervisor.py uses on one machine), then runs the command. Only the
 # api-server reads the file; writing it everywhere keeps the images alike.
 set -euo pipefail
 

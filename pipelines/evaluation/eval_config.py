@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.evaluation.inputs import PREDICTION_KEY, SEP, SIGNATURE
-from pipelines.evaluation.settings import METRICS, Bound, EvaluationSettings
+from pipelines.specs.evaluation import METRICS, Bound, EvaluationSettings
 
 
 def gated_slices(settings: EvaluationSettings, counts: dict[str, dict[str, list[int]]]) -> list[dict[str, str]]:

@@ -34,7 +34,7 @@ from typing import Any
 
 from pipelines.evaluation import paths, serving
 from pipelines.evaluation.inputs import GateInputError
-from pipelines.evaluation.settings import TFMA_TO_SPEC, EvaluationSettingsError
+from pipelines.specs.evaluation import TFMA_TO_SPEC, EvaluationSettingsError
 
 BLESSED, NOT_BLESSED, FORCED = "BLESSED", "NOT_BLESSED", "FORCED"
 TRAINING_MLFLOW_FILE = "mlflow_run_id"
@@ -192,9 +192,9 @@ def evaluate(
     from pipelines.evaluation import inputs
     from pipelines.evaluation.eval_config import build_eval_config, gated_slices
     from pipelines.evaluation.report import PLOT, write_plot, write_report
-    from pipelines.evaluation.settings import load_settings
+    from pipelines.specs.evaluation import load_settings
     from pipelines.specs import SpecError, load_spec
-    from pipelines.state import write_json_atomic
+    from pipelines.catalog.ledger import write_json_atomic
 
     started = time.monotonic()
     timings: dict[str, float] = {}

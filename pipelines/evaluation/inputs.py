@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation.settings import EvaluationSettings
+from pipelines.specs.evaluation import EvaluationSettings
 
 EXPORT_DIR = "Format-Serving"
 SIGNATURE = "serving_default"

@@ -30,7 +30,7 @@ from pipelines.evaluation import paths, registry
 from pipelines.evaluation.gate import ForceBlessError, check_force_reason, previous_result
 from pipelines.evaluation.inputs import GateInputError
 from pipelines.evaluation.report import write_report
-from pipelines.state import write_json_atomic
+from pipelines.catalog.ledger import write_json_atomic
 
 GATE_MODULE = "pipelines.evaluation.gate"
 ROLLBACK_MODULE = "pipelines.evaluation.rollback"

@@ -480,7 +480,7 @@ def weights_sha256(model) -> str:
     return h.hexdigest()
 
 
-def parse_spec(manifest: Manifest) -> dict[str, Any]:
+def example_feature_spec(manifest: Manifest) -> dict[str, Any]:
     """The tf.Example feature spec; a missing feature reads as the train mean (numeric) or OOV."""
     tf, _ = _tf()
     dtypes = raw_dtypes(manifest)
@@ -492,7 +492,7 @@ def parse_spec(manifest: Manifest) -> dict[str, Any]:
 def export_saved_model(preprocessor, core, manifest: Manifest, model_root: Path, metrics: dict) -> Path:
     """Write ``<model_root>/Format-Serving`` (replacing it whole) and its ``assets.extra`` info."""
     tf, _ = _tf()
-    spec = parse_spec(manifest)
+    spec = example_feature_spec(manifest)
     dtypes = raw_dtypes(manifest)
 
     module = tf.Module()

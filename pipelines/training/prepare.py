@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines import state
+from pipelines.catalog import ledger
 from pipelines.config import line_paths
 from pipelines.specs import LineSpec, TrainingSpec, load_spec
 
@@ -102,7 +102,7 @@ def resolve_params(spec: LineSpec, overrides: dict[str, Any] | None = None) -> R
 
 def window(spec: LineSpec, params: RunParams, home: Path | None = None) -> list[dict[str, Any]]:
     """The validated batches this run reads (ledger records, oldest first)."""
-    records = [r for r in state.all_records(line_paths(spec.name, home)) if r.get("status") == state.VALIDATED]
+    records = [r for r in ledger.all_records(line_paths(spec.name, home)) if r.get("status") == ledger.VALIDATED]
     if params.batches is not None:
         by_id = {r["batch_id"]: r for r in records}
         missing = [b for b in params.batches if b not in by_id]
@@ -274,7 +274,7 @@ def prepare_run(
         "params": params.to_dict(),
         "model": model.model_dump(),
     }
-    state.write_json_atomic(run_dir / MANIFEST, manifest)
+    ledger.write_json_atomic(run_dir / MANIFEST, manifest)
     return manifest
 
 

@@ -100,7 +100,7 @@ def train(
         )
         result = json.loads((run_dir / RESULT).read_text())
         # the reference the drift monitor compares new data with, inside the SavedModel
-        from pipelines.monitoring import write_reference_profile
+        from pipelines.monitoring.stage import write_reference_profile
 
         profile = write_reference_profile(run_dir)
         if echo:
@@ -144,7 +144,7 @@ def train(
 def drift_context(line: str, triggering_asset_events: Any) -> dict[str, Any] | None:
     """The drift episode behind this run, when a drift event set it off (marks the
     episode's retrain as running)."""
-    from pipelines.assets import drift_asset
+    from pipelines.runtime.assets import drift_asset
 
     if not triggering_asset_events:
         return None
@@ -155,7 +155,7 @@ def drift_context(line: str, triggering_asset_events: Any) -> dict[str, Any] | N
     for event in reversed(list(events or [])):
         extra = dict(getattr(event, "extra", None) or {})
         if extra.get("episode_id"):
-            from pipelines.drift.episodes import mark_retrain_running
+            from pipelines.monitoring.episodes import mark_retrain_running
 
             mark_retrain_running(line, extra["episode_id"], extra.get("claimed_by") or "unknown")
             return {k: extra.get(k) for k in ("episode_id", "claimed_by", "drifted", "batches", "reason")}
@@ -166,7 +166,7 @@ def record_drift_outcome(line: str, drift: dict[str, Any] | None, blessing: str,
     """Record a drift retrain's result against its episode (blessed, not blessed, failed)."""
     if not drift:
         return
-    from pipelines.drift.episodes import record_retrain_outcome
+    from pipelines.monitoring.episodes import record_retrain_outcome
 
     outcome = {"BLESSED": "blessed", "FORCED": "blessed", "NOT_BLESSED": "not_blessed"}.get(blessing, "failed")
     record_retrain_outcome(

@@ -5,7 +5,7 @@ and a file that cannot be read becomes a note on the page, never an error page):
 
 | what | where |
 |---|---|
-| batches | the batch ledger ``<home>/state/<line>/<batch>.json`` (:mod:`pipelines.state`) |
+| batches | the batch ledger ``<home>/state/<line>/<batch>.json`` (:mod:`pipelines.catalog.ledger`) |
 | Data Docs | the ledger's ``validation.data_docs`` page, under ``<home>/gx/gx/uncommitted/data_docs`` |
 | training runs | ``<home>/training/<line>/<run>/{manifest.json,result.json,mlflow_run_id}`` |
 | evaluation | ``<run>/evaluation/result.json`` and ``report.html`` (:mod:`pipelines.evaluation.gate`) |
@@ -37,7 +37,7 @@ MAX_MODELS = 20
 MAX_DRIFT_POINTS = 60
 DRIFT_METRIC = "psi"
 DEFAULT_PSI_THRESHOLD = 0.2
-SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.drift.settings)
+SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
 MAX_FEATURE = "__max__"  # a history that only keeps the largest PSI of each batch
 
 
@@ -262,7 +262,7 @@ def _mtime(path: Path) -> str | None:
 def docs_root(home: Path | None = None) -> Path:
     """Where Great Expectations renders its Data Docs (the only folder the view serves).
 
-    A GX file context made with ``project_root_dir=<home>/gx`` (as :mod:`pipelines.validation`
+    A GX file context made with ``project_root_dir=<home>/gx`` (as :mod:`pipelines.ingest.validation`
     does) keeps its project in ``<home>/gx/gx/``; a project rooted at ``<home>/gx`` itself is
     taken when that is what exists."""
     base = gx_root(home)
@@ -550,7 +550,7 @@ def _feature_values(record: dict[str, Any], home: Path, notes: list[str]) -> dic
 
 
 def drift_reports_dir(line: str, home: Path) -> Path:
-    return home / "drift" / line / "reports"  # pipelines.drift.monitor.report_paths
+    return home / "drift" / line / "reports"  # pipelines.monitoring.batch.report_paths
 
 
 def _drift_report_link(line: str, html_path: Any, home: Path) -> str | None:
@@ -568,7 +568,7 @@ def _drift_report_link(line: str, html_path: Any, home: Path) -> str | None:
 
 def _threshold(line: str, feature: str) -> float | None:
     try:
-        from pipelines.drift.settings import drift_spec
+        from pipelines.specs.drift import drift_spec
         from pipelines.specs import load_spec
 
         return drift_spec(load_spec(line).drift).thresholds_for(feature).get(DRIFT_METRIC)

@@ -18,7 +18,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipelines.drift.settings import EFFECT_METRICS
+from pipelines.specs.drift import EFFECT_METRICS
 
 MAX_BARS = 30
 CSS = """
@@ -228,13 +228,13 @@ def render_html(report: dict[str, Any], title: str | None = None) -> str:
 
 def write_json_report(report: dict[str, Any], path: Path) -> Path:
     """Write the report dict as JSON (atomically), e.g. next to the HTML page."""
-    from pipelines.drift.files import write_json_atomic
+    from pipelines.monitoring.files import write_json_atomic
 
     return write_json_atomic(Path(path), report, indent=1)
 
 
 def write_html_report(report: dict[str, Any], path: Path, title: str | None = None) -> Path:
     """Write the report page to ``path`` (atomically: temp file, then rename)."""
-    from pipelines.drift.files import write_text_atomic
+    from pipelines.monitoring.files import write_text_atomic
 
     return write_text_atomic(Path(path), render_html(report, title))

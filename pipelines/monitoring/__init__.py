@@ -1,16 +1,16 @@
 """Drift monitoring: reference profiles, batch scoring, reports, history and episodes.
 
-- :mod:`~pipelines.drift.profile`: ``build_profile`` / ``save_profile`` / ``load_profile``;
-- :mod:`~pipelines.drift.score`: ``score_batch`` (the alarm rule is documented there);
-- :mod:`~pipelines.drift.report`: ``write_html_report``;
-- :mod:`~pipelines.drift.history`: the per-line append-only JSONL history;
-- :mod:`~pipelines.drift.episodes`: drift episodes, cooldown and ``should_retrain``;
-- :mod:`~pipelines.drift.monitor`: ``monitor_batch``, all of the above for one batch;
-- :mod:`~pipelines.drift.settings`: the spec's ``drift:`` section (pydantic only).
+- :mod:`~pipelines.monitoring.profile`: ``build_profile`` / ``save_profile`` / ``load_profile``;
+- :mod:`~pipelines.monitoring.detection`: ``score_batch`` (the alarm rule is documented there);
+- :mod:`~pipelines.monitoring.report`: ``write_html_report``;
+- :mod:`~pipelines.monitoring.history`: the per-line append-only JSONL history;
+- :mod:`~pipelines.monitoring.episodes`: drift episodes, cooldown and ``should_retrain``;
+- :mod:`~pipelines.monitoring.batch`: ``monitor_batch``, all of the above for one batch;
+- :mod:`~pipelines.specs.drift`: the spec's ``drift:`` section (pydantic only).
 
 Runs in the orchestration environment (pandas, numpy, scipy; matplotlib for plots).
 This package imports nothing heavy itself: the names below load their module on first
-use, so importing ``pipelines.drift.settings`` at DAG parse time stays cheap.
+use, so importing ``pipelines.specs.drift`` at DAG parse time stays cheap.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ _EXPORTS = {
     "load_profile": "profile",
     "ProfileError": "profile",
     "features_from_spec": "profile",
-    "monitor_batch": "monitor",
-    "score_batch": "score",
-    "DriftInputError": "score",
+    "monitor_batch": "batch",
+    "score_batch": "detection",
+    "DriftInputError": "detection",
     "write_html_report": "report",
     "write_json_report": "report",
     "append_history": "history",
@@ -36,8 +36,6 @@ _EXPORTS = {
     "record_batch": "episodes",
     "claim_retrain": "episodes",
     "record_retrain_outcome": "episodes",
-    "DriftSpec": "settings",
-    "drift_spec": "settings",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,7 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines import landing, state
+from pipelines.ingest import landing
+
+from pipelines.catalog import ledger
 from pipelines.config import REPO_ROOT, factory_home, gx_root, include_dir, line_paths
 from pipelines.specs import load_spec
 
@@ -28,8 +30,8 @@ def plan_batches(line: str, batch_id: str | None = None, home: Path | None = Non
     paths = line_paths(line, home)
     if batch_id:
         landing.check_batch_id(batch_id)
-        if state.read(paths, batch_id) is None:
-            known = [r["batch_id"] for r in state.all_records(paths)]
+        if ledger.read(paths, batch_id) is None:
+            known = [r["batch_id"] for r in ledger.all_records(paths)]
             raise BatchNotReady(f"no batch {batch_id!r} has landed for {line}; landed batches: {known or 'none'}")
         return [batch_id]
     return landing.pending(spec, home)
@@ -49,11 +51,11 @@ def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[s
     """
     import pandas as pd
 
-    from pipelines.validation import run_checkpoint
+    from pipelines.ingest.validation import run_checkpoint
 
     spec = load_spec(line)
     paths = line_paths(line, home)
-    record = state.read(paths, batch_id)
+    record = ledger.read(paths, batch_id)
     if record is None or "cleaning" not in record:
         raise BatchNotReady(f"batch {batch_id!r} of {line} has not been cleaned")
     frame = pd.read_parquet(record["cleaning"]["clean_path"])
@@ -61,23 +63,23 @@ def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[s
         frame, include_dir() / spec.expectations, line=line, batch_id=batch_id, gx_dir=gx_root(home)
     )
     if not outcome.success:
-        state.update(
+        ledger.update(
             paths,
             batch_id,
             "validation failed",
-            status=state.FAILED,
+            status=ledger.FAILED,
             failed_stage="validation",
             validation=outcome.to_dict(),
             error=f"{len(outcome.failed)} expectation(s) failed",
         )
         raise ValidationFailed(f"batch {batch_id!r} of {line} failed validation\n{outcome.describe()}")
-    state.update(
+    ledger.update(
         paths,
         batch_id,
         "validated",
-        status=state.VALIDATED,
+        status=ledger.VALIDATED,
         validation=outcome.to_dict(),
-        validated_at=state.now(),
+        validated_at=ledger.now(),
         error=None,
         failed_stage=None,
     )
@@ -95,8 +97,8 @@ def announcement(line: str, batch_ids: list[str], home: Path | None = None) -> d
     paths = line_paths(line, home)
     passed = []
     for batch_id in batch_ids:
-        record = state.read(paths, batch_id) or {}
-        if record.get("status") == state.VALIDATED:
+        record = ledger.read(paths, batch_id) or {}
+        if record.get("status") == ledger.VALIDATED:
             passed.append({"batch_id": batch_id, "rows": record["cleaning"]["rows_clean"]})
     return {
         "line": line,

@@ -3,7 +3,7 @@
 Submitted by ``SparkSubmitOperator`` (the master comes from the
 ``spark_default`` connection), or by hand::
 
-    spark-submit pipelines/cleaning/job.py --line employment --batch 2016
+    spark-submit pipelines/ingest/cleaning/job.py --line employment --batch 2016
 
 Outputs replace earlier ones for the same batch in one rename, so re-running a
 batch is idempotent and a reader never sees half a batch. The counts reconcile
@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from pipelines import state
+from pipelines.catalog import ledger
 from pipelines.config import LinePaths, line_paths
 from pipelines.specs import LineSpec, load_spec
 
@@ -63,7 +63,7 @@ def read_batch(spark, path: str, fmt: str, spec: LineSpec):
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from pipelines.cleaning.rules import CORRUPT, ROW, check_columns
+    from pipelines.ingest.cleaning.rules import CORRUPT, ROW, check_columns
 
     if fmt == "csv":
         header = _csv_header(spark, path)
@@ -109,9 +109,9 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines.cleaning.rules import REASONS, clean_batch
+    from pipelines.ingest.cleaning.rules import REASONS, clean_batch
 
-    record = state.read(paths, batch_id)
+    record = ledger.read(paths, batch_id)
     assert record is not None
     started = time.time()
     batch, header = read_batch(spark, record["file"], record["format"], spec)
@@ -190,7 +190,7 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
 
 def run(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, dict[str, Any]]:
     """Clean batches of one line in one Spark application; fail if any batch fails."""
-    from pipelines.cleaning.rules import BatchSchemaError
+    from pipelines.ingest.cleaning.rules import BatchSchemaError
 
     spec = load_spec(line)
     paths = line_paths(line, home)
@@ -198,22 +198,22 @@ def run(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, 
     reports: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
     for batch_id in batch_ids:
-        if state.read(paths, batch_id) is None:
+        if ledger.read(paths, batch_id) is None:
             failures[batch_id] = f"batch {batch_id!r} of {line} was never landed (no ledger record)"
             continue
-        state.update(paths, batch_id, "cleaning started")
+        ledger.update(paths, batch_id, "cleaning started")
         try:
             report = clean_one(spark, spec, paths, batch_id)
         except (CleaningError, BatchSchemaError) as err:
             failures[batch_id] = str(err)
-            state.update(paths, batch_id, "cleaning failed", status=state.FAILED, failed_stage="cleaning", error=str(err))
+            ledger.update(paths, batch_id, "cleaning failed", status=ledger.FAILED, failed_stage="cleaning", error=str(err))
             continue
         except Exception as err:  # an engine error: record it, and let the task retry
             failures[batch_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            state.update(paths, batch_id, "cleaning error", error=failures[batch_id])
+            ledger.update(paths, batch_id, "cleaning error", error=failures[batch_id])
             continue
         reports[batch_id] = report
-        state.update(paths, batch_id, "cleaned", status=state.CLEANED, cleaning=report, error=None, failed_stage=None)
+        ledger.update(paths, batch_id, "cleaned", status=ledger.CLEANED, cleaning=report, error=None, failed_stage=None)
     if failures:
         lines = "\n".join(f"  batch {b}: {msg}" for b, msg in failures.items())
         raise CleaningError(f"{len(failures)} of {len(batch_ids)} batch(es) of {line} could not be cleaned:\n{lines}")

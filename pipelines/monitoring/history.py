@@ -6,7 +6,7 @@ with the model version it was scored against and its drift episode, if any) and
 are never rewritten; a reader sees the whole story of a line in order.
 
 Appends take an exclusive ``flock`` on the line's lock file (the one
-:mod:`pipelines.drift.episodes` uses for its state), write the record as one
+:mod:`pipelines.monitoring.episodes` uses for its state), write the record as one
 ``write()`` to a file opened with ``O_APPEND`` and ``fsync`` it, so concurrent writers
 cannot interleave and a reader sees whole records. A crash can at worst leave a
 partial record; the next append starts on a new line and the reader skips the fragment.
@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pipelines.drift.files import drift_dir, line_lock
+from pipelines.monitoring.files import drift_dir, line_lock
 
 HISTORY_FILE = "history.jsonl"
 

@@ -4,7 +4,7 @@
   model and stores the reference profile (feature distributions and the model's score
   distribution) inside the SavedModel's ``assets.extra/``, so it travels with the model
   version into the serving store.
-- The monitor waits (a deferrable sensor, see :mod:`pipelines.drift.sensor`) for
+- The monitor waits (a deferrable sensor, see :mod:`pipelines.monitoring.sensor`) for
   validated batches that have not been scored, once a model is in serving;
   :func:`score_new_batches` scores each against the serving model's profile, with
   the serving model's predictions (prediction drift) and, where the batch has labels,
@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines import state
+from pipelines.catalog import ledger
 from pipelines.config import line_paths, ml_python
 from pipelines.specs import load_spec
 
@@ -39,7 +39,7 @@ def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
 
     with tempfile.TemporaryDirectory(prefix="factory-scores-") as tmp:
         out = Path(tmp) / "scores.parquet"
-        cmd = [str(ml_python()), "-m", "pipelines.training.score", "--model", str(model_dir), "--output", str(out)]
+        cmd = [str(ml_python()), "-m", "pipelines.training.batch_predict", "--model", str(model_dir), "--output", str(out)]
         done = subprocess.run(
             [*cmd, *map(str, inputs)], env=worker_environment(), capture_output=True, text=True, timeout=1800
         )
@@ -55,8 +55,8 @@ def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
 def write_reference_profile(run_dir: Path) -> Path:
     """Profile the run's training data and the new model's scores on it; stored in the
     SavedModel's ``assets.extra`` (and next to the run) and returned."""
-    from pipelines.drift.monitor import line_drift_spec
-    from pipelines.drift.profile import build_profile_from_run, save_profile
+    from pipelines.monitoring.batch import line_drift_spec
+    from pipelines.monitoring.profile import build_profile_from_run, save_profile
 
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
@@ -75,7 +75,7 @@ def write_reference_profile(run_dir: Path) -> Path:
     )
     # The performance reference is the model's AUC on its held-out split: on its own
     # training rows it reads optimistic, and every honest batch would look like a drop.
-    from pipelines.drift.metrics import roc_auc
+    from pipelines.monitoring.statistics import roc_auc
 
     eval_path = run_dir / "data" / "eval.parquet"
     eval_labels = pd.read_parquet(eval_path, columns=[manifest["label"]["name"]])[manifest["label"]["name"]]
@@ -105,18 +105,18 @@ def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | Non
 
 def unscored_batches(line: str, home: Path | None = None) -> list[str]:
     """Validated batches not yet in the line's drift history, oldest first."""
-    from pipelines.drift.history import read_history
+    from pipelines.monitoring.history import read_history
 
     scored = {r.get("batch_id") for r in read_history(line, home, kind="batch")}
-    records = state.all_records(line_paths(line, home))
-    return [r["batch_id"] for r in records if r.get("status") == state.VALIDATED and r["batch_id"] not in scored]
+    records = ledger.all_records(line_paths(line, home))
+    return [r["batch_id"] for r in records if r.get("status") == ledger.VALIDATED and r["batch_id"] not in scored]
 
 
 def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path | None = None) -> dict[str, Any]:
     """Score each new validated batch against the serving model's reference profile."""
     import pandas as pd
 
-    from pipelines.drift.monitor import monitor_batch
+    from pipelines.monitoring.batch import monitor_batch
 
     served = serving_model(line, home)
     if served is None:
@@ -129,7 +129,7 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     label = spec.schema.label.name
     summaries = []
     for batch_id in batch_ids if batch_ids is not None else unscored_batches(line, home):
-        record = state.read(line_paths(line, home), batch_id)
+        record = ledger.read(line_paths(line, home), batch_id)
         path = Path(record["cleaning"]["clean_path"])
         frame = pd.read_parquet(path)
         notes = []
@@ -158,9 +158,9 @@ def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[s
     """Claim a retrain for the line's open drift episode if the policy allows one now
     (one per episode, after the cooldown); returns what the drift event carries: the
     episode, its batches and what drifted by how much. None when no retrain is due."""
-    from pipelines.drift.episodes import claim_retrain
-    from pipelines.drift.history import read_history
-    from pipelines.drift.monitor import line_drift_spec
+    from pipelines.monitoring.episodes import claim_retrain
+    from pipelines.monitoring.history import read_history
+    from pipelines.monitoring.batch import line_drift_spec
 
     decision = claim_retrain(line, run_id, policy=line_drift_spec(line).retrain, home=home)
     if not decision.retrain:

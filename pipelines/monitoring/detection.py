@@ -60,8 +60,8 @@ Bad input
 - An empty batch gives a report with ``status: "empty"``, ``drifted: false`` and no
   scores: nothing is known about it, and no alarm is raised on no evidence.
 - Unparseable values in a numeric column count as missing (the ``__missing__`` bucket).
-- A profile that is missing or corrupt fails in :func:`pipelines.drift.profile.load_profile`
-  with :class:`~pipelines.drift.profile.ProfileError`.
+- A profile that is missing or corrupt fails in :func:`pipelines.monitoring.profile.load_profile`
+  with :class:`~pipelines.monitoring.profile.ProfileError`.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.drift import metrics
-from pipelines.drift.profile import category_counts, check_profile, numeric_values
-from pipelines.drift.settings import EFFECT_METRICS, LABEL_FEATURE, SCORE_FEATURE, DriftSpec, drift_spec
+from pipelines.monitoring import statistics as metrics
+from pipelines.monitoring.profile import category_counts, check_profile, numeric_values
+from pipelines.specs.drift import EFFECT_METRICS, LABEL_FEATURE, SCORE_FEATURE, DriftSpec, drift_spec
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -3,7 +3,7 @@
 Light on purpose (pydantic only, no numpy): :mod:`pipelines.specs` can import
 :class:`DriftSpec` to validate the section at spec load, which happens at DAG parse
 time. Every field has a default, so ``drift: {}`` (or no section) is a working
-configuration; see :mod:`pipelines.drift.score` for what the numbers mean.
+configuration; see :mod:`pipelines.monitoring.detection` for what the numbers mean.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class FeatureDrift(_Strict):
 
 
 class RetrainPolicy(_Strict):
-    """When a drift episode may start a retrain (see :mod:`pipelines.drift.episodes`)."""
+    """When a drift episode may start a retrain (see :mod:`pipelines.monitoring.episodes`)."""
 
     enabled: bool = True
     # at least this long between two retrains of the line started by drift

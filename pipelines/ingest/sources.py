@@ -1,7 +1,7 @@
 """Adapters for the real data sets that ship inside packages.
 
 Each adapter returns the whole source as one pandas DataFrame, with the spec's
-renames and drops applied; :mod:`pipelines.landing` cuts it into batches.
+renames and drops applied; :mod:`pipelines.ingest.landing` cuts it into batches.
 Nothing here downloads anything: the data is read from installed packages.
 """
 

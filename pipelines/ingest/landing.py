@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from pipelines import state
+from pipelines.catalog import ledger
 from pipelines.config import LinePaths, line_paths
 from pipelines.specs import LineSpec
 
@@ -75,7 +75,7 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
         raise LandingError(f"{source}: no such file")
     paths = line_paths(spec.name, home)
     digest = sha256_file(source)
-    existing = state.read(paths, batch_id)
+    existing = ledger.read(paths, batch_id)
     if existing is not None:
         if existing.get("sha256") == digest:
             return Landed(spec.name, batch_id, Path(existing["file"]), digest, created=False)
@@ -83,7 +83,7 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
             f"batch {batch_id!r} of {spec.name} already landed with other content; "
             "batches are immutable: land the new file under a new batch id"
         )
-    for record in state.all_records(paths):
+    for record in ledger.all_records(paths):
         if record.get("sha256") == digest:
             raise LandingError(
                 f"{source.name} has the same content as batch {record['batch_id']!r} of {spec.name}, "
@@ -100,16 +100,16 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    state.update(
+    ledger.update(
         paths,
         batch_id,
         "landed",
-        status=state.LANDED,
+        status=ledger.LANDED,
         file=str(target),
         format=FORMATS[target.suffix],
         sha256=digest,
         bytes=target.stat().st_size,
-        landed_at=state.now(),
+        landed_at=ledger.now(),
     )
     return Landed(spec.name, batch_id, target, digest, created=True)
 
@@ -139,7 +139,7 @@ def source_batches(spec: LineSpec, frame: pd.DataFrame) -> dict[str, pd.DataFram
 
 def replay(spec: LineSpec, home: Path | None = None, only: list[str] | None = None) -> list[Landed]:
     """Land the line's real batches (all, or the named ones) as arrivals."""
-    from pipelines.sources import load_source
+    from pipelines.ingest.sources import load_source
 
     batches = source_batches(spec, load_source(spec))
     if only:
@@ -152,4 +152,4 @@ def replay(spec: LineSpec, home: Path | None = None, only: list[str] | None = No
 
 def pending(spec: LineSpec, home: Path | None = None) -> list[str]:
     """Batches landed but not yet cleaned, oldest first."""
-    return [r["batch_id"] for r in state.all_records(line_paths(spec.name, home)) if r["status"] == state.LANDED]
+    return [r["batch_id"] for r in ledger.all_records(line_paths(spec.name, home)) if r["status"] == ledger.LANDED]

@@ -1,11 +1,11 @@
-"""Score Parquet files with an exported model: ``python -m pipelines.training.score``.
+"""Score Parquet files with an exported model: ``python -m pipelines.training.batch_predict``.
 
 Runs in the ML environment. Reads the model's feature list from its
 ``assets.extra/factory_model.json``, feeds the raw columns to the model's
 ``predict_features`` signature in chunks, and writes one column ``score`` (the
 positive-class probability) in input row order::
 
-    python -m pipelines.training.score --model DIR --output scores.parquet a.parquet b.parquet
+    python -m pipelines.training.batch_predict --model DIR --output scores.parquet a.parquet b.parquet
 
 Used for the reference profile of a trained model (scores on its training data)
 and by the drift monitor (scores of the serving model on a new batch). Exits 2 with
@@ -77,7 +77,7 @@ def score_files(model_dir: Path, inputs: list[Path]) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="pipelines.training.score")
+    parser = argparse.ArgumentParser(prog="pipelines.training.batch_predict")
     parser.add_argument("--model", required=True, type=Path, help="the SavedModel directory")
     parser.add_argument("--output", required=True, type=Path)
     parser.add_argument("inputs", nargs="+", type=Path)

@@ -22,7 +22,7 @@ def pending_work(line: str, home: str | None = None) -> dict[str, Any]:
     """What the monitor could do now: new batches, and whether a model is in serving."""
     from pathlib import Path
 
-    from pipelines.monitoring import serving_model, unscored_batches
+    from pipelines.monitoring.stage import serving_model, unscored_batches
 
     h = Path(home) if home else None
     served = serving_model(line, h)
@@ -45,7 +45,7 @@ class NewBatchesTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "pipelines.drift.sensor.NewBatchesTrigger",
+            "pipelines.monitoring.sensor.NewBatchesTrigger",
             {"line": self.line, "poll_seconds": self.poll_seconds, "home": self.home},
         )
 

@@ -23,7 +23,7 @@ The logic is pure functions of a state dict (:func:`apply_batch`, :func:`should_
 lives in ``<FACTORY_HOME>/drift/<line>/episodes.json``; the wrappers
 (:func:`record_batch`, :func:`claim_retrain`, :func:`mark_retrain_running`,
 :func:`record_retrain_outcome`) read-modify-write it under the line's lock and append
-the matching record to the history (:mod:`pipelines.drift.history`), which carries the
+the matching record to the history (:mod:`pipelines.monitoring.history`), which carries the
 episode id of every batch.
 """
 
@@ -36,9 +36,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.drift.files import drift_dir, line_lock, write_json_atomic
-from pipelines.drift.history import append_unlocked, history_path
-from pipelines.drift.settings import RetrainPolicy
+from pipelines.monitoring.files import drift_dir, line_lock, write_json_atomic
+from pipelines.monitoring.history import append_unlocked, history_path
+from pipelines.specs.drift import RetrainPolicy
 
 STATE_FILE = "episodes.json"
 OPEN, RESOLVED, SUBSIDED = "open", "resolved", "subsided"

@@ -8,18 +8,18 @@ pushed value behind (the Pushgateway's weak spot), and Prometheus's ``up`` says
 whether the numbers are being read at all. Pure standard library; no
 ``prometheus_client`` needed.
 
-    python -m pipelines.metrics --port 9108      # serve /metrics (and /healthz)
-    python -m pipelines.metrics --once           # print the exposition once (textfile use)
+    python -m pipelines.observability.exporter --port 9108      # serve /metrics (and /healthz)
+    python -m pipelines.observability.exporter --once           # print the exposition once (textfile use)
 
 What it reads, per product line (lines are the union of ``include/lines/*.yaml`` and
 the folders found below), in the formats the factory's own modules write:
 
 | source | file (writer) | metrics |
 |---|---|---|
-| batch ledger | ``<home>/state/<line>/<batch>.json`` (``pipelines.state``, the cleaning job, validation) | ``factory_batches``, ``factory_rows``, ``factory_rows_in``, ``factory_batch_rows``, ``factory_quarantine_rows``, ``factory_batch_cleaning_seconds``, ``factory_validation_*``, ``factory_batch_validation_success``, ``factory_ledger_last_update_timestamp_seconds`` |
+| batch ledger | ``<home>/state/<line>/<batch>.json`` (``pipelines.catalog.ledger``, the cleaning job, validation) | ``factory_batches``, ``factory_rows``, ``factory_rows_in``, ``factory_batch_rows``, ``factory_quarantine_rows``, ``factory_batch_cleaning_seconds``, ``factory_validation_*``, ``factory_batch_validation_success``, ``factory_ledger_last_update_timestamp_seconds`` |
 | training runs | ``<home>/training/<line>/<run>/result.json`` (the Horovod worker) | ``factory_training_runs``, ``factory_training_val_auc``, ``factory_training_samples_per_second``, ``factory_training_epochs_run``, ``factory_training_workers``, ``factory_training_last_run_timestamp_seconds``, ``factory_training_run_info`` |
 | evaluations | ``<home>/training/<line>/<run>/evaluation/result.json`` (``pipelines.evaluation.gate``) | ``factory_evaluations``, ``factory_evaluation_metric``, ``factory_evaluation_last_timestamp_seconds``, ``factory_evaluation_info`` |
-| drift | ``<home>/drift/<line>/history.jsonl`` and the JSON report its latest ``batch`` record names (``pipelines.drift``) | ``factory_drift_checks``, ``factory_drift_batch_drifted``, ``factory_drift_features_drifted``, ``factory_drift_max_psi``, ``factory_drift_batch_auc``, ``factory_drift_score``, ``factory_drift_threshold``, ``factory_drift_detected``, ``factory_drift_severity``, ``factory_drift_retrain_events``, ``factory_drift_last_check_*`` |
+| drift | ``<home>/drift/<line>/history.jsonl`` and the JSON report its latest ``batch`` record names (``pipelines.monitoring``) | ``factory_drift_checks``, ``factory_drift_batch_drifted``, ``factory_drift_features_drifted``, ``factory_drift_max_psi``, ``factory_drift_batch_auc``, ``factory_drift_score``, ``factory_drift_threshold``, ``factory_drift_detected``, ``factory_drift_severity``, ``factory_drift_retrain_events``, ``factory_drift_last_check_*`` |
 | pushed models | ``<serving store>/<line>/<version>/`` and ``.retired/`` (``pipelines.evaluation.serving``) | ``factory_serving_versions``, ``factory_serving_latest_version``, ``factory_serving_pushes_total``, ``factory_serving_retired_versions``, ``factory_serving_latest_push_timestamp_seconds``, ``factory_serving_model_val_auc``, ``factory_serving_model_auc``, ``factory_serving_model_info`` |
 
 "Latest" training run or evaluation is the result file written last. Push events are
@@ -48,13 +48,13 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import config
-from pipelines.state import STATUSES
+from pipelines.catalog.ledger import STATUSES
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 _LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 _TYPES = ("counter", "gauge", "untyped")
-# The factory's file layout (written by pipelines.drift.history, pipelines.evaluation.gate,
+# The factory's file layout (written by pipelines.monitoring.history, pipelines.evaluation.gate,
 # pipelines.evaluation.serving and pipelines.training.model; named here so that reading
 # metrics never imports those modules).
 DRIFT_HISTORY = "history.jsonl"

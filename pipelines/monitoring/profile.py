@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pipelines.drift.settings import SCORE_FEATURE, DriftSpec, drift_spec
+from pipelines.specs.drift import SCORE_FEATURE, DriftSpec, drift_spec
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -234,7 +234,7 @@ def build_profile(
     ``drift:`` section (bins, sample size, category cap). ``meta``: free-form facts kept
     in the profile (line, model version, run id), copied into every report.
     """
-    from pipelines.drift.metrics import roc_auc
+    from pipelines.monitoring.statistics import roc_auc
 
     cfg = drift_spec(config)
     declared = normalize_features(features, frame)
@@ -324,7 +324,7 @@ def build_profile_from_run(
 def save_profile(profile: dict[str, Any], path: Path) -> Path:
     """Write a profile as JSON, atomically (temp file and rename). ``path`` may be a
     model version's folder: the file is then ``<folder>/drift_profile.json``."""
-    from pipelines.drift.files import write_json_atomic
+    from pipelines.monitoring.files import write_json_atomic
 
     path = Path(path)
     if path.is_dir():
