@@ -61,8 +61,8 @@ sys.path.insert(0, str(REPO))
 from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
 
 from pipelines import landing  # noqa: E402
-from pipelines.ingest.stage import CLEANING_JOB, cleaning_args  # noqa: E402
 from pipelines.ingest.sources import load_source  # noqa: E402
+from pipelines.ingest.stage import CLEANING_JOB, cleaning_args  # noqa: E402
 from pipelines.specs import FieldSpec, LineSpec, load_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"

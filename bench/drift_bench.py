@@ -48,8 +48,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipelines.config import REPO_ROOT, ml_python
-from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.monitoring.detection import score_batch
+from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))

@@ -22,8 +22,8 @@ import numpy as np
 import pandas as pd
 
 from pipelines.config import REPO_ROOT
-from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.monitoring.detection import score_batch
+from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
 
 sys.path.insert(0, str(REPO_ROOT / "tests"))

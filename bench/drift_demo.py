@@ -69,13 +69,13 @@ import pyarrow.parquet as pq  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from pipelines.config import REPO_ROOT, training_root  # noqa: E402
-from pipelines.monitoring.episodes import claim_retrain  # noqa: E402
-from pipelines.monitoring.statistics import roc_auc  # noqa: E402
 from pipelines.monitoring.batch import line_drift_spec, monitor_batch  # noqa: E402
+from pipelines.monitoring.episodes import claim_retrain  # noqa: E402
 from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile  # noqa: E402
-from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
 from pipelines.monitoring.stage import model_scores, write_reference_profile  # noqa: E402
+from pipelines.monitoring.statistics import roc_auc  # noqa: E402
 from pipelines.specs import load_spec  # noqa: E402
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
 from pipelines.training.launch import run_workers  # noqa: E402
 from pipelines.training.prepare import prepare_run, split_bucket  # noqa: E402
 

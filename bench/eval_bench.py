@@ -248,8 +248,8 @@ def main() -> int:
     absl.logging.set_verbosity(absl.logging.ERROR)
     from pipelines.evaluation import eval_config as ec
     from pipelines.evaluation import inputs
-    from pipelines.specs.evaluation import load_settings
     from pipelines.specs import load_spec
+    from pipelines.specs.evaluation import load_settings
 
     settings = load_settings(load_spec(args.line))
     report: dict[str, Any] = {"machine": machine(), "cases": []}

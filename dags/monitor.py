@@ -21,8 +21,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, task
 
-from pipelines.runtime.assets import drift_asset, validated_data
 from pipelines.monitoring.sensor import NewBatchesSensor
+from pipelines.runtime.assets import drift_asset, validated_data
 from pipelines.specs import LineSpec, load_specs
 
 

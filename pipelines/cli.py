@@ -19,10 +19,11 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.ingest import landing
-
 from pipelines.catalog import ledger
-from pipelines.config import factory_home, line_paths, training_root
+from pipelines.catalog.layout import exported_model, line_paths
+from pipelines.catalog.records import TrainingRun, read_drift_history, training_runs
+from pipelines.config import factory_home
+from pipelines.ingest import landing
 from pipelines.specs import SpecError, load_spec, load_specs
 
 
@@ -92,8 +93,8 @@ def _follow_ledger(line: str, seen: dict[str, str]) -> None:
 
 
 def _client():
-    from pipelines.runtime import api
     from pipelines import runtime
+    from pipelines.runtime import api
 
     creds = runtime.admin()
     return api.Client(runtime.base_url(), creds.username, creds.password)
@@ -125,16 +126,15 @@ def _await_asset_run(client, dag_id: str, after: str, timeout_s: float = 120) ->
     return None
 
 
-def _latest_training(line: str, home: Path | None = None, since: float = 0.0) -> Path | None:
-    root = training_root(line, home)
-    runs = [p for p in root.glob("*/manifest.json") if p.stat().st_mtime >= since] if root.exists() else []
-    return max(runs, key=lambda p: p.stat().st_mtime).parent if runs else None
+def _latest_training(line: str, home: Path | None = None, since: float = 0.0) -> TrainingRun | None:
+    runs = [r for r in training_runs(line, home) if r.manifest is not None and r.started >= since]
+    return runs[0] if runs else None
 
 
 def _print_training_progress(line: str, started: float, printed: list[int]) -> None:
     """Print the workers' per-epoch progress lines not printed yet."""
     run = _latest_training(line, since=started)
-    log = run / "logs" / "horovodrun.log" if run else None
+    log = Path(run.path) / "logs" / "horovodrun.log" if run else None
     if log and log.exists():
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "factory-train:" in ln]
         for ln in lines[printed[0] :]:
@@ -144,23 +144,18 @@ def _print_training_progress(line: str, started: float, printed: list[int]) -> N
 
 def _model_rows(line: str, home: Path) -> list[str]:
     run = _latest_training(line, home)
-    if run is None or not (run / "result.json").exists():
+    if run is None or run.result is None:
         return ["  model: none trained"]
-    import json
-
-    result = json.loads((run / "result.json").read_text())
-    manifest = json.loads((run / "manifest.json").read_text())
-    mlflow_run = (run / "mlflow_run_id").read_text().strip() if (run / "mlflow_run_id").exists() else "?"
+    result, manifest = run.result, run.manifest
     rows = [
         f"  model: val ROC AUC {result.get('val_auc', float('nan')):.4f}, {result.get('epochs_run')} epochs "
         f"(best {result.get('best_epoch')}), {result.get('workers')} Horovod workers, "
         f"{result.get('samples_per_s', 0):.0f} samples/s, trained on {manifest['rows']['train']} rows "
         f"of batches {', '.join(manifest['batches'])}",
-        f"  SavedModel: {run / 'model' / 'Format-Serving'}  (MLflow run {mlflow_run})",
+        f"  SavedModel: {exported_model(Path(run.path))}  (MLflow run {run.mlflow_run_id or '?'})",
     ]
-    evaluation = run / "evaluation" / "result.json"
-    if evaluation.exists():
-        ev = json.loads(evaluation.read_text())
+    ev = run.evaluation
+    if ev is not None:
         overall = ((ev.get("metrics") or {}).get("Overall") or {}).get("candidate") or {}
         metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items() if isinstance(v, float))
         serving = ev.get("serving") or {}
@@ -173,9 +168,7 @@ def _model_rows(line: str, home: Path) -> list[str]:
         )
     else:
         rows.append("  evaluation: not run")
-    from pipelines.monitoring.history import read_history
-
-    scored = read_history(line, home, kind="batch")
+    scored = read_drift_history(line, home, kind="batch")
     if scored:
         drifted = [r["batch_id"] for r in scored if r.get("drifted")]
         rows.append(

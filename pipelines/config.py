@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,56 +33,12 @@ def factory_home() -> Path:
     return Path(os.environ.get("FACTORY_HOME", REPO_ROOT / ".factory")).resolve()
 
 
-@dataclass(frozen=True)
-class LinePaths:
-    """The storage layout of one product line under a factory home."""
-
-    home: Path
-    line: str
-
-    @property
-    def landing(self) -> Path:
-        return self.home / "landing" / self.line
-
-    @property
-    def clean(self) -> Path:
-        return self.home / "clean" / self.line
-
-    @property
-    def quarantine(self) -> Path:
-        return self.home / "quarantine" / self.line
-
-    @property
-    def state(self) -> Path:
-        return self.home / "state" / self.line
-
-    def clean_batch(self, batch_id: str) -> Path:
-        return self.clean / f"batch={batch_id}"
-
-    def quarantine_batch(self, batch_id: str) -> Path:
-        return self.quarantine / f"batch={batch_id}"
-
-
-def line_paths(line: str, home: Path | None = None) -> LinePaths:
-    return LinePaths(home or factory_home(), line)
-
-
-def gx_root(home: Path | None = None) -> Path:
-    """The Great Expectations project (stores and Data Docs)."""
-    return (home or factory_home()) / "gx"
-
-
 def airflow_home(home: Path | None = None) -> Path:
     return (home or factory_home()) / "airflow"
 
 
 def ml_python() -> Path:
     return Path(os.environ.get("FACTORY_ML_PYTHON", REPO_ROOT / ".venv" / "ml" / "bin" / "python"))
-
-
-def training_root(line: str, home: Path | None = None) -> Path:
-    """Where a line's training runs live: one folder per run (data, checkpoints, model)."""
-    return (home or factory_home()) / "training" / line
 
 
 def mlflow_tracking_uri(home: Path | None = None) -> str:

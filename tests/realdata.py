@@ -84,7 +84,7 @@ def employment_frame(year: int | None = None) -> pd.DataFrame:
 def make_validated_batch(home: Path, line: str, batch_id: str, frame: pd.DataFrame) -> None:
     """A batch as the ingest stage leaves it: clean Parquet and a validated ledger record."""
     from pipelines.catalog import ledger
-    from pipelines.config import line_paths
+    from pipelines.catalog.layout import line_paths
 
     paths = line_paths(line, home)
     out = paths.clean_batch(batch_id)

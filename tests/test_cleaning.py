@@ -10,11 +10,10 @@ import io
 import pandas as pd
 import pytest
 
-from pipelines.ingest import landing
-
 from pipelines.catalog import ledger
+from pipelines.catalog.layout import line_paths
+from pipelines.ingest import landing
 from pipelines.ingest.cleaning import job
-from pipelines.config import line_paths
 from pipelines.ingest.sources import load_source
 from pipelines.specs import LineSpec, load_spec
 

@@ -11,12 +11,13 @@ import pandas as pd
 import pytest
 from realdata import lending_club_frame
 
+from pipelines.catalog.layout import drift_history_path
+from pipelines.catalog.records import DriftHistoryError, append_drift_record, read_drift_history
 from pipelines.monitoring import episodes as ep
-from pipelines.monitoring.history import HistoryError, append_history, history_path, read_history
 from pipelines.monitoring.batch import monitor_batch
 from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile
-from pipelines.specs.drift import RetrainPolicy
 from pipelines.specs import load_spec
+from pipelines.specs.drift import RetrainPolicy
 
 T0 = datetime(2026, 11, 1, 8, 0, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -165,7 +166,7 @@ def test_history_records_every_batch_with_its_model_and_episode(home):
     r2 = ep.record_batch("employment", report(True), model_version="1", batch_id="2016", home=home, now=T0 + HOUR)
     r3 = ep.record_batch("employment", report(True), model_version="1", batch_id="2017", home=home, now=T0 + HOUR)
     assert r1["episode_id"] is None and r2["episode_id"] == r3["episode_id"] is not None
-    history = read_history("employment", home)
+    history = read_drift_history("employment", home)
     assert [h["batch_id"] for h in history] == ["2015", "2016", "2017"]
     assert history[1]["max_psi"] == {"feature": "AGEP", "value": 0.3} and history[1]["model_version"] == "1"
 
@@ -178,9 +179,9 @@ def test_history_records_every_batch_with_its_model_and_episode(home):
         "employment", decision.episode_id, "run-a", "blessed", model_version="2", home=home, now=T0 + 4 * HOUR
     )
     assert episode["status"] == "resolved"
-    events = [(h["kind"], h.get("event")) for h in read_history("employment", home)]
+    events = [(h["kind"], h.get("event")) for h in read_drift_history("employment", home)]
     assert events[3:] == [("retrain", "pending"), ("retrain", "running"), ("retrain", "blessed")]
-    assert len(read_history("employment", home, kind="batch")) == 3
+    assert len(read_drift_history("employment", home, kind="batch")) == 3
     assert ep.load_state("employment", home)["episodes"][0]["attempts"][0]["model_version"] == "2"
 
 
@@ -191,17 +192,17 @@ def test_retrain_can_be_switched_off(home):
 
 
 def test_reader_skips_a_torn_record_and_refuses_a_damaged_one(home):
-    append_history("l", {"kind": "batch", "batch_id": "a"}, home)
-    path = history_path("l", home)
+    append_drift_record("l", {"kind": "batch", "batch_id": "a"}, home)
+    path = drift_history_path("l", home)
     with open(path, "a") as fh:
         fh.write('{"kind": "batch", "batch_')  # a writer died here
-    assert [r["batch_id"] for r in read_history("l", home)] == ["a"]
-    append_history("l", {"kind": "batch", "batch_id": "b"}, home)  # starts on a fresh line
-    assert [r["batch_id"] for r in read_history("l", home)] == ["a", "b"]
+    assert [r["batch_id"] for r in read_drift_history("l", home)] == ["a"]
+    append_drift_record("l", {"kind": "batch", "batch_id": "b"}, home)  # starts on a fresh line
+    assert [r["batch_id"] for r in read_drift_history("l", home)] == ["a", "b"]
     path.write_text(path.read_text() + "garbage\n" + json.dumps({"batch_id": "c"}) + "\n")
-    with pytest.raises(HistoryError, match="is not a JSON record"):
-        read_history("l", home)
-    assert read_history("nothing-yet", home) == []
+    with pytest.raises(DriftHistoryError, match="is not a JSON record"):
+        read_drift_history("l", home)
+    assert read_drift_history("nothing-yet", home) == []
 
 
 def test_corrupt_state_file_is_a_clear_error(home):
@@ -214,7 +215,7 @@ def test_corrupt_state_file_is_a_clear_error(home):
 def _append_many(args):
     home, worker = args
     for i in range(25):
-        append_history("l", {"kind": "batch", "batch_id": f"{worker}-{i}", "pad": "x" * 5000}, home)
+        append_drift_record("l", {"kind": "batch", "batch_id": f"{worker}-{i}", "pad": "x" * 5000}, home)
 
 
 def _claim(args):
@@ -226,7 +227,7 @@ def test_concurrent_appends_and_claims(home):
     ctx = multiprocessing.get_context("fork")
     with ctx.Pool(4) as pool:
         pool.map(_append_many, [(home, w) for w in range(4)])
-    records = read_history("l", home)
+    records = read_drift_history("l", home)
     assert len(records) == 100 and len({r["batch_id"] for r in records}) == 100
     ep.record_batch("l", report(True), model_version="1", batch_id="b", home=home, now=T0)
     with ctx.Pool(4) as pool:
@@ -251,5 +252,5 @@ def test_monitor_batch_scores_reports_and_records(home, tmp_path):
     assert loud["drifted_features"] == ["annual_inc"] and loud["episode_id"]
     assert "annual_inc" in open(loud["html_path"]).read()
     assert json.loads(open(loud["report_path"]).read())["drifted"] is True
-    assert [h["drifted"] for h in read_history("credit_risk", home)] == [False, True]
+    assert [h["drifted"] for h in read_drift_history("credit_risk", home)] == [False, True]
     json.dumps(loud)  # a plain XCom value

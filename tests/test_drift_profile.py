@@ -11,8 +11,9 @@ import pytest
 from realdata import lending_club_frame, make_validated_batch
 from sklearn.metrics import roc_auc_score
 
+from pipelines.catalog.layout import DRIFT_PROFILE as PROFILE_FILE
+from pipelines.monitoring.detection import DriftInputError, score_batch
 from pipelines.monitoring.profile import (
-    PROFILE_FILE,
     ProfileError,
     build_profile,
     build_profile_from_run,
@@ -21,9 +22,8 @@ from pipelines.monitoring.profile import (
     save_profile,
 )
 from pipelines.monitoring.report import render_html, write_html_report, write_json_report
-from pipelines.monitoring.detection import DriftInputError, score_batch
-from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE, drift_spec
 from pipelines.specs import load_spec
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE, drift_spec
 
 
 @pytest.fixture(scope="module")

@@ -33,8 +33,9 @@ import yaml
 from realdata import employment_frame, make_validated_batch
 
 from pipelines import tracking
+from pipelines.catalog import layout
 from pipelines.config import REPO_ROOT, include_dir, ml_python
-from pipelines.evaluation import paths, registry, serving
+from pipelines.evaluation import registry, serving
 from pipelines.evaluation.stage import (
     ForceBlessError,
     GateInputError,
@@ -71,7 +72,7 @@ class World:
 
     @property
     def base(self) -> Path:
-        return paths.serving_base(LINE, self.home)
+        return layout.serving_base(LINE, self.home)
 
 
 def _train(home: Path, name: str, shuffle_labels: bool = False) -> Path:
@@ -143,7 +144,7 @@ def _has_model(client) -> bool:
     from mlflow.exceptions import MlflowException
 
     try:
-        client.get_registered_model(paths.registered_model_name(LINE))
+        client.get_registered_model(layout.registered_model_name(LINE))
         return True
     except MlflowException:
         return False
@@ -162,13 +163,14 @@ import pyarrow.parquet as pq
 import tensorflow as tf
 from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
 from tfx.types import artifact_utils
-from pipelines.evaluation import paths, pipeline
+from pipelines.evaluation import pipeline
+from pipelines.catalog import layout
 from pipelines.training.model import load_manifest, roc_auc, serialize_examples
 
 home, line, run = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 # 1. the baseline the next evaluation would get (TFX's own strategy on the MLMD store)
 store = pipeline.store(line, home)
-[ctx] = [c for c in store.get_contexts_by_type("pipeline") if c.name == paths.pipeline_name(line)]
+[ctx] = [c for c in store.get_contexts_by_type("pipeline") if c.name == layout.pipeline_name(line)]
 types = {t.id: t for t in store.get_artifact_types()}
 found = {"Model": [], "ModelBlessing": []}
 for a in store.get_artifacts_by_context(ctx.id):
@@ -178,7 +180,7 @@ for a in store.get_artifacts_by_context(ctx.id):
 resolved = LatestBlessedModelStrategy()._resolve({"model": found["Model"], "model_blessing": found["ModelBlessing"]},
                                                  "model", "model_blessing")
 # 2. the served model, loaded as TF Serving loads it: the highest integer directory
-base = paths.serving_base(line, home)
+base = layout.serving_base(line, home)
 version = max(int(p.name) for p in base.iterdir() if p.name.isdigit())
 served = tf.saved_model.load(str(base / str(version)))
 sig = served.signatures["serving_default"]

@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.evaluation import paths, serving
+from pipelines.catalog import layout
+from pipelines.evaluation import serving
 from pipelines.evaluation.eval_config import gated_slices
 from pipelines.evaluation.gate import ForceBlessError, check_force_reason
 from pipelines.evaluation.report import render
-from pipelines.specs.evaluation import EvaluationSettingsError, load_settings, parse_settings
 from pipelines.specs import load_spec
+from pipelines.specs.evaluation import EvaluationSettingsError, load_settings, parse_settings
 
 # Example sections exercising every field (the lines' YAML files hold the production ones).
 PROPOSED = {
@@ -208,7 +209,7 @@ def test_champion_follows_the_serving_store(tmp_path, monkeypatch):
 
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     home = tmp_path / "home"
-    base = paths.serving_base("credit_risk", home)
+    base = layout.serving_base("credit_risk", home)
     client = tracking.client(home)
     name = registry.ensure_registered_model(client, "credit_risk")
     run = tracking.start_run("credit_risk", "r", {}, {}, home=home)

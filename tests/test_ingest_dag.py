@@ -6,10 +6,10 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.ingest import landing
-
 from pipelines.catalog import ledger
-from pipelines.config import REPO_ROOT, factory_home, line_paths
+from pipelines.catalog.layout import line_paths
+from pipelines.config import REPO_ROOT, factory_home
+from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
@@ -68,7 +68,7 @@ def test_ingest_dag_cleans_validates_and_announces(dag):
     good_r, dirty_r, small_r = (ledger.read(paths, b) for b in ("good", "dirty", "small"))
     assert good_r["status"] == dirty_r["status"] == ledger.VALIDATED
     assert good_r["cleaning"]["rows_clean"] == 1500
-    assert dirty_r["cleaning"] | {} and dirty_r["cleaning"]["rows_in"] == 501
+    assert dirty_r["cleaning"] is not None and dirty_r["cleaning"]["rows_in"] == 501
     assert dirty_r["cleaning"]["rows_quarantined"] == 2
     assert dirty_r["cleaning"]["duplicates_removed"] == 1
     assert dirty_r["cleaning"]["rows_clean"] == 498

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pipelines.ingest import landing
-
 from pipelines.catalog import ledger
-from pipelines.config import line_paths
+from pipelines.catalog.layout import line_paths
+from pipelines.ingest import landing
 from pipelines.ingest.stage import BatchNotReady, plan_batches
 from pipelines.specs import load_spec
 

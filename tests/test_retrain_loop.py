@@ -9,15 +9,13 @@ import time
 
 import pytest
 
-from pipelines.runtime import api
-
-from pipelines.ingest import landing
-
 from pipelines import runtime
-
 from pipelines.catalog import ledger
-from pipelines.config import REPO_ROOT, factory_home, line_paths, ml_python
+from pipelines.catalog.layout import line_paths
+from pipelines.config import REPO_ROOT, factory_home, ml_python
+from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
+from pipelines.runtime import api
 from pipelines.specs import load_spec
 
 pytestmark = [
@@ -113,8 +111,8 @@ def _wait_for(what: str, probe, timeout_s: float, poll_s: float = 5.0):
 
 
 def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, served_and_drifted):
+    from pipelines.catalog.records import read_drift_history
     from pipelines.monitoring.episodes import load_state
-    from pipelines.monitoring.history import read_history
 
     # Unpaused, the monitor runs on its own schedule: its sensor sees the new batch and a
     # serving model, scores, and claims the episode's retrain.
@@ -122,11 +120,11 @@ def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, 
     admin.unpause(f"monitor_{LINE}")
 
     def claimed():
-        return next((r for r in read_history(LINE, kind="retrain") if r.get("event") == "pending"), None)
+        return next((r for r in read_drift_history(LINE, kind="retrain") if r.get("event") == "pending"), None)
 
     claim = _wait_for("the monitor to claim a retrain", claimed, timeout_s=900)
     episode_id, monitor_run = claim["episode_id"], claim["run_id"]
-    scored = {r["batch_id"]: r for r in read_history(LINE, kind="batch")}
+    scored = {r["batch_id"]: r for r in read_drift_history(LINE, kind="batch")}
     assert scored[served_and_drifted]["drifted"] is True
     assert [d["feature"] for d in scored[served_and_drifted]["drifted_features"]] == ["annual_inc"]
     assert scored[served_and_drifted]["episode_id"] == episode_id
@@ -139,7 +137,7 @@ def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, 
     # its verdict is recorded against the episode.
     def outcome():
         return [
-            r for r in read_history(LINE, kind="retrain")
+            r for r in read_drift_history(LINE, kind="retrain")
             if r.get("episode_id") == episode_id and r.get("event") in ("blessed", "not_blessed", "failed")
         ]
 

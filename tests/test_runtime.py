@@ -9,15 +9,13 @@ import time
 import httpx
 import pytest
 
-from pipelines.runtime import api
-
-from pipelines.ingest import landing
-
 from pipelines import runtime
-
 from pipelines.catalog import ledger
-from pipelines.config import factory_home, line_paths
+from pipelines.catalog.layout import line_paths
+from pipelines.config import factory_home
+from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
+from pipelines.runtime import api
 from pipelines.specs import load_spec
 
 pytestmark = pytest.mark.integration

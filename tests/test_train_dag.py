@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.ingest import landing
-
-from pipelines.catalog import ledger
-
 from pipelines import tracking
-from pipelines.config import REPO_ROOT, factory_home, line_paths, ml_python
+from pipelines.catalog import ledger
+from pipelines.catalog.layout import line_paths
+from pipelines.config import REPO_ROOT, factory_home, ml_python
+from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 

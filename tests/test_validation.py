@@ -10,8 +10,8 @@ import pytest
 from realdata import employment_frame, lending_club_frame
 
 from pipelines.config import include_dir
-from pipelines.specs import load_spec
 from pipelines.ingest.validation import load_suite_dict, run_checkpoint
+from pipelines.specs import load_spec
 
 pytestmark = pytest.mark.integration
 

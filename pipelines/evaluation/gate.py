@@ -22,22 +22,20 @@ is how a rejected candidate is force-blessed: ``--force-bless-reason "why"``.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation import paths, serving
+from pipelines import storage
+from pipelines.catalog import layout, records
+from pipelines.evaluation import serving
 from pipelines.evaluation.inputs import GateInputError
 from pipelines.specs.evaluation import TFMA_TO_SPEC, EvaluationSettingsError
 
 BLESSED, NOT_BLESSED, FORCED = "BLESSED", "NOT_BLESSED", "FORCED"
-TRAINING_MLFLOW_FILE = "mlflow_run_id"
 
 
 class ForceBlessError(GateInputError):
@@ -56,17 +54,9 @@ def check_force_reason(reason: str | None) -> str | None:
     return text
 
 
-@contextlib.contextmanager
-def line_lock(line: str, home: Path | None = None) -> Iterator[None]:
+def line_lock(line: str, home: Path | None = None):
     """One gate or rollback at a time per line (the SQLite MLMD store and the baseline)."""
-    root = paths.tfx_root(line, home)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / "gate.lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    return storage.exclusive_lock(layout.tfx_root(line, home), layout.GATE_LOCK)
 
 
 # --------------------------------------------------------------------------- results
@@ -155,24 +145,23 @@ def _slices(settings, counts: dict, gated: list[dict[str, str]]) -> list[dict[st
 
 
 def _training_mlflow_run(run_dir: Path) -> str | None:
-    path = run_dir / TRAINING_MLFLOW_FILE
-    return path.read_text().strip() if path.exists() else None
+    return records.read_mlflow_run_id(run_dir)
 
 
 def previous_result(run_dir: Path, home: Path | None = None) -> dict[str, Any] | None:
     """A recorded result whose push is still in the store (live or retired), else None."""
-    path = run_dir / paths.EVALUATION_DIR / paths.RESULT
-    if not path.exists():
-        return None
     try:
-        prior = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError):
+        record = records.read_evaluation_result(run_dir)
+    except records.RecordError:
         return None
+    if record is None:
+        return None
+    prior = record.to_json()
     pushed = prior.get("serving") or {}
     version = pushed.get("version")
     if version is None:
         return None
-    base = paths.serving_base(prior["line"], home)
+    base = layout.serving_base(prior["line"], home)
     for candidate in (base / str(version), base / serving.RETIRED / str(version)):
         if serving.push_info(candidate).get("run_dir") == str(run_dir):
             return prior
@@ -192,9 +181,8 @@ def evaluate(
     from pipelines.evaluation import inputs
     from pipelines.evaluation.eval_config import build_eval_config, gated_slices
     from pipelines.evaluation.report import PLOT, write_plot, write_report
-    from pipelines.specs.evaluation import load_settings
     from pipelines.specs import SpecError, load_spec
-    from pipelines.catalog.ledger import write_json_atomic
+    from pipelines.specs.evaluation import load_settings
 
     started = time.monotonic()
     timings: dict[str, float] = {}
@@ -207,7 +195,7 @@ def evaluate(
     except SpecError as err:
         raise GateInputError(str(err)) from None
     settings = load_settings(spec)
-    out_dir = run_dir / paths.EVALUATION_DIR
+    out_dir = run_dir / layout.EVALUATION_DIR
 
     prior = previous_result(run_dir, home)
     if prior is not None:
@@ -282,7 +270,7 @@ def evaluate(
         serving_info = {
             "version": int(pushed_props["pushed_version"]),
             "path": pushed_props["pushed_destination"],
-            "base": str(paths.serving_base(line, home)),
+            "base": str(layout.serving_base(line, home)),
         }
     slices = _slices(settings, counts, gated)
     slices[0]["examples"], slices[0]["positives"] = len(frame), int(frame[manifest.label].sum())
@@ -312,23 +300,23 @@ def evaluate(
         "rows": len(frame),
         "tfx": {
             "pipeline_run_id": outputs.get("pipeline_run_id"),
-            "pipeline_root": str(paths.pipeline_root(line, home)),
-            "metadata": paths.mlmd_uri(line, home).split("@")[-1],
+            "pipeline_root": str(layout.pipeline_root(line, home)),
+            "metadata": layout.mlmd_uri(line, home).split("@")[-1],
             "evaluation_uri": evaluation_uri,
             "blessing_uri": outputs["blessing"]["uri"],
             "mlmd_blessing_id": outputs["blessing"]["id"],
             "examples_uri": outputs["examples"]["uri"],
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
-        "report": {"json": str(out_dir / paths.RESULT), "html": str(out_dir / paths.REPORT)},
+        "report": {"json": str(out_dir / layout.EVALUATION_RESULT), "html": str(out_dir / layout.EVALUATION_REPORT)},
     }
     t = time.monotonic()
     png = write_plot(result, out_dir / PLOT)
     if png is not None:
         result["report"]["png"] = str(png)
-    write_report(result, out_dir / paths.REPORT)
+    write_report(result, out_dir / layout.EVALUATION_REPORT)
     result["timings"]["report_s"] = round(time.monotonic() - t, 3)
-    write_json_atomic(out_dir / paths.RESULT, result)
+    records.write_evaluation_result(run_dir, result)
     return result
 
 

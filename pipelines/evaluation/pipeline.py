@@ -4,7 +4,7 @@
     Importer "candidate" (<run>/model, a Model artifact)  ------------+--> Evaluator --> ServingStorePusher
     Resolver "baseline" (LatestBlessedModelStrategy)  ----------------+
 
-ML Metadata (:func:`pipelines.evaluation.paths.mlmd_connection_config`) keeps every
+ML Metadata (:func:`pipelines.evaluation.metadata_store.connection_config`) keeps every
 Model, Examples, ModelEvaluation, ModelBlessing and PushedModel with their lineage; the
 Resolver reads it to find the baseline: the latest model whose ``ModelBlessing`` has
 ``blessed=1``. The factory keeps that property true to what is being served: a
@@ -22,7 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation import paths
+from pipelines.catalog import layout
+from pipelines.evaluation import metadata_store
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 OVERRIDE_KEY = "factory_override"
@@ -72,14 +73,14 @@ def build(
     pusher = ServingStorePusher(
         model=candidate.outputs["result"],
         model_blessing=evaluator.outputs["blessing"],
-        push_destination=push_destination(paths.serving_base(line, home)),
+        push_destination=push_destination(layout.serving_base(line, home)),
         custom_config={"force_bless_reason": force_bless_reason or "", "info": info or {}},
     )
     return tfx.dsl.Pipeline(
-        pipeline_name=paths.pipeline_name(line),
-        pipeline_root=str(paths.pipeline_root(line, home)),
+        pipeline_name=layout.pipeline_name(line),
+        pipeline_root=str(layout.pipeline_root(line, home)),
         components=[example_gen, candidate, baseline, evaluator, pusher],
-        metadata_connection_config=paths.mlmd_connection_config(line, home),
+        metadata_connection_config=metadata_store.connection_config(line, home),
         enable_cache=False,
         beam_pipeline_args=BEAM_ARGS,
     )
@@ -88,7 +89,7 @@ def build(
 def store(line: str, home: Path | None = None):
     from ml_metadata.metadata_store import metadata_store
 
-    return metadata_store.MetadataStore(paths.mlmd_connection_config(line, home))
+    return metadata_store.MetadataStore(metadata_store.connection_config(line, home))
 
 
 def _run_contexts(mlmd, line: str) -> set[int]:

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
-from pipelines.evaluation import paths, serving
+from pipelines.catalog import layout
+from pipelines.evaluation import serving
 
 CHAMPION = "champion"
 TAG_MAX = 4900  # MLflow model-version tag values: 5000 characters at most
@@ -44,7 +45,7 @@ def _client(home: Path | None):
 def ensure_registered_model(client, line: str) -> str:
     from mlflow.exceptions import MlflowException
 
-    name = paths.registered_model_name(line)
+    name = layout.registered_model_name(line)
     try:
         client.get_registered_model(name)
     except MlflowException:
@@ -59,7 +60,7 @@ def ensure_registered_model(client, line: str) -> str:
 
 
 def versions(client, line: str) -> list[Any]:
-    name = paths.registered_model_name(line)
+    name = layout.registered_model_name(line)
     out, token = [], None
     while True:
         page = client.search_model_versions(f"name='{name}'", max_results=1000, page_token=token)
@@ -70,7 +71,7 @@ def versions(client, line: str) -> list[Any]:
 
 
 def version_of_run(client, line: str, mlflow_run_id: str) -> Any | None:
-    name = paths.registered_model_name(line)
+    name = layout.registered_model_name(line)
     found = client.search_model_versions(f"name='{name}' and run_id='{mlflow_run_id}'")
     return sorted(found, key=lambda v: int(v.version))[-1] if found else None
 
@@ -163,7 +164,7 @@ def sync_serving_state(line: str, home: Path | None = None) -> str | None:
 
     client = _client(home)
     name = ensure_registered_model(client, line)
-    base = paths.serving_base(line, home)
+    base = layout.serving_base(line, home)
     live = set(serving.live_versions(base))
     retired = set(serving.retired_versions(base))
     current = serving.serving_version(base)
@@ -198,6 +199,6 @@ def champion(line: str, home: Path | None = None) -> Any | None:
     from mlflow.exceptions import MlflowException
 
     try:
-        return _client(home).get_model_version_by_alias(paths.registered_model_name(line), CHAMPION)
+        return _client(home).get_model_version_by_alias(layout.registered_model_name(line), CHAMPION)
     except MlflowException:
         return None

@@ -31,14 +31,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pipelines.evaluation import paths, serving
+from pipelines.catalog import layout
+from pipelines.evaluation import serving
 
 
 def rollback(line: str, reason: str, expect_version: int | None = None, home: Path | None = None) -> dict[str, Any]:
     from pipelines.evaluation import pipeline
     from pipelines.evaluation.gate import line_lock
 
-    base = paths.serving_base(line, home)
+    base = layout.serving_base(line, home)
     with line_lock(line, home):
         already = (
             expect_version is not None

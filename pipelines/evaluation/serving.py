@@ -25,8 +25,6 @@ Plain Python (no TensorFlow): used by the TFX Pusher's executor and by rollback.
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import json
 import os
 import shutil
 import tempfile
@@ -35,10 +33,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-PUSH_INFO = "factory_push.json"  # <version>/assets.extra/
-RETIRED = ".retired"
-INCOMING_PREFIX = ".incoming-"
-LOCK = ".lock"
+from pipelines import storage
+from pipelines.catalog import layout
+from pipelines.catalog.records import read_push_info
+
+PUSH_INFO = layout.PUSH_INFO  # <version>/assets.extra/
+RETIRED = layout.RETIRED
+INCOMING_PREFIX = layout.INCOMING_PREFIX
 
 
 class ServingStoreError(RuntimeError):
@@ -52,28 +53,17 @@ def _now() -> str:
 @contextlib.contextmanager
 def locked(base: Path) -> Iterator[None]:
     """An exclusive lock on a line's serving directory."""
-    base.mkdir(parents=True, exist_ok=True)
-    with open(base / LOCK, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def _int_dirs(path: Path) -> list[int]:
-    if not path.is_dir():
-        return []
-    return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+    with storage.exclusive_lock(base):
+        yield
 
 
 def live_versions(base: Path) -> list[int]:
     """The versions TF Serving can see, ascending."""
-    return _int_dirs(base)
+    return layout.int_dirs(base)
 
 
 def retired_versions(base: Path) -> list[int]:
-    return _int_dirs(base / RETIRED)
+    return layout.int_dirs(layout.retired_dir(base))
 
 
 def serving_version(base: Path) -> int | None:
@@ -83,27 +73,8 @@ def serving_version(base: Path) -> int | None:
 
 
 def push_info(version_dir: Path) -> dict[str, Any]:
-    path = version_dir / "assets.extra" / PUSH_INFO
-    return json.loads(path.read_text()) if path.exists() else {}
-
-
-def _fsync_tree(root: Path) -> None:
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(dirpath))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    info = read_push_info(version_dir)
+    return info.to_json() if info is not None else {}
 
 
 def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Path]:
@@ -121,18 +92,15 @@ def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Pat
         shutil.copytree(model_dir, staged)
         extra = staged / "assets.extra"
         extra.mkdir(exist_ok=True)
-        _fsync_tree(staged)  # the long part, outside the lock
+        storage.fsync_tree(staged)  # the long part, outside the lock
         with locked(base):
             taken = live_versions(base) + retired_versions(base)
             version = (max(taken) if taken else 0) + 1
-            info_path = extra / PUSH_INFO
-            info_path.write_text(
-                json.dumps({**info, "version": version, "pushed_at": _now()}, indent=2, sort_keys=True, default=str)
-            )
-            _fsync_tree(extra)
+            storage.write_json_atomic(layout.push_info_path(staged), {**info, "version": version, "pushed_at": _now()})
+            storage.fsync_tree(extra)
             final = base / str(version)
             os.rename(staged, final)
-            _fsync_dir(base)
+            storage.fsync_dir(base)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return version, final
@@ -155,15 +123,15 @@ def retire_latest(base: Path, reason: str, expected: int | None = None) -> tuple
             raise ServingStoreError(
                 f"{base}: version {current} is the only version: nothing to roll back to"
             )
-        retired = base / RETIRED
+        retired = layout.retired_dir(base)
         retired.mkdir(exist_ok=True)
-        (retired / f"{current}.json").write_text(
-            json.dumps({"version": current, "retired_at": _now(), "reason": reason, "now_serving": versions[-2]},
-                       indent=2)
+        storage.write_json_atomic(
+            layout.retired_info_path(base, current),
+            {"version": current, "retired_at": _now(), "reason": reason, "now_serving": versions[-2]},
         )
         os.rename(base / str(current), retired / str(current))
-        _fsync_dir(retired)
-        _fsync_dir(base)
+        storage.fsync_dir(retired)
+        storage.fsync_dir(base)
     return current, versions[-2]
 
 

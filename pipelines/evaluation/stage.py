@@ -25,12 +25,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines.catalog import layout, records
 from pipelines.config import REPO_ROOT, ml_python, ml_subprocess_environment
-from pipelines.evaluation import paths, registry
+from pipelines.evaluation import registry
 from pipelines.evaluation.gate import ForceBlessError, check_force_reason, previous_result
 from pipelines.evaluation.inputs import GateInputError
 from pipelines.evaluation.report import write_report
-from pipelines.catalog.ledger import write_json_atomic
 
 GATE_MODULE = "pipelines.evaluation.gate"
 ROLLBACK_MODULE = "pipelines.evaluation.rollback"
@@ -111,7 +111,6 @@ def evaluate_and_push(
     if not run_dir.is_dir():
         raise GateInputError(f"run dir {run_dir} does not exist")
     started = time.monotonic()
-    result_path = run_dir / paths.EVALUATION_DIR / paths.RESULT
     prior = previous_result(run_dir, home)
     if prior is not None:  # already pushed (a retried task): record it, push nothing
         result = {**prior, "reused": True}
@@ -121,7 +120,7 @@ def evaluate_and_push(
         args = [GATE_MODULE, "--line", line, "--run-dir", str(run_dir)]
         if reason is not None:
             args += ["--force-bless-reason", reason]
-        log_path = run_dir / paths.EVALUATION_DIR / "gate.log"
+        log_path = layout.evaluation_dir(run_dir) / "gate.log"
         rc, out, err = _run_ml(args, log_path, timeout_s, home)
         if rc == 2:
             raise GateInputError(_error_line(err) or _tail(err))
@@ -129,7 +128,10 @@ def evaluate_and_push(
             raise EvaluationFailed(
                 f"the evaluation gate failed (exit code {rc}):\n{_tail(err)}\n(full log: {log_path})"
             )
-        result = json.loads(result_path.read_text())
+        written = records.read_evaluation_result(run_dir)
+        if written is None:
+            raise EvaluationFailed(f"the evaluation gate exited 0 but wrote no result (full log: {log_path})")
+        result = written.to_json()
         if echo:
             for ln in out.splitlines():
                 if ln.startswith("factory-eval:"):
@@ -142,7 +144,7 @@ def evaluate_and_push(
     timings["gate_subprocess_s"] = round(gate_s, 3)
     timings["stage_s"] = round(time.monotonic() - started, 3)
     write_report(result, Path(result["report"]["html"]))
-    write_json_atomic(result_path, result)
+    records.write_evaluation_result(run_dir, result)
     registry.log_evaluation(result, home=home)
     timings["registry_s"] = round(time.monotonic() - t, 3)
     return summary(result)
@@ -181,7 +183,7 @@ def plan_rollback(line: str, home: Path | None = None) -> dict[str, Any]:
     that would be served after it; raises :class:`RollbackError` if there is none."""
     from pipelines.evaluation import serving
 
-    base = paths.serving_base(line, home)
+    base = layout.serving_base(line, home)
     live = serving.live_versions(base)
     if len(live) < 2:
         raise RollbackError(
@@ -213,7 +215,7 @@ def rollback(
     args = [ROLLBACK_MODULE, "--line", line, "--reason", (reason or "").strip() or "rollback requested"]
     if expect_version is not None:
         args += ["--expect-version", str(expect_version)]
-    log_path = paths.tfx_root(line, home or factory_home()) / "rollback.log"
+    log_path = layout.tfx_root(line, home or factory_home()) / "rollback.log"
     rc, out, err = _run_ml(args, log_path, timeout_s, home)
     if rc == 2:
         raise RollbackError(_error_line(err) or _tail(err))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.catalog import ledger
-from pipelines.config import LinePaths, line_paths
+from pipelines.catalog.layout import LinePaths, line_paths
 from pipelines.specs import LineSpec
 
 if TYPE_CHECKING:

@@ -7,10 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pipelines.ingest import landing
-
 from pipelines.catalog import ledger
-from pipelines.config import REPO_ROOT, factory_home, gx_root, include_dir, line_paths
+from pipelines.catalog.layout import gx_root, line_paths
+from pipelines.config import REPO_ROOT, factory_home, include_dir
+from pipelines.ingest import landing
 from pipelines.specs import load_spec
 
 CLEANING_JOB = REPO_ROOT / "pipelines" / "cleaning" / "job.py"

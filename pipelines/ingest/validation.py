@@ -16,17 +16,17 @@ module stays cheap (DAG parsing imports it).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import math
 import os
 import warnings
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
+
+from pipelines.storage import exclusive_lock
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -119,7 +119,7 @@ def run_checkpoint(
     suite_dict = load_suite_dict(Path(suite_file))
     gx_dir.mkdir(parents=True, exist_ok=True)
     _quiet_gx()
-    with _locked(gx_dir / ".validation.lock"):
+    with exclusive_lock(gx_dir, ".validation.lock"):
         return _run(df, suite_dict, Path(suite_file), line=line, batch_id=batch_id, gx_dir=gx_dir)
 
 
@@ -302,16 +302,3 @@ def _url_path(url: str | None) -> str | None:
 def _quiet_gx() -> None:
     """No usage statistics and no progress bars from GX in task logs."""
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on ``path`` (POSIX), held for the block."""
-    import fcntl
-
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)

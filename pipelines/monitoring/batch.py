@@ -11,16 +11,15 @@ schedule.
 
 from __future__ import annotations
 
-import re
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines.catalog.layout import drift_report_paths
+from pipelines.monitoring.detection import score_batch
 from pipelines.monitoring.episodes import record_batch
-from pipelines.monitoring.files import drift_dir
 from pipelines.monitoring.profile import load_profile
 from pipelines.monitoring.report import write_html_report, write_json_report
-from pipelines.monitoring.detection import score_batch
 from pipelines.specs.drift import DriftSpec, drift_spec
 
 if TYPE_CHECKING:
@@ -33,12 +32,6 @@ def line_drift_spec(line: str) -> DriftSpec:
 
     section = load_spec(line).drift
     return drift_spec(section.model_dump() if hasattr(section, "model_dump") else section)
-
-
-def report_paths(line: str, batch_id: str, home: Path | None = None) -> tuple[Path, Path]:
-    safe = re.sub(r"[^A-Za-z0-9._=-]", "_", batch_id) or "batch"
-    folder = drift_dir(line, home) / "reports"
-    return folder / f"{safe}.json", folder / f"{safe}.html"
 
 
 def monitor_batch(
@@ -64,7 +57,7 @@ def monitor_batch(
     )
     report["profile"]["meta"].setdefault("line", line)
     report["profile"]["meta"]["model_version"] = version
-    json_path, html_path = report_paths(line, batch_id, home)
+    json_path, html_path = drift_report_paths(line, batch_id, home)
     write_json_report(report, json_path)
     write_html_report(report, html_path)
     record = record_batch(

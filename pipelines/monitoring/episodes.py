@@ -30,17 +30,16 @@ episode id of every batch.
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pipelines.monitoring.files import drift_dir, line_lock, write_json_atomic
-from pipelines.monitoring.history import append_unlocked, history_path
+from pipelines.catalog import records
+from pipelines.catalog.layout import drift_episodes_path
+from pipelines.catalog.records import RecordError
 from pipelines.specs.drift import RetrainPolicy
 
-STATE_FILE = "episodes.json"
 OPEN, RESOLVED, SUBSIDED = "open", "resolved", "subsided"
 PENDING, RUNNING = "pending", "running"
 BLESSED, NOT_BLESSED, FAILED, STALE = "blessed", "not_blessed", "failed", "stale"
@@ -294,22 +293,20 @@ def apply_outcome(
 
 
 def state_path(line: str, home: Path | None = None) -> Path:
-    return drift_dir(line, home) / STATE_FILE
+    return drift_episodes_path(line, home)
 
 
 def load_state(line: str, home: Path | None = None) -> dict[str, Any]:
     """The line's episode state (a fresh one when there is none yet)."""
-    path = state_path(line, home)
     try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return new_state(line)
-    except json.JSONDecodeError as err:
-        raise EpisodeError(f"drift episode state {path} is corrupt: {err}") from None
+        state = records.read_episodes(line, home)
+    except RecordError as err:
+        raise EpisodeError(f"drift episode state is corrupt: {err}") from None
+    return new_state(line) if state is None else state
 
 
 def _save(line: str, state: dict[str, Any], home: Path | None) -> None:
-    write_json_atomic(state_path(line, home), state, indent=1)
+    records.write_episodes(line, state, home)
 
 
 def batch_record(
@@ -370,13 +367,13 @@ def record_batch(
         html_path=html_path,
     )
     record["recorded_at"] = _iso(now)
-    with line_lock(line, home):
+    with records.drift_lock(line, home):
         state, episode_id = apply_batch(load_state(line, home), record, now, policy)
         record["episode_id"] = episode_id
         episode = find_episode(state, episode_id) if episode_id else None
         record["episode_status"] = episode["status"] if episode else None
         _save(line, state, home)
-        append_unlocked(history_path(line, home), record)
+        records.append_drift_record_unlocked(line, record, home)
     return record
 
 
@@ -395,7 +392,7 @@ def claim_retrain(
     now = _now(now)
     if not policy.enabled:
         return RetrainDecision(False, "drift retraining is switched off (drift.retrain.enabled: false)")
-    with line_lock(line, home):
+    with records.drift_lock(line, home):
         state = load_state(line, home)
         decision = should_retrain(
             state,
@@ -406,11 +403,10 @@ def claim_retrain(
         )
         if decision.retrain:
             _save(line, apply_claim(state, decision, run_id, now), home)
-            append_unlocked(
-                history_path(line, home),
-                {"kind": "retrain", "line": line, "event": PENDING, "episode_id": decision.episode_id,
+            records.append_drift_record_unlocked(line, {"kind": "retrain", "line": line, "event": PENDING, "episode_id": decision.episode_id,
                  "run_id": run_id, "at": _iso(now), "reason": decision.reason,
                  "stale_runs": list(decision.stale_runs)},
+                home,
             )
     return decision
 
@@ -420,12 +416,11 @@ def mark_retrain_running(
 ) -> None:
     """A claimed retrain has started (its training DAG run began)."""
     now = _now(now)
-    with line_lock(line, home):
+    with records.drift_lock(line, home):
         _save(line, apply_running(load_state(line, home), episode_id, run_id, now), home)
-        append_unlocked(
-            history_path(line, home),
-            {"kind": "retrain", "line": line, "event": RUNNING, "episode_id": episode_id, "run_id": run_id,
+        records.append_drift_record_unlocked(line, {"kind": "retrain", "line": line, "event": RUNNING, "episode_id": episode_id, "run_id": run_id,
              "at": _iso(now)},
+            home,
         )
 
 
@@ -442,13 +437,12 @@ def record_retrain_outcome(
     """Record how a drift retrain ended (``blessed``, ``not_blessed`` or ``failed``);
     returns the episode after the change."""
     now = _now(now)
-    with line_lock(line, home):
+    with records.drift_lock(line, home):
         state = apply_outcome(load_state(line, home), episode_id, run_id, outcome, now, model_version)
         _save(line, state, home)
         episode = find_episode(state, episode_id)
-        append_unlocked(
-            history_path(line, home),
-            {"kind": "retrain", "line": line, "event": outcome, "episode_id": episode_id, "run_id": run_id,
+        records.append_drift_record_unlocked(line, {"kind": "retrain", "line": line, "event": outcome, "episode_id": episode_id, "run_id": run_id,
              "at": _iso(now), "model_version": model_version, "episode_status": episode["status"]},
+            home,
         )
     return episode

@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 
 FORMAT = "factory-drift-profile"
 FORMAT_VERSION = 1
-PROFILE_FILE = "drift_profile.json"
 OTHER, MISSING = "__other__", "__missing__"
 SEED = 20261123
 SUMMARY_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -300,13 +299,14 @@ def build_profile_from_run(
     import pandas as pd
 
     run_dir = Path(run_dir)
-    manifest_path = run_dir / "manifest.json"
+    from pipelines.catalog.records import RecordError, read_manifest_data
+
     try:
-        manifest = json.loads(manifest_path.read_text())
-    except FileNotFoundError:
-        raise ProfileError(f"no training manifest at {manifest_path}") from None
-    except json.JSONDecodeError as err:
-        raise ProfileError(f"training manifest {manifest_path} is not valid JSON: {err}") from None
+        manifest = read_manifest_data(run_dir)
+    except RecordError as err:
+        raise ProfileError(f"training manifest: {err}") from None
+    if manifest is None:
+        raise ProfileError(f"no training manifest at {run_dir / 'manifest.json'}") from None
     shards = sorted((run_dir / "data" / "train").glob("part-*.parquet"))
     if not shards:
         raise ProfileError(f"no training shards under {run_dir / 'data' / 'train'}")
@@ -324,14 +324,13 @@ def build_profile_from_run(
 def save_profile(profile: dict[str, Any], path: Path) -> Path:
     """Write a profile as JSON, atomically (temp file and rename). ``path`` may be a
     model version's folder: the file is then ``<folder>/drift_profile.json``."""
-    from pipelines.monitoring.files import write_json_atomic
+    from pipelines.catalog.layout import drift_profile_path
+    from pipelines.storage import write_json_atomic
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / PROFILE_FILE
+    path = drift_profile_path(path)
     check_profile(profile, str(path))
     try:
-        write_json_atomic(path, profile)
+        write_json_atomic(path, profile, indent=None)
     except ValueError as err:  # NaN or infinity somewhere: the profile would not read back
         raise ProfileError(f"profile for {path} is not strict JSON: {err}") from None
     return path
@@ -340,9 +339,9 @@ def save_profile(profile: dict[str, Any], path: Path) -> Path:
 def load_profile(path: Path) -> dict[str, Any]:
     """Read and check a profile; raises :class:`ProfileError` when it is missing, not
     JSON, or not a profile this code can use. ``path`` may be the model's folder."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / PROFILE_FILE
+    from pipelines.catalog.layout import drift_profile_path
+
+    path = drift_profile_path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:

@@ -15,17 +15,15 @@
 
 from __future__ import annotations
 
-import json
 import subprocess
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog import ledger
-from pipelines.config import line_paths, ml_python
+from pipelines.catalog import layout, ledger, records
+from pipelines.catalog.layout import line_paths
+from pipelines.config import ml_python
 from pipelines.specs import load_spec
-
-PROFILE = "drift_profile.json"  # in <SavedModel>/assets.extra/
 
 
 class MonitorError(RuntimeError):
@@ -59,8 +57,10 @@ def write_reference_profile(run_dir: Path) -> Path:
     from pipelines.monitoring.profile import build_profile_from_run, save_profile
 
     run_dir = Path(run_dir)
-    manifest = json.loads((run_dir / "manifest.json").read_text())
-    model_dir = run_dir / "model" / "Format-Serving"
+    manifest = records.read_manifest_data(run_dir)
+    if manifest is None:
+        raise MonitorError(f"{run_dir}: no training manifest")
+    model_dir = layout.exported_model(run_dir)
     shards = sorted((run_dir / "data" / "train").glob("part-*.parquet"))
     scores = model_scores(model_dir, shards)
     import pandas as pd
@@ -89,13 +89,13 @@ def write_reference_profile(run_dir: Path) -> Path:
         "n": int(len(eval_labels)),
         "source": "held-out evaluation split",
     }
-    save_profile(profile, run_dir / PROFILE)
-    return save_profile(profile, model_dir / "assets.extra" / PROFILE)
+    save_profile(profile, layout.drift_profile_path(run_dir))
+    return save_profile(profile, layout.drift_profile_path(model_dir / "assets.extra"))
 
 
 def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | None:
     """The version TF Serving serves for ``line`` and its directory, or None."""
-    from pipelines.evaluation.paths import serving_base
+    from pipelines.catalog.layout import serving_base
     from pipelines.evaluation.serving import serving_version
 
     base = serving_base(line, home)
@@ -105,11 +105,9 @@ def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | Non
 
 def unscored_batches(line: str, home: Path | None = None) -> list[str]:
     """Validated batches not yet in the line's drift history, oldest first."""
-    from pipelines.monitoring.history import read_history
-
-    scored = {r.get("batch_id") for r in read_history(line, home, kind="batch")}
-    records = ledger.all_records(line_paths(line, home))
-    return [r["batch_id"] for r in records if r.get("status") == ledger.VALIDATED and r["batch_id"] not in scored]
+    scored = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch")}
+    batches = ledger.all_records(line_paths(line, home))
+    return [r["batch_id"] for r in batches if r.get("status") == ledger.VALIDATED and r["batch_id"] not in scored]
 
 
 def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path | None = None) -> dict[str, Any]:
@@ -122,7 +120,7 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     if served is None:
         return {"line": line, "status": "no_serving_model", "batches": []}
     version, model_dir = served
-    profile = model_dir / "assets.extra" / PROFILE
+    profile = layout.drift_profile_path(model_dir / "assets.extra")
     if not profile.exists():
         raise MonitorError(f"the serving model {line} v{version} has no reference profile ({profile})")
     spec = load_spec(line)
@@ -158,16 +156,16 @@ def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[s
     """Claim a retrain for the line's open drift episode if the policy allows one now
     (one per episode, after the cooldown); returns what the drift event carries: the
     episode, its batches and what drifted by how much. None when no retrain is due."""
-    from pipelines.monitoring.episodes import claim_retrain
-    from pipelines.monitoring.history import read_history
+    from pipelines.catalog.records import read_drift_history
     from pipelines.monitoring.batch import line_drift_spec
+    from pipelines.monitoring.episodes import claim_retrain
 
     decision = claim_retrain(line, run_id, policy=line_drift_spec(line).retrain, home=home)
     if not decision.retrain:
         return None
     event = decision.to_dict()
     drifted: dict[str, str] = {}
-    for record in read_history(line, home, kind="batch"):
+    for record in read_drift_history(line, home, kind="batch"):
         if record.get("episode_id") == decision.episode_id:
             for item in record.get("drifted_features") or []:
                 if isinstance(item, dict) and "feature" in item:

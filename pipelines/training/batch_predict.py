@@ -16,13 +16,14 @@ missing value, a model without the signature).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 
+from pipelines.catalog.layout import MODEL_INFO
+from pipelines.catalog.records import read_model_info
+
 CHUNK = 65536
-INFO = Path("assets.extra") / "factory_model.json"
 
 
 class ScoreError(ValueError):
@@ -30,10 +31,10 @@ class ScoreError(ValueError):
 
 
 def _features(model_dir: Path) -> list[dict]:
-    info = model_dir / INFO
-    if not info.is_file():
-        raise ScoreError(f"{model_dir}: not a factory model ({INFO} is missing)")
-    return json.loads(info.read_text())["features"]
+    info = read_model_info(model_dir)
+    if info is None:
+        raise ScoreError(f"{model_dir}: not a factory model ({MODEL_INFO} is missing)")
+    return info["features"]
 
 
 def score_files(model_dir: Path, inputs: list[Path]) -> list[float]:

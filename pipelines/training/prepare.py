@@ -17,19 +17,18 @@ row lands in the same split in every run, whatever else is in the window.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.catalog import ledger
-from pipelines.config import line_paths
+from pipelines.catalog.records import read_manifest_data, write_manifest
+from pipelines.catalog.layout import line_paths
 from pipelines.specs import LineSpec, TrainingSpec, load_spec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-MANIFEST = "manifest.json"
 SEED = 20261123
 
 
@@ -274,9 +273,13 @@ def prepare_run(
         "params": params.to_dict(),
         "model": model.model_dump(),
     }
-    ledger.write_json_atomic(run_dir / MANIFEST, manifest)
+    write_manifest(run_dir, manifest)
     return manifest
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    return json.loads((Path(run_dir) / MANIFEST).read_text())
+    """The run's manifest as written (:func:`pipelines.training.model.load_manifest` validates it)."""
+    manifest = read_manifest_data(Path(run_dir))
+    if manifest is None:
+        raise TrainingInputError(f"{run_dir}: no training manifest")
+    return manifest

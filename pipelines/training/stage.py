@@ -9,26 +9,20 @@ resumes, and its MLflow run continues.
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
-from pipelines.config import training_root
+from pipelines.catalog import layout, records
 from pipelines.specs import load_spec
 from pipelines.training import launch
-from pipelines.training.prepare import MANIFEST, prepare_run, read_manifest, resolve_params
-
-RESULT = "result.json"
-MLFLOW_RUN_FILE = "mlflow_run_id"
+from pipelines.training.prepare import prepare_run, read_manifest, resolve_params
 
 
 def run_folder(line: str, run_id: str, home: Path | None = None) -> Path:
-    """A file-system-safe folder name for an Airflow run id."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
-    return training_root(line, home) / safe
+    """The run folder of an Airflow run id."""
+    return layout.run_dir(line, run_id, home)
 
 
 def check_params(line: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
@@ -40,7 +34,7 @@ def prepare(line: str, run_id: str, overrides: dict[str, Any] | None = None, hom
     """Write the run's data and manifest (once per run: a retry keeps what the first
     try trained on, so its checkpoints stay valid)."""
     run_dir = run_folder(line, run_id, home)
-    if (run_dir / MANIFEST).exists():
+    if layout.manifest_path(run_dir).exists():
         manifest = read_manifest(run_dir)
     else:
         manifest = prepare_run(line, run_dir, overrides, home)
@@ -66,10 +60,9 @@ def train(
     manifest = read_manifest(run_dir)
     params = manifest["params"]
     spec = load_spec(line)
-    id_file = run_dir / MLFLOW_RUN_FILE
     c = tracking.client(home)
-    if id_file.exists():
-        mlflow_run = id_file.read_text().strip()
+    mlflow_run = records.read_mlflow_run_id(run_dir)
+    if mlflow_run:
         c.update_run(mlflow_run, status="RUNNING")
     else:
         mlflow_run = tracking.start_run(
@@ -88,7 +81,7 @@ def train(
             },
             home=home,
         )
-        id_file.write_text(mlflow_run)
+        records.write_mlflow_run_id(run_dir, mlflow_run)
     try:
         launch.run_workers(
             run_dir,
@@ -98,7 +91,10 @@ def train(
             env_extra=tracking.worker_env(mlflow_run, home),
             echo=echo,
         )
-        result = json.loads((run_dir / RESULT).read_text())
+        written = records.read_training_result(run_dir)
+        if written is None:
+            raise RuntimeError(f"the workers finished but wrote no result in {run_dir}")
+        result = written.to_json()
         # the reference the drift monitor compares new data with, inside the SavedModel
         from pipelines.monitoring.stage import write_reference_profile
 
@@ -108,7 +104,7 @@ def train(
     except Exception as err:
         tracking.finish_run(mlflow_run, status="FAILED", tags={"factory.error": str(err)[:4000]}, home=home)
         raise
-    model_dir = run_dir / "model" / "Format-Serving"
+    model_dir = layout.exported_model(run_dir)
     tracking.finish_run(
         mlflow_run,
         status="FINISHED",
@@ -121,8 +117,8 @@ def train(
         artifacts=[
             ("model", model_dir),
             ("tensorboard", run_dir / "tensorboard"),
-            ("training", run_dir / MANIFEST),
-            ("training", run_dir / RESULT),
+            ("training", layout.manifest_path(run_dir)),
+            ("training", layout.training_result_path(run_dir)),
         ],
         tags={"factory.resumed_from_epoch": str(result.get("resumed_from_epoch", 0))},
         home=home,

@@ -23,8 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.catalog import ledger
-from pipelines.config import LinePaths, line_paths
+from pipelines.catalog.layout import LinePaths, line_paths
 from pipelines.specs import LineSpec, load_spec
+from pipelines.storage import swap_directory
 
 
 class CleaningError(RuntimeError):
@@ -92,7 +93,12 @@ def read_batch(spark, path: str, fmt: str, spec: LineSpec):
 
 
 def _replace_dir(spark, staging: str, final: str) -> None:
-    """Swap a staged output into place through Hadoop's FileSystem (local, HDFS, S3A alike)."""
+    """Swap a staged output into place: on a local filesystem in one atomic exchange
+    (:func:`pipelines.storage.swap_directory`: a reader finds the old output or the new,
+    never none); elsewhere (HDFS, S3A) through Hadoop's FileSystem, delete then rename."""
+    if "://" not in final or final.startswith("file:"):
+        swap_directory(Path(staging.removeprefix("file:")), Path(final.removeprefix("file:")))
+        return
     jvm = spark._jvm
     conf = spark._jsc.hadoopConfiguration()
     final_path = jvm.org.apache.hadoop.fs.Path(final)

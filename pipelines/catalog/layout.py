@@ -1,0 +1,274 @@
+"""Where every record and dataset of the factory lives: the only module that builds these paths.
+
+Everything is under ``FACTORY_HOME`` (:func:`pipelines.config.factory_home`) unless a
+variable moves it (shared storage at scale):
+
+| what | path | variable |
+|---|---|---|
+| landed batches | ``<home>/landing/<line>/<batch>.<csv|parquet>`` | |
+| cleaned rows / quarantine | ``<home>/clean/<line>/batch=<id>/``, ``<home>/quarantine/<line>/batch=<id>/`` | |
+| batch ledger | ``<home>/state/<line>/<batch>.json`` | |
+| Great Expectations project | ``<home>/gx/`` (results, Data Docs) | |
+| training runs | ``<home>/training/<line>/<run>/``: ``manifest.json``, ``result.json``, ``mlflow_run_id``, ``model/`` | |
+| evaluations | ``<run>/evaluation/``: ``result.json``, ``report.html`` | |
+| TFX pipeline and ML Metadata | ``<home>/tfx/<line>/root``, ``metadata.db`` | ``FACTORY_TFX_ROOT``, ``FACTORY_MLMD_URI`` |
+| serving store | ``<store>/<line>/<version>/`` (TF Serving's layout), ``.retired/`` | ``FACTORY_SERVING_STORE`` |
+| drift | ``<home>/drift/<line>/``: ``history.jsonl``, ``episodes.json``, ``reports/`` | |
+
+Light: no import beyond the standard library and :mod:`pipelines.config`, so both
+environments and DAG files may import it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.config import factory_home
+
+# file names inside the folders above
+LOCK = ".lock"
+TRAINING_MANIFEST = "manifest.json"
+TRAINING_RESULT = "result.json"
+TRAINING_MLFLOW_RUN = "mlflow_run_id"
+TRAINING_MODEL = "model"  # <run>/model/Format-Serving: the exported SavedModel
+MODEL_INFO = "factory_model.json"  # <SavedModel>/assets.extra/
+EVALUATION_DIR = "evaluation"
+EVALUATION_RESULT = "result.json"
+EVALUATION_REPORT = "report.html"
+PUSH_INFO = "factory_push.json"  # <store>/<line>/<version>/assets.extra/
+RETIRED = ".retired"
+INCOMING_PREFIX = ".incoming-"
+DRIFT_HISTORY = "history.jsonl"
+DRIFT_EPISODES = "episodes.json"
+DRIFT_REPORTS = "reports"
+DRIFT_PROFILE = "drift_profile.json"
+GATE_LOCK = "gate.lock"
+
+
+def _home(home: Path | None) -> Path:
+    return Path(home) if home is not None else factory_home()
+
+
+@dataclass(frozen=True)
+class LinePaths:
+    """The data folders of one product line under a factory home."""
+
+    home: Path
+    line: str
+
+    @property
+    def landing(self) -> Path:
+        return self.home / "landing" / self.line
+
+    @property
+    def clean(self) -> Path:
+        return self.home / "clean" / self.line
+
+    @property
+    def quarantine(self) -> Path:
+        return self.home / "quarantine" / self.line
+
+    @property
+    def state(self) -> Path:
+        """The batch ledger's folder."""
+        return self.home / "state" / self.line
+
+    def clean_batch(self, batch_id: str) -> Path:
+        return self.clean / f"batch={batch_id}"
+
+    def quarantine_batch(self, batch_id: str) -> Path:
+        return self.quarantine / f"batch={batch_id}"
+
+    def ledger_record(self, batch_id: str) -> Path:
+        return self.state / f"{batch_id}.json"
+
+
+def line_paths(line: str, home: Path | None = None) -> LinePaths:
+    return LinePaths(_home(home), line)
+
+
+# ---------------------------------------------------------------- validation
+
+
+def gx_root(home: Path | None = None) -> Path:
+    """The Great Expectations project (stores and Data Docs)."""
+    return _home(home) / "gx"
+
+
+def data_docs_root(home: Path | None = None) -> Path:
+    """Where Great Expectations renders its Data Docs. A GX file context made with
+    ``project_root_dir=<home>/gx`` keeps its project in ``<home>/gx/gx/``."""
+    base = gx_root(home)
+    candidates = (base / "gx" / "uncommitted" / "data_docs", base / "uncommitted" / "data_docs")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+# ---------------------------------------------------------------- training
+
+
+def training_root(line: str, home: Path | None = None) -> Path:
+    """Where a line's training runs live: one folder per run (data, checkpoints, model)."""
+    return _home(home) / "training" / line
+
+
+def run_folder_name(run_id: str) -> str:
+    """A file-system-safe folder name for an Airflow run id."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
+
+
+def run_dir(line: str, run_id: str, home: Path | None = None) -> Path:
+    return training_root(line, home) / run_folder_name(run_id)
+
+
+def training_runs(line: str, home: Path | None = None) -> list[Path]:
+    """Every run folder of a line (unordered)."""
+    root = training_root(line, home)
+    if not root.is_dir():
+        return []
+    return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
+
+
+def manifest_path(run: Path) -> Path:
+    return Path(run) / TRAINING_MANIFEST
+
+
+def training_result_path(run: Path) -> Path:
+    return Path(run) / TRAINING_RESULT
+
+
+def mlflow_run_file(run: Path) -> Path:
+    return Path(run) / TRAINING_MLFLOW_RUN
+
+
+def exported_model(run: Path) -> Path:
+    """The run's SavedModel (TFX wants the ``Format-Serving`` folder name)."""
+    return Path(run) / TRAINING_MODEL / "Format-Serving"
+
+
+def model_info_path(saved_model: Path) -> Path:
+    return Path(saved_model) / "assets.extra" / MODEL_INFO
+
+
+def evaluation_dir(run: Path) -> Path:
+    return Path(run) / EVALUATION_DIR
+
+
+def evaluation_result_path(run: Path) -> Path:
+    return evaluation_dir(run) / EVALUATION_RESULT
+
+
+def evaluation_report_path(run: Path) -> Path:
+    return evaluation_dir(run) / EVALUATION_REPORT
+
+
+# ---------------------------------------------------------------- evaluation gate (TFX, ML Metadata)
+
+
+def tfx_root(line: str, home: Path | None = None) -> Path:
+    base = os.environ.get("FACTORY_TFX_ROOT")
+    return (Path(base) if base else _home(home) / "tfx") / line
+
+
+def pipeline_root(line: str, home: Path | None = None) -> Path:
+    return tfx_root(line, home) / "root"
+
+
+def sqlite_metadata_path(line: str, home: Path | None = None) -> Path:
+    return tfx_root(line, home) / "metadata.db"
+
+
+def mlmd_uri(line: str, home: Path | None = None) -> str:
+    """The ML Metadata store as a URI: ``FACTORY_MLMD_URI`` (one store for all lines, each
+    its own TFX pipeline) or the line's SQLite file."""
+    return os.environ.get("FACTORY_MLMD_URI") or f"sqlite:///{sqlite_metadata_path(line, home)}"
+
+
+def pipeline_name(line: str) -> str:
+    return f"factory_eval_{line}"
+
+
+def registered_model_name(line: str) -> str:
+    """The line's model in the MLflow registry."""
+    return f"factory.{line}"
+
+
+# ---------------------------------------------------------------- serving store
+
+
+def serving_store(home: Path | None = None) -> Path:
+    """The root TF Serving reads (``--model_base_path=<store>/<line>``)."""
+    store = os.environ.get("FACTORY_SERVING_STORE")
+    return Path(store) if store else _home(home) / "serving"
+
+
+def serving_base(line: str, home: Path | None = None) -> Path:
+    return serving_store(home) / line
+
+
+def push_info_path(version_dir: Path) -> Path:
+    return Path(version_dir) / "assets.extra" / PUSH_INFO
+
+
+def retired_dir(base: Path) -> Path:
+    return Path(base) / RETIRED
+
+
+def retired_info_path(base: Path, version: int) -> Path:
+    return retired_dir(base) / f"{version}.json"
+
+
+def int_dirs(path: Path) -> list[int]:
+    """The integer-named folders of ``path`` (TF Serving's versions), ascending."""
+    try:
+        return sorted(int(p.name) for p in Path(path).iterdir() if p.is_dir() and p.name.isdigit())
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------- drift
+
+
+def drift_dir(line: str, home: Path | None = None) -> Path:
+    """``<FACTORY_HOME>/drift/<line>``: the line's history, episode state and reports."""
+    return _home(home) / "drift" / line
+
+
+def drift_history_path(line: str, home: Path | None = None) -> Path:
+    return drift_dir(line, home) / DRIFT_HISTORY
+
+
+def drift_episodes_path(line: str, home: Path | None = None) -> Path:
+    return drift_dir(line, home) / DRIFT_EPISODES
+
+
+def drift_reports_dir(line: str, home: Path | None = None) -> Path:
+    return drift_dir(line, home) / DRIFT_REPORTS
+
+
+def drift_report_paths(line: str, batch_id: str, home: Path | None = None) -> tuple[Path, Path]:
+    """The JSON and HTML drift report of one scored batch."""
+    safe = re.sub(r"[^A-Za-z0-9._=-]", "_", batch_id) or "batch"
+    folder = drift_reports_dir(line, home)
+    return folder / f"{safe}.json", folder / f"{safe}.html"
+
+
+def drift_profile_path(folder: Path) -> Path:
+    """The reference profile kept beside a model (a run's model folder or a served version)."""
+    folder = Path(folder)
+    return folder if folder.suffix == ".json" else folder / DRIFT_PROFILE
+
+
+# ---------------------------------------------------------------- all lines
+
+
+def lines_with_records(home: Path | None = None) -> list[str]:
+    """Lines that have any record under this home or in the serving store."""
+    home = _home(home)
+    names: set[str] = set()
+    for root in (home / "state", home / "training", home / "drift", serving_store(home)):
+        if root.is_dir():
+            names.update(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    return sorted(names)

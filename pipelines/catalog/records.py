@@ -1,0 +1,415 @@
+"""The factory's records as typed models, with the one reader (and writer) of each.
+
+Each model names the fields that readers rely on and keeps every other field its writer
+wrote (``extra="allow"``), so a record read and written back loses nothing. Fields are
+optional where a stage that has not run yet, or an older record, may lack them: a
+reader gets ``None`` rather than an exception. Records also answer ``record["field"]``
+and ``record.get("field")`` like the JSON objects they are stored as.
+
+| record | model | writer | reader |
+|---|---|---|---|
+| batch ledger | :class:`BatchRecord` | :func:`pipelines.catalog.ledger.update` | :func:`pipelines.catalog.ledger.read`, ``all_records`` |
+| training result | :class:`TrainingResult` | :func:`write_training_result` (rank 0 of the workers) | :func:`read_training_result` |
+| training manifest | (:class:`pipelines.training.model.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
+| MLflow run of a training run | ``mlflow_run_id`` text | :func:`write_mlflow_run_id` | :func:`read_mlflow_run_id` |
+| evaluation result | :class:`EvaluationResult` | :func:`write_evaluation_result` (the gate) | :func:`read_evaluation_result` |
+| push | :class:`PushInfo` | :func:`pipelines.evaluation.serving.publish` | :func:`read_push_info` |
+| retirement (rollback) | :class:`RetiredInfo` | :func:`pipelines.evaluation.serving.retire_latest` | :func:`read_retired_info` |
+| drift history | :class:`DriftRecord` | :func:`append_drift_record` | :func:`read_drift_history` |
+| drift episodes | a dict (:mod:`pipelines.monitoring.episodes` owns its shape) | :func:`write_episodes` | :func:`read_episodes` |
+| drift report | a dict (:mod:`pipelines.monitoring.detection`) | :func:`write_drift_report` | :func:`read_drift_report` |
+| the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from pipelines import storage
+from pipelines.catalog import layout
+
+
+class RecordError(ValueError):
+    """A record's file exists but cannot be read (malformed JSON or a wrong shape)."""
+
+
+class Record(BaseModel):
+    """A stored JSON object: typed where readers depend on it, everything else kept."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    def __getitem__(self, key: str) -> Any:
+        if key in self.model_fields_set or key in type(self).model_fields or key in (self.model_extra or {}):
+            return getattr(self, key)
+        raise KeyError(key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        value = getattr(self, key, default)
+        return default if value is None else value
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and getattr(self, key, None) is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """The record as its JSON object (fields that were never set are left out)."""
+        return self.model_dump(mode="json", exclude_unset=True)
+
+
+def _load(path: Path, model: type[Record] | None = None) -> Any:
+    """A record file as ``model`` (or plain JSON), None when the file is absent."""
+    try:
+        data = storage.read_json(path)
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise RecordError(f"{path}: not valid JSON: {err}") from None
+    if data is None or model is None:
+        return data
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: expected a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise RecordError(f"{path}: {err.errors()[0]['loc']}: {err.errors()[0]['msg']}") from None
+
+
+# ---------------------------------------------------------------- batch ledger
+
+
+class CleaningSummary(Record):
+    rows_in: int | None = None
+    rows_clean: int | None = None
+    rows_quarantined: int | None = None
+    duplicates_removed: int | None = None
+    quarantine_reasons: dict[str, int] = {}
+    seconds: float | None = None
+
+
+class ValidationSummary(Record):
+    success: bool | None = None
+    evaluated: int | None = None
+    successful: int | None = None
+    failed: list[Any] = []
+    data_docs: str | None = None
+
+
+class BatchRecord(Record):
+    line: str | None = None
+    batch_id: str
+    status: str | None = None
+    landed_at: str | None = None
+    updated_at: str | None = None
+    events: list[dict[str, Any]] = []
+    cleaning: CleaningSummary | None = None
+    validation: ValidationSummary | None = None
+    error: str | None = None
+    failed_stage: str | None = None
+
+
+# ---------------------------------------------------------------- training
+
+
+class TrainingResult(Record):
+    epochs_run: int | None = None
+    resumed_from_epoch: int | None = None
+    best_epoch: int | None = None
+    stopped_early: bool | None = None
+    history: list[dict[str, Any]] = []
+    val_auc: float | None = None
+    val_loss: float | None = None
+    samples_per_s: float | None = None
+    workers: int | None = None
+    weights_sha256: str | None = None
+    finished_at: str | None = None
+
+
+def write_training_result(run: Path, result: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(layout.training_result_path(run), TrainingResult.model_validate(result).to_json())
+
+
+def read_training_result(run: Path) -> TrainingResult | None:
+    return _load(layout.training_result_path(run), TrainingResult)
+
+
+def write_manifest(run: Path, manifest: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(layout.manifest_path(run), manifest)
+
+
+def read_manifest_data(run: Path) -> dict[str, Any] | None:
+    """The manifest as its JSON object (:func:`pipelines.training.model.load_manifest` validates it)."""
+    return _load(layout.manifest_path(run))
+
+
+def write_mlflow_run_id(run: Path, run_id: str) -> Path:
+    return storage.write_text_atomic(layout.mlflow_run_file(run), run_id + "\n")
+
+
+def read_mlflow_run_id(run: Path) -> str | None:
+    try:
+        return layout.mlflow_run_file(run).read_text().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+class EvaluationResult(Record):
+    line: str | None = None
+    training_run: str | None = None
+    run_dir: str | None = None
+    mlflow_run_id: str | None = None
+    blessing: str | None = None  # BLESSED / NOT_BLESSED / FORCED
+    why: str | None = None
+    force_bless_reason: str | None = None
+    pushed: bool | None = None
+    serving: dict[str, Any] | None = None  # {"version", "path", "base"} when pushed
+    overall: dict[str, float | None] = {}
+    registry: dict[str, Any] | None = None
+    reused: bool | None = None
+
+    @property
+    def serving_version(self) -> int | None:
+        version = (self.serving or {}).get("version")
+        return int(version) if version is not None else None
+
+
+def write_evaluation_result(run: Path, result: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(layout.evaluation_result_path(run), EvaluationResult.model_validate(result).to_json())
+
+
+def read_evaluation_result(run: Path) -> EvaluationResult | None:
+    return _load(layout.evaluation_result_path(run), EvaluationResult)
+
+
+# ---------------------------------------------------------------- serving store
+
+
+class PushInfo(Record):
+    version: int | None = None
+    pushed_at: str | None = None
+    blessing: str | None = None
+    line: str | None = None
+    run_dir: str | None = None
+    training_run: str | None = None
+    mlflow_run_id: str | None = None
+
+
+class RetiredInfo(Record):
+    version: int
+    retired_at: str | None = None
+    reason: str | None = None
+    now_serving: int | None = None
+
+
+def read_push_info(version_dir: Path) -> PushInfo | None:
+    return _load(layout.push_info_path(version_dir), PushInfo)
+
+
+def read_retired_info(base: Path, version: int) -> RetiredInfo | None:
+    return _load(layout.retired_info_path(base, version), RetiredInfo)
+
+
+def read_model_info(saved_model: Path) -> dict[str, Any] | None:
+    """``assets.extra/factory_model.json`` of an exported model (features, metrics)."""
+    return _load(layout.model_info_path(saved_model))
+
+
+class ServingVersion(Record):
+    """One version in a line's serving store, live or retired."""
+
+    version: int
+    path: str
+    retired: bool = False
+    in_serving: bool = False
+    push: PushInfo | None = None
+    retirement: RetiredInfo | None = None
+
+    @property
+    def training_run(self) -> str | None:
+        push = self.push
+        if push is None:
+            return None
+        if push.training_run:
+            return push.training_run
+        return Path(push.run_dir).name if push.run_dir else None
+
+
+def serving_versions(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[ServingVersion]:
+    """Every version of a line's serving store, newest first; the highest live one is in
+    serving (TF Serving's rule). Unreadable push files are named in ``errors``."""
+    base = layout.serving_base(line, home)
+    live = layout.int_dirs(base)
+    out = []
+    for folder, retired, versions in ((base, False, live), (layout.retired_dir(base), True, layout.int_dirs(layout.retired_dir(base)))):
+        for version in versions:
+            path = folder / str(version)
+            sv = ServingVersion(version=version, path=str(path), retired=retired,
+                                in_serving=not retired and version == live[-1])
+            try:
+                sv.push = read_push_info(path)
+                sv.retirement = read_retired_info(base, version) if retired else None
+            except RecordError as err:
+                if errors is None:
+                    raise
+                errors.append(str(err))
+            out.append(sv)
+    return sorted(out, key=lambda s: s.version, reverse=True)
+
+
+# ---------------------------------------------------------------- training runs, together
+
+
+class TrainingRun(Record):
+    """A run folder and what became of it: manifest, result, evaluation."""
+
+    run: str
+    path: str
+    started: float  # the manifest's mtime (the run's first record)
+    manifest: dict[str, Any] | None = None
+    result: TrainingResult | None = None
+    result_mtime: float | None = None
+    mlflow_run_id: str | None = None
+    evaluation: EvaluationResult | None = None
+    evaluation_mtime: float | None = None
+    has_report: bool = False
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def training_runs(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[TrainingRun]:
+    """Every training run of a line, newest first. With ``errors``, a record that cannot be
+    read is named there and left out of its run; without, it raises :class:`RecordError`."""
+    out = []
+    for folder in layout.training_runs(line, home):
+        started = _mtime(layout.manifest_path(folder)) or _mtime(layout.training_result_path(folder)) or _mtime(folder)
+        run = TrainingRun(run=folder.name, path=str(folder), started=started or 0.0,
+                          mlflow_run_id=read_mlflow_run_id(folder),
+                          has_report=layout.evaluation_report_path(folder).is_file())
+        for attr, reader in (("manifest", read_manifest_data), ("result", read_training_result),
+                             ("evaluation", read_evaluation_result)):
+            try:
+                setattr(run, attr, reader(folder))
+            except RecordError as err:
+                if errors is None:
+                    raise
+                errors.append(str(err))
+        run.result_mtime = _mtime(layout.training_result_path(folder)) if run.result else None
+        run.evaluation_mtime = _mtime(layout.evaluation_result_path(folder)) if run.evaluation else None
+        out.append(run)
+    return sorted(out, key=lambda r: r.started, reverse=True)
+
+
+# ---------------------------------------------------------------- drift
+
+
+class DriftHistoryError(RecordError):
+    """The drift history is damaged (a record in the middle is not valid JSON)."""
+
+
+class DriftRecord(Record):
+    kind: str = "batch"  # "batch" (a scored batch) or "retrain" (a retrain claimed or finished)
+    line: str | None = None
+    batch_id: str | None = None
+    scored_at: str | None = None
+    recorded_at: str | None = None
+    model_version: str | int | None = None
+    drifted: bool | None = None
+    drifted_features: list[Any] = []
+    max_psi: dict[str, Any] | None = None
+    auc: float | None = None
+    report_path: str | None = None
+    html_path: str | None = None
+    episode_id: str | None = None
+    episode_status: str | None = None
+    event: str | None = None
+    run_id: str | None = None
+
+
+def append_drift_record_unlocked(line: str, record: dict[str, Any], home: Path | None = None) -> dict[str, Any]:
+    """Append one record to the line's history; the caller holds :func:`drift_lock`."""
+    storage.append_line(layout.drift_history_path(line, home), storage.dumps(record, indent=None))
+    return record
+
+
+def drift_lock(line: str, home: Path | None = None):
+    """The line's drift lock (history appends and episode state)."""
+    return storage.exclusive_lock(layout.drift_dir(line, home))
+
+
+def append_drift_record(line: str, record: dict[str, Any], home: Path | None = None) -> dict[str, Any]:
+    with drift_lock(line, home):
+        return append_drift_record_unlocked(line, record, home)
+
+
+def read_drift_history(line: str, home: Path | None = None, kind: str | None = None,
+                       skipped: list[str] | None = None) -> list[DriftRecord]:
+    """The line's history, oldest first (``kind``: only ``"batch"`` or ``"retrain"``).
+
+    A record cut short by a writer that died mid-append is skipped. Any other bad line
+    raises :class:`DriftHistoryError`, or, with ``skipped``, is named there and passed
+    over (what a view or an exporter wants: show the rest)."""
+    path = layout.drift_history_path(line, home)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return []
+    lines = text.split("\n")
+    records = []
+    for i, raw in enumerate(lines):
+        if not raw.strip():
+            continue
+        try:
+            data = json.loads(raw)
+            record = DriftRecord.model_validate(data)
+        except (ValueError, ValidationError) as err:
+            if i == len(lines) - 1 or (raw.startswith("{") and not raw.rstrip().endswith("}")):
+                continue  # an append in progress, or one a crash cut short
+            message = f"{path}: line {i + 1} is not a JSON record: {err}"
+            if skipped is None:
+                raise DriftHistoryError(message) from None
+            skipped.append(message)
+            continue
+        if kind is None or record.kind == kind:
+            records.append(record)
+    return records
+
+
+def read_episodes(line: str, home: Path | None = None) -> dict[str, Any] | None:
+    return _load(layout.drift_episodes_path(line, home))
+
+
+def write_episodes(line: str, state: dict[str, Any], home: Path | None = None) -> Path:
+    """The caller holds :func:`drift_lock`."""
+    return storage.write_json_atomic(layout.drift_episodes_path(line, home), state, indent=1)
+
+
+def write_drift_report(path: Path, report: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(path, report, indent=1)
+
+
+def read_drift_report(record: DriftRecord, line: str, home: Path | None = None) -> dict[str, Any] | None:
+    """The JSON report a history record names: at its recorded path when that is inside
+    the line's reports folder, else by name in this home's reports folder (a home moved
+    to another machine)."""
+    if not record.report_path:
+        return None
+    folder = layout.drift_reports_dir(line, home)
+    recorded = Path(record.report_path)
+    path = recorded if recorded.parent.resolve() == folder.resolve() else folder / recorded.name
+    return _load(path)
+
+
+def drift_report_html(record: DriftRecord, line: str, home: Path | None = None) -> Path | None:
+    """The HTML report a history record names, when it exists in the line's reports folder."""
+    if not record.html_path:
+        return None
+    path = layout.drift_reports_dir(line, home) / Path(record.html_path).name
+    return path if path.suffix == ".html" and path.is_file() else None

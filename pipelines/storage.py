@@ -1,0 +1,167 @@
+"""The factory's storage toolkit: one lock, atomic writes, an atomic directory swap.
+
+Every file the factory keeps is written through these, so a reader sees the old content
+or the new, never a part, and two processes that change the same record take turns.
+
+- :func:`exclusive_lock`: an ``flock`` on a lock file, held for the ``with`` block. A lock
+  dies with its process (the kernel releases it), so a killed task never leaves a line
+  locked.
+- :func:`write_text_atomic` / :func:`write_json_atomic`: a temp file in the same folder,
+  fsync, rename. JSON is strict: a NaN or an infinity is a :class:`ValueError` at write
+  time, never invalid JSON in a file that other tools (Prometheus, a browser, ``jq``) read.
+  A writer whose value can be missing writes ``null`` for it, on purpose.
+- :func:`append_line`: one whole line appended to a log (``O_APPEND``, one ``write``, fsync);
+  a fragment left by a writer that died mid-line stays on a line of its own.
+- :func:`swap_directory`: puts a staged directory in the place of another with one
+  ``renameat2(RENAME_EXCHANGE)``, so a reader finds the old tree or the new one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, name: str = LOCK_FILE) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``<folder>/<name>`` (created if missing); yields ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / name, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield folder
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename inside ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and folder below ``root`` (before it is renamed into sight)."""
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            fd = os.open(os.path.join(dirpath, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(dirpath))
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` so that readers see the old or the new content, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def dumps(data: Any, indent: int | None = 2) -> str:
+    """The factory's JSON: sorted keys, strict numbers (NaN/infinity raise ValueError)."""
+    return json.dumps(data, indent=indent, sort_keys=True, allow_nan=False, default=str)
+
+
+def write_json_atomic(path: Path, data: Any, indent: int | None = 2) -> Path:
+    """:func:`dumps` then :func:`write_text_atomic`. ``indent=None`` for large files
+    (profiles hold thousands of sample values)."""
+    return write_text_atomic(path, dumps(data, indent) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file, or None when it does not exist (a malformed one raises ValueError)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def append_line(path: Path, text: str) -> None:
+    """Append ``text`` as one line; the caller holds the log's lock."""
+    data = (text.rstrip("\n") + "\n").encode()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size and os.pread(fd, 1, size - 1) != b"\n":
+            data = b"\n" + data  # a writer died mid-line: keep that fragment on its own line
+        written = os.write(fd, data)
+        if written != len(data):  # only on a full disk or similar; never leave half a line
+            raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths atomically with ``renameat2(RENAME_EXCHANGE)``; False where the
+    kernel, libc or filesystem cannot (the caller falls back to two renames)."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (22, 38, 95):  # EINVAL, ENOSYS, EOPNOTSUPP: not supported here
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_directory(staged: Path, final: Path) -> None:
+    """Put ``staged`` (a complete tree) at ``final``, replacing what was there.
+
+    With an existing ``final`` the two are exchanged in one system call and the old tree
+    is removed afterwards; a reader sees the whole old tree or the whole new one. Where
+    the filesystem cannot exchange, the old tree is renamed aside first (a short window
+    without ``final``, never a mixed tree). ``staged`` must be on the same filesystem.
+    """
+    staged, final = Path(staged), Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if not final.exists():
+        os.rename(staged, final)
+        fsync_dir(final.parent)
+        return
+    if _exchange(staged, final):
+        shutil.rmtree(staged, ignore_errors=True)  # now holds the old tree
+    else:
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.rename(final, old)
+        os.rename(staged, final)
+        shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(final.parent)
