@@ -54,16 +54,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-# Measure the pipelines of this checkout, whichever one the environment installed.
+from bench.machine import describe, host
+from pipelines.ingest import landing
+from pipelines.ingest.sources import load_source
+from pipelines.ingest.stage import CLEANING_JOB, cleaning_args
+from pipelines.specs import FieldSpec, LineSpec, load_spec
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-
-from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
-
-from pipelines import landing  # noqa: E402
-from pipelines.ingest.sources import load_source  # noqa: E402
-from pipelines.ingest.stage import CLEANING_JOB, cleaning_args  # noqa: E402
-from pipelines.specs import FieldSpec, LineSpec, load_spec  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 SEED = 20260523
@@ -466,8 +463,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown engine(s) {unknown}")
 
-    import clean_duckdb
-    import clean_pandas
+    from bench import clean_duckdb, clean_pandas
 
     spec = load_spec(args.line)
     info = machine()

@@ -36,7 +36,6 @@ import argparse
 import json
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -47,14 +46,12 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from bench.machine import describe, host
+from bench.realdata import employment_frame
 from pipelines.config import REPO_ROOT, ml_python
 from pipelines.monitoring.detection import score_batch
 from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
-
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-from machine import describe, host  # noqa: E402
-from realdata import employment_frame  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DATA = RESULTS / "data"

@@ -3,7 +3,7 @@
     .venv/airflow/bin/python bench/drift_demo.py [--shift-rows 20000] [--bootstrap 1000] [--keep]
 
 Everything runs in a fresh temporary ``FACTORY_HOME`` with the factory's own code: batches
-are landed as validated batches (``tests/realdata.make_validated_batch``), models are
+are landed as validated batches (``bench/realdata.make_validated_batch``), models are
 trained by ``pipelines.training.prepare.prepare_run`` and the Horovod workers
 (``pipelines.training.launch.run_workers``, 2 Gloo ranks, the spec's settings), each base
 model's reference profile is written by ``pipelines.monitoring.stage.write_reference_profile``,
@@ -61,27 +61,27 @@ from typing import Any
 # A fresh factory home before any pipelines module reads the environment.
 HOME = Path(tempfile.mkdtemp(prefix="factory-drift-demo-"))
 os.environ["FACTORY_HOME"] = str(HOME)
+# ruff: noqa: E402 - the imports below must see that home
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
-from scipy import stats  # noqa: E402
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+from scipy import stats
 
-from pipelines.config import REPO_ROOT, training_root  # noqa: E402
-from pipelines.monitoring.batch import line_drift_spec, monitor_batch  # noqa: E402
-from pipelines.monitoring.episodes import claim_retrain  # noqa: E402
-from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile  # noqa: E402
-from pipelines.monitoring.stage import model_scores, write_reference_profile  # noqa: E402
-from pipelines.monitoring.statistics import roc_auc  # noqa: E402
-from pipelines.specs import load_spec  # noqa: E402
-from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
-from pipelines.training.launch import run_workers  # noqa: E402
-from pipelines.training.prepare import prepare_run, split_bucket  # noqa: E402
-
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-from machine import describe, host  # noqa: E402
-from realdata import employment_frame, lending_club_frame, make_validated_batch  # noqa: E402
+from bench.machine import describe, host
+from bench.realdata import employment_frame, lending_club_frame, make_validated_batch
+from pipelines.catalog.layout import training_root
+from pipelines.config import REPO_ROOT
+from pipelines.monitoring.batch import line_drift_spec, monitor_batch
+from pipelines.monitoring.episodes import claim_retrain
+from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile
+from pipelines.monitoring.stage import model_scores, write_reference_profile
+from pipelines.monitoring.statistics import roc_auc
+from pipelines.specs import load_spec
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE
+from pipelines.training.launch import run_workers
+from pipelines.training.prepare import prepare_run, split_bucket
 
 RESULTS = REPO_ROOT / "bench" / "results" / "drift_demo.json"
 SEED = 20261123

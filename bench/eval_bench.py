@@ -36,9 +36,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import host
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from machine import host  # noqa: E402  (bench/ is this script's folder)
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 RESULTS = REPO / "bench" / "results"
@@ -54,9 +54,8 @@ BENCH_EVALUATION = {
 
 PREPARE = r"""
 import sys
-sys.path.insert(0, sys.argv[1] + "/tests")
 from pathlib import Path
-from realdata import employment_frame, make_validated_batch
+from bench.realdata import employment_frame, make_validated_batch
 from pipelines.training.prepare import prepare_run
 home, run, rows = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
 make_validated_batch(home, "employment", "y2015", employment_frame(2015).head(rows))

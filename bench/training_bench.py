@@ -4,7 +4,7 @@
 
 Runs in the orchestration environment and starts everything TensorFlow in the ML environment
 (``.venv/ml``) as subprocesses, the way the training stage does. Data: the real lines from
-``tests/realdata.py``, written as validated batches (one per employment survey year, one per
+``bench/realdata.py``, written as validated batches (one per employment survey year, one per
 credit slice) into a temporary ``FACTORY_HOME``; run folders are made by the training stage's
 own ``prepare_run``.
 
@@ -55,10 +55,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench.machine import describe, host
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-from machine import describe, host  # noqa: E402  (bench/ is this script's folder)
 
 RESULTS = REPO / "bench" / "results"
 ML_BIN = REPO / ".venv" / "ml" / "bin"
@@ -109,7 +108,7 @@ def machine() -> dict[str, Any]:
 
 def write_batches(home: Path) -> dict[str, list[str]]:
     """All real rows as validated batches: one per employment year, one per credit slice."""
-    from realdata import (
+    from bench.realdata import (
         CREDIT_RISK_SLICES,
         EMPLOYMENT_YEARS,
         employment_frame,
@@ -129,7 +128,7 @@ def write_batches(home: Path) -> dict[str, list[str]]:
 
 def write_sampled_employment(home: Path, rows: int, seed: int = 7) -> None:
     """A sample of ``rows`` employment rows (same share from each year), one batch per year."""
-    from realdata import EMPLOYMENT_YEARS, employment_frame, make_validated_batch
+    from bench.realdata import EMPLOYMENT_YEARS, employment_frame, make_validated_batch
 
     full = employment_frame()
     sample = full.sample(n=rows, random_state=seed) if rows < len(full) else full
@@ -148,8 +147,8 @@ def write_throughput_batches(
     """Employment rows picked by the stage's own split hash so that ``prepare_run`` yields
     exactly ``train_rows`` training rows; one batch per year."""
     import numpy as np
-    from realdata import EMPLOYMENT_YEARS, employment_frame, make_validated_batch
 
+    from bench.realdata import EMPLOYMENT_YEARS, employment_frame, make_validated_batch
     from pipelines.specs import load_spec
     from pipelines.training.prepare import split_bucket
 
@@ -852,7 +851,7 @@ def quality(work: Path, args, deadline: float) -> dict[str, Any]:
 
     home = work / "home-quality"
     if args.employment_rows:
-        from realdata import CREDIT_RISK_SLICES, lending_club_frame, make_validated_batch
+        from bench.realdata import CREDIT_RISK_SLICES, lending_club_frame, make_validated_batch
 
         write_sampled_employment(home, args.employment_rows)
         for i in range(1, CREDIT_RISK_SLICES + 1):

@@ -27,8 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import training_bench as tb  # noqa: E402
+from bench import training_bench as tb
 
 
 def render(report: dict[str, Any]) -> None:
@@ -67,10 +66,10 @@ def main() -> int:
 
     import numpy as np
     import pandas as pd
-    from realdata import CREDIT_RISK_SLICES, lending_club_frame, make_validated_batch
     from sklearn.metrics import roc_auc_score
 
     import pipelines.training.prepare as prep
+    from bench.realdata import CREDIT_RISK_SLICES, lending_club_frame, make_validated_batch
 
     trials = tb.TRIALS[args.line]
     if args.settings:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from realdata import employment_frame, lending_club_frame
+from bench.realdata import employment_frame, lending_club_frame
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 from sklearn.metrics import roc_auc_score

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from realdata import lending_club_frame, make_validated_batch
+from bench.realdata import lending_club_frame, make_validated_batch
 from sklearn.metrics import roc_auc_score
 
 from pipelines.catalog.layout import DRIFT_PROFILE as PROFILE_FILE

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from realdata import employment_frame, lending_club_frame
+from bench.realdata import employment_frame, lending_club_frame
 
 from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.monitoring.detection import score_batch

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from realdata import employment_frame, make_validated_batch
+from bench.realdata import employment_frame, make_validated_batch
 
 from pipelines import tracking
 from pipelines.catalog import layout

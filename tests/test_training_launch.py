@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from realdata import lending_club_frame, make_validated_batch
+from bench.realdata import lending_club_frame, make_validated_batch
 
 from pipelines.config import ml_python
 from pipelines.training import launch

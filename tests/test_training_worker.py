@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from realdata import lending_club_frame
+from bench.realdata import lending_club_frame
 
 from pipelines.config import REPO_ROOT
 from pipelines.specs import load_spec

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from realdata import employment_frame, lending_club_frame
+from bench.realdata import employment_frame, lending_club_frame
 
 from pipelines.config import include_dir
 from pipelines.ingest.validation import load_suite_dict, run_checkpoint

