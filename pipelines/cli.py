@@ -10,6 +10,9 @@
     factory start | stop                the Airflow runtime (API server + UI, scheduler, ...)
     factory trigger DAG [--conf JSON]   trigger a DAG through the REST API
     factory rollback LINE               serve the previous model version again
+
+One module for one command: the sub-commands share their argument parser, the output
+helpers and the follow-the-runs loop of ``factory run``, which is what makes it long.
 """
 
 from __future__ import annotations

@@ -62,6 +62,9 @@ Bad input
 - Unparseable values in a numeric column count as missing (the ``__missing__`` bucket).
 - A profile that is missing or corrupt fails in :func:`pipelines.monitoring.profile.load_profile`
   with :class:`~pipelines.monitoring.profile.ProfileError`.
+
+Its length is this documentation and one function per kind of evidence (features, score,
+labels) that the verdict combines; the rule reads best in one place.
 """
 
 from __future__ import annotations

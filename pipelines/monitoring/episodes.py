@@ -23,8 +23,11 @@ The logic is pure functions of a state dict (:func:`apply_batch`, :func:`should_
 lives in ``<FACTORY_HOME>/drift/<line>/episodes.json``; the wrappers
 (:func:`record_batch`, :func:`claim_retrain`, :func:`mark_retrain_running`,
 :func:`record_retrain_outcome`) read-modify-write it under the line's lock and append
-the matching record to the history (:mod:`pipelines.monitoring.history`), which carries the
-episode id of every batch.
+the matching record to the drift history (:mod:`pipelines.catalog.records`), which
+carries the episode id of every batch.
+
+Longer than most modules on purpose: the state machine and the four locked transitions
+that apply it are one unit; apart, a transition would drift from the rule it applies.
 """
 
 from __future__ import annotations
