@@ -49,12 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     import tensorflow as tf
     import tf_keras as keras
 
+    from pipelines.training.manifest import load_manifest
     from pipelines.training.model import (
         build_core,
         build_preprocessor,
         frame_to_features,
         frame_to_labels,
-        load_manifest,
         roc_auc,
     )
 

@@ -7,17 +7,19 @@ to 1e-6 relative against ``ks_2samp(method="asymp")``, the method the factory us
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import pytest
-from bench.realdata import employment_frame, lending_club_frame
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import chi2_contingency, ks_2samp
 from sklearn.metrics import roc_auc_score
 
+from bench.realdata import employment_frame, lending_club_frame
 from pipelines.monitoring import statistics as metrics
-from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.monitoring.detection import score_batch
+from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
 
 TOL = 1e-9
@@ -147,3 +149,28 @@ def test_auc_matches_sklearn_with_ties():
     s = np.round(rng.random(3000) + 0.3 * y, 1)  # coarse scores: many ties
     assert metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=TOL)
     assert metrics.roc_auc(np.zeros(5), np.arange(5)) is None
+
+
+def test_auc_at_the_edges():
+    y = np.array([0, 1, 0, 1])
+    assert metrics.roc_auc([], []) is None
+    assert metrics.roc_auc(np.ones(3), np.arange(3)) is None
+    assert metrics.roc_auc([1, 2, 2], [0.1, 0.2, 0.3]) is None  # labels are truthy or not: one class
+    assert metrics.roc_auc([0, 2, 0, 2], [0.1, 0.9, 0.4, 0.3]) == pytest.approx(0.75)
+    assert math.isnan(metrics.roc_auc(y, [0.1, np.nan, 0.4, 0.3]))
+    # infinite scores keep their place in the order (scikit-learn refuses them as such)
+    assert metrics.roc_auc(y, [-np.inf, np.inf, 0.4, 0.3]) == pytest.approx(0.75)
+    assert metrics.roc_auc(y, [np.inf, np.inf, 0.4, 0.3]) == pytest.approx(roc_auc_score(y, [9, 9, 0.4, 0.3]))
+    assert metrics.roc_auc(y[:, None], np.array([[0.1], [0.9], [0.4], [0.3]])) == pytest.approx(0.75)
+
+
+def test_training_auc_is_the_same_auc_with_nan_for_one_class():
+    """The worker's AUC (early stopping) is this one; it answers NaN, not None, without both classes."""
+    from pipelines.training.model import roc_auc
+
+    rng = np.random.default_rng(1)
+    y = rng.random(500) < 0.1
+    s = rng.normal(size=500).astype("float32") + y
+    assert roc_auc(y.astype("float32"), s) == metrics.roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=TOL)
+    assert math.isnan(roc_auc(np.zeros(4), np.arange(4)))
+    assert math.isnan(roc_auc([], []))

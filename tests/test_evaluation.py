@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from bench.realdata import employment_frame, make_validated_batch
 
+from bench.realdata import employment_frame, make_validated_batch
 from pipelines import tracking
 from pipelines.catalog import layout
 from pipelines.config import REPO_ROOT, include_dir, ml_python
@@ -165,7 +165,8 @@ from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import La
 from tfx.types import artifact_utils
 from pipelines.evaluation import pipeline
 from pipelines.catalog import layout
-from pipelines.training.model import load_manifest, roc_auc, serialize_examples
+from pipelines.training.manifest import load_manifest
+from pipelines.training.model import roc_auc, serialize_examples
 
 home, line, run = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 # 1. the baseline the next evaluation would get (TFX's own strategy on the MLMD store)

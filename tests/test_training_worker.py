@@ -2,7 +2,8 @@
 ``horovodrun`` train one model (identical weights on both ranks), only rank 0
 writes, the exported SavedModel answers tf.Example requests exactly like the
 in-memory model, a killed run resumes from its checkpoint, and bad input fails
-with one clear line.
+with one clear line. First, without workers: what the manifest accepts and how it
+names a field it refuses.
 
 The test runs in the orchestration environment and starts the workers in the
 ML environment, the way the training stage does.
@@ -23,12 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from bench.realdata import lending_club_frame
 
+from bench.realdata import lending_club_frame
 from pipelines.config import REPO_ROOT
 from pipelines.specs import load_spec
-
-pytestmark = pytest.mark.integration
+from pipelines.training.manifest import Feature, ManifestError, parse_manifest
 
 ML_BIN = REPO_ROOT / ".venv" / "ml" / "bin"
 HOROVODRUN = ML_BIN / "horovodrun"
@@ -36,6 +36,135 @@ WORKERS = 2
 RUN_TIMEOUT_S = 420
 
 needs_horovod = pytest.mark.skipif(not HOROVODRUN.exists(), reason=f"{HOROVODRUN} not installed")
+integration = pytest.mark.integration  # the tests that start workers
+
+
+# --------------------------------------------------------------------------- the manifest, without workers
+
+
+def small_manifest() -> dict:
+    """A valid manifest as prepare.py writes it (with keys the worker does not read)."""
+    return {
+        "line": "credit_risk", "spec_version": 3, "run_id": "run-1", "batches": ["b-1", "b-2"], "key": ["id"],
+        "label": {"name": "bad", "positive": "1", "positive_rate": 0.05},
+        "features": [
+            {"name": "amount", "type": "double", "kind": "numeric", "categories": None, "log": True,
+             "mean": 8.5, "std": 1.25},
+            {"name": "term", "type": "integer", "kind": "numeric", "categories": None, "log": False,
+             "mean": 40, "std": 0},
+            {"name": "grade", "type": "string", "kind": "categorical", "categories": ["A", "B", "C"],
+             "log": False, "mean": None, "std": None},
+            {"name": "region", "type": "integer", "kind": "categorical", "categories": ["-1", "7"]},
+        ],
+        "rows": {"read": 110, "train": 80, "validation": 10, "eval": 20},
+        "shards": [40, 40],
+        "params": {"workers": 2, "epochs": 3, "batch_size": 8, "learning_rate": 1,
+                   "early_stopping_patience": 2, "seed": 7, "window_batches": 0},
+        "model": {"kind": "tabular_dnn", "hidden_units": [16, 8], "dropout": 0.1, "one_hot_max": 12,
+                  "embedding_dim": 4, "log_features": ["amount"], "class_weight": "balanced"},
+    }
+
+
+def test_a_valid_manifest_parses():
+    data = small_manifest()
+    m = parse_manifest(data)
+    assert m.raw is data
+    assert (m.line, m.spec_version, m.run_id, m.batches, m.key) == ("credit_risk", 3, "run-1", ("b-1", "b-2"), ("id",))
+    assert (m.label, m.positive_rate, m.positive_weight) == ("bad", 0.05, pytest.approx(19.0))
+    assert m.rows == {"train": 80, "validation": 10, "eval": 20} and m.shards == (40, 40)
+    assert [f.name for f in m.numeric] == ["amount", "term"]
+    assert [f.name for f in m.categorical] == ["grade", "region"]
+    amount, term, grade, region = m.features
+    assert isinstance(amount, Feature) and amount.log and amount.mean == 8.5 and amount.scale == 1.25
+    assert term.scale == 1.0 and term.default() == 40 and isinstance(term.mean, float)
+    assert amount.default() == pytest.approx(math.expm1(8.5))
+    assert grade.categories == ("A", "B", "C") and grade.mean is None and grade.default() == ""
+    assert region.default() == -2  # below every code: out of vocabulary
+    assert m.params.learning_rate == 1.0 and isinstance(m.params.learning_rate, float)
+    assert (m.params.workers, m.params.epochs, m.params.batch_size, m.params.seed) == (2, 3, 8, 7)
+    assert m.model.hidden_units == (16, 8) and m.model.log_features == ("amount",)
+
+
+def test_model_settings_have_defaults():
+    data = small_manifest()
+    data["model"] = {}
+    model = parse_manifest(data).model
+    assert (model.kind, model.hidden_units, model.dropout, model.one_hot_max, model.embedding_dim,
+            model.log_features, model.class_weight) == ("tabular_dnn", (64, 32), 0.0, 12, 8, (), "none")
+    assert parse_manifest(data).positive_weight == 1.0
+
+
+def _set(path: str, value):
+    """A broken manifest: the field at the dotted ``path`` set to ``value`` (deleted when it is ``...``)."""
+    def broken() -> dict:
+        data = small_manifest()
+        *parents, last = [int(p) if p.isdigit() else p for p in path.split(".")]
+        node = data
+        for p in parents:
+            node = node[p]
+        if value is ...:
+            del node[last]
+        else:
+            node[last] = value
+        return data
+    return broken
+
+
+@pytest.mark.parametrize(
+    ("broken", "message"),
+    [
+        (_set("line", ...), "line: missing"),
+        (_set("spec_version", True), "spec_version: must be an integer, got True"),
+        (_set("batches", "b-1"), "batches: must be a list, got str"),
+        (_set("label", "bad"), "label: must be a mapping, got str"),
+        (_set("label.positive_rate", 1), "label.positive_rate: must be strictly between 0 and 1, got 1"),
+        (_set("label.positive_rate", float("nan")), "label.positive_rate: must be strictly between 0 and 1"),
+        (_set("label.name", "grade"), "label: the label 'grade' cannot also be a feature"),
+        (_set("features", []), "features: must not be empty"),
+        (_set("features.1.name", "amount"), "features: duplicate names ['amount']"),
+        (_set("features.1.type", "float"),
+         "features.1 (term).type: must be one of ['integer', 'double', 'string'], got 'float'"),
+        (_set("features.1.kind", "ordinal"), "features.1 (term).kind: must be one of ['numeric', 'categorical']"),
+        (_set("features.2.kind", "numeric"),
+         "features.2 (grade).kind: a numeric feature must be of type integer or double"),
+        (_set("features.0.mean", None), "features.0 (amount).mean: a numeric feature needs a finite mean, got None"),
+        (_set("features.0.mean", float("inf")), "features.0 (amount).mean: a numeric feature needs a finite mean"),
+        (_set("features.1.std", -1), "features.1 (term).std: a numeric feature needs a finite std >= 0, got -1"),
+        (_set("features.2.categories", None), "features.2 (grade).categories: a categorical needs categories"),
+        (_set("features.2.categories", ["A", "A"]), "features.2 (grade).categories: categories must be unique"),
+        (_set("features.2.log", True), "features.2 (grade).log: only numeric features can be log-transformed"),
+        (_set("features.3.categories", ["x"]),
+         "features.3 (region).categories: an integer categorical's categories must be integers written as strings"),
+        (_set("rows.train", -1), "rows.train: must be an integer >= 0, got -1"),
+        (_set("shards", []), "shards: must list at least one shard"),
+        (_set("shards", [40, 39]), "shards: add up to 79, but rows.train is 80"),
+        (_set("shards", [40, 40.0]), "shards: must be row counts (integers >= 0)"),
+        (_set("params.workers", 0), "params.workers: must be an integer >= 1, got 0"),
+        (_set("params.learning_rate", 0), "params.learning_rate: must be > 0, got 0"),
+        (_set("params.seed", "7"), "params.seed: must be an integer, got '7'"),
+        (_set("model.kind", "gbm"), "model.kind: unsupported model 'gbm'"),
+        (_set("model.hidden_units", [16, 0]), "model.hidden_units: must be a list of positive integers"),
+        (_set("model.dropout", 1), "model.dropout: must be in [0, 1)"),
+        (_set("model.embedding_dim", 0), "model.embedding_dim: must be an integer >= 1, got 0"),
+        (_set("model.class_weight", "auto"), "model.class_weight: must be 'balanced' or 'none', got 'auto'"),
+    ],
+)
+def test_a_bad_manifest_names_the_field(broken, message):
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(broken())
+    assert str(err.value).startswith(f"manifest.json: {message}"), str(err.value)
+
+
+def test_every_bad_field_is_named_on_one_line():
+    data = small_manifest()
+    data["features"][0]["mean"] = None
+    data["model"]["dropout"] = -0.5
+    with pytest.raises(ManifestError) as err:
+        parse_manifest(data)
+    assert str(err.value) == ("manifest.json: features.0 (amount).mean: a numeric feature needs a finite mean, "
+                              "got None; model.dropout: must be in [0, 1)")
+    with pytest.raises(ManifestError, match=r"^manifest\.json: \(top level\): must be a JSON object$"):
+        parse_manifest([data])
 
 
 # --------------------------------------------------------------------------- a run folder from real rows
@@ -193,6 +322,7 @@ def trained(tmp_path_factory, credit_rows, mlflow_run):
     return run_dir, manifest, done.stdout
 
 
+@integration
 def test_training_runs_and_loss_goes_down(trained):
     run_dir, manifest, out = trained
     result = json.loads((run_dir / "result.json").read_text())
@@ -207,6 +337,7 @@ def test_training_runs_and_loss_goes_down(trained):
     assert len(re.findall(r"factory-train: epoch \d+ loss=\S+ val_loss=\S+ val_auc=\S+ samples/s=\S+", out)) == 4
 
 
+@integration
 def test_both_ranks_hold_identical_weights(trained):
     run_dir, _, out = trained
     hashes = _hashes(out)
@@ -214,6 +345,7 @@ def test_both_ranks_hold_identical_weights(trained):
     assert hashes[0] == hashes[1] == json.loads((run_dir / "result.json").read_text())["weights_sha256"]
 
 
+@integration
 def test_only_rank_zero_writes(trained):
     run_dir, _, _ = trained
     assert sorted(p.name for p in run_dir.iterdir()) == [
@@ -242,7 +374,8 @@ def export_report(trained) -> dict:
 import json, sys
 import pyarrow.parquet as pq
 import tensorflow as tf
-from pipelines.training.model import check_export, load_manifest, serialize_examples
+from pipelines.training.manifest import load_manifest
+from pipelines.training.model import check_export, serialize_examples
 run = sys.argv[1]
 diff = check_export(run)
 frame = pq.read_table(run + "/data/eval.parquet").to_pandas().head(5)
@@ -260,10 +393,12 @@ print(json.dumps({"max_abs_diff": diff, "inputs": list(sig.structured_input_sign
     return json.loads(_ml_python(code, str(run_dir)).strip().splitlines()[-1])
 
 
+@integration
 def test_export_answers_tf_examples_like_the_trained_model(export_report):
     assert export_report["max_abs_diff"] < 1e-5
 
 
+@integration
 def test_serving_signature(export_report):
     assert export_report["inputs"] == ["examples"]
     assert export_report["outputs"] == ["logits", "probabilities"]
@@ -271,6 +406,7 @@ def test_serving_signature(export_report):
     assert 0 <= export_report["empty"] <= 1  # an empty example reads as the train means / out-of-vocabulary
 
 
+@integration
 def test_served_probabilities_are_calibrated_to_the_label_rate(export_report):
     """Balanced class weights train the network on 50/50 odds; the export's prior
     correction brings its probabilities back to the data's rate (about 5% bad loans),
@@ -280,6 +416,7 @@ def test_served_probabilities_are_calibrated_to_the_label_rate(export_report):
     assert rate / 2 < mean < rate * 2, (mean, rate)
 
 
+@integration
 def test_epoch_metrics_reach_the_open_mlflow_run(trained, mlflow_run):
     from mlflow import MlflowClient
 
@@ -293,6 +430,7 @@ def test_epoch_metrics_reach_the_open_mlflow_run(trained, mlflow_run):
 # --------------------------------------------------------------------------- resume after a kill
 
 
+@integration
 @needs_horovod
 def test_killed_run_resumes_from_its_checkpoint(tmp_path, credit_rows):
     run_dir = tmp_path / "run-resume"
@@ -359,6 +497,7 @@ def _break_empty_shard(run_dir: Path) -> None:
     pq.write_table(pq.read_table(path).slice(0, 0), path)
 
 
+@integration
 @needs_horovod
 @pytest.mark.parametrize(
     ("breaker", "message"),

@@ -5,7 +5,7 @@ evaluation split and the candidate SavedModel; and the split as gzipped TFRecord
 Checks (each failure is a :class:`GateInputError` naming the file and what is wrong;
 nothing is evaluated or pushed):
 
-* ``manifest.json`` parses (:func:`pipelines.training.model.load_manifest`);
+* ``manifest.json`` parses (:func:`pipelines.training.manifest.load_manifest`);
 * ``data/eval.parquet`` exists, has the label column (0/1 only, no missing value, both
   classes present), every feature the model reads, the columns the slices need, and at
   least ``min_eval_examples`` rows;
@@ -43,7 +43,7 @@ class GateInputError(ValueError):
 @dataclass(frozen=True)
 class EvalInputs:
     run_dir: Path
-    manifest: Any  # pipelines.training.model.Manifest
+    manifest: Any  # pipelines.training.manifest.Manifest
     label: str
     rows: int
     positives: int
@@ -51,8 +51,8 @@ class EvalInputs:
 
 
 def load_manifest(run_dir: Path):
-    from pipelines.training.model import ManifestError
-    from pipelines.training.model import load_manifest as _load
+    from pipelines.training.manifest import ManifestError
+    from pipelines.training.manifest import load_manifest as _load
 
     try:
         return _load(run_dir)

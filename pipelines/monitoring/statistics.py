@@ -1,9 +1,9 @@
 """Distance and test statistics between a reference and a current distribution.
 
-Pure numpy/scipy functions on counts, shares and samples; no pandas, no files. The
-tests check each against an independent implementation (``scipy.stats.ks_2samp``,
-``scipy.spatial.distance.jensenshannon``, ``scipy.stats.chi2_contingency``,
-``sklearn.metrics.roc_auc_score`` and a plain numpy PSI).
+Pure numpy/scipy functions on counts, shares and samples (the ROC AUC is scikit-learn's);
+no pandas, no files. The tests check each against an independent implementation
+(``scipy.stats.ks_2samp``, ``scipy.spatial.distance.jensenshannon``,
+``scipy.stats.chi2_contingency`` and a plain numpy PSI) or, for the AUC, its edge cases.
 """
 
 from __future__ import annotations
@@ -128,12 +128,18 @@ def ks_from_sample(ref_sorted: np.ndarray, cur: np.ndarray) -> tuple[float, floa
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """ROC AUC (Mann-Whitney U with mid-ranks for ties); ``None`` without both classes."""
-    y = np.asarray(labels).astype(bool)
-    s = np.asarray(scores, dtype="float64")
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
+    """ROC AUC of ``scores`` for ``labels`` (truthy: positive), by
+    ``sklearn.metrics.roc_auc_score``: tied scores count half. ``None`` without both
+    classes (no rows, or one class only); NaN when a score is NaN. A score of +inf (-inf)
+    ranks above (below) every finite one."""
+    from sklearn.metrics import roc_auc_score  # sklearn loads slowly: only where an AUC is wanted
+
+    y = np.asarray(labels).astype(bool).ravel()
+    s = np.asarray(scores, dtype="float64").ravel()
+    if y.all() or not y.any():
         return None
-    ranks = stats.rankdata(s)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    if np.isnan(s).any():
+        return float("nan")
+    if np.isinf(s).any():  # sklearn refuses infinities; the AUC depends only on the scores' order
+        s = np.unique(s, return_inverse=True)[1].astype("float64")
+    return float(roc_auc_score(y, s))

@@ -33,248 +33,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import re
 import shutil
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-MANIFEST = "manifest.json"
+from pipelines.catalog.layout import MODEL_INFO
+from pipelines.training.manifest import Manifest, load_manifest, model_info, prior_correction
+
 EXPORT_DIR = "Format-Serving"  # the directory name TFX expects under a model root
-MODEL_INFO = "factory_model.json"  # in <export>/assets.extra/
-FEATURE_TYPES = ("integer", "double", "string")
-FEATURE_KINDS = ("numeric", "categorical")
-
-
-class ManifestError(ValueError):
-    """The run's manifest is missing or cannot be used; the message names the field."""
 
 
 class DataError(ValueError):
     """A data file does not match the manifest."""
-
-
-# --------------------------------------------------------------------------- manifest
-
-
-@dataclass(frozen=True)
-class Feature:
-    name: str
-    type: str  # integer | double | string
-    kind: str  # numeric | categorical
-    categories: tuple[str, ...] | None
-    log: bool
-    mean: float | None
-    std: float | None
-
-    @property
-    def scale(self) -> float:
-        """The standard deviation used for scaling (1 for a constant feature)."""
-        return self.std if self.std else 1.0
-
-    def default(self) -> int | float | str:
-        """What a missing value in a tf.Example stands for: the train mean (raw scale), or OOV."""
-        if self.kind == "categorical":
-            if self.type == "integer":  # a code none of the categories has: out of vocabulary
-                return min(int(c) for c in self.categories) - 1
-            return ""
-        raw = math.expm1(self.mean) if self.log else self.mean
-        return int(round(raw)) if self.type == "integer" else float(raw)
-
-
-@dataclass(frozen=True)
-class Params:
-    workers: int
-    epochs: int
-    batch_size: int
-    learning_rate: float
-    early_stopping_patience: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    kind: str
-    hidden_units: tuple[int, ...]
-    dropout: float
-    one_hot_max: int
-    embedding_dim: int
-    log_features: tuple[str, ...]
-    class_weight: str
-
-
-@dataclass(frozen=True)
-class Manifest:
-    raw: dict
-    line: str
-    spec_version: int
-    run_id: str
-    batches: tuple[str, ...]
-    key: tuple[str, ...]
-    label: str
-    positive_rate: float
-    features: tuple[Feature, ...]
-    rows: dict[str, int]
-    shards: tuple[int, ...]
-    params: Params
-    model: ModelConfig
-
-    @property
-    def numeric(self) -> list[Feature]:
-        return [f for f in self.features if f.kind == "numeric"]
-
-    @property
-    def categorical(self) -> list[Feature]:
-        return [f for f in self.features if f.kind == "categorical"]
-
-    @property
-    def positive_weight(self) -> float:
-        """Weight of a positive example in the loss: (1-p)/p when class_weight is balanced."""
-        if self.model.class_weight == "balanced":
-            return (1.0 - self.positive_rate) / self.positive_rate
-        return 1.0
-
-
-def _need(cond: bool, where: str, msg: str) -> None:
-    if not cond:
-        raise ManifestError(f"{MANIFEST}: {where}: {msg}")
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_num(v: Any) -> bool:
-    return (isinstance(v, int | float) and not isinstance(v, bool)) and math.isfinite(v)
-
-
-def _section(data: dict, name: str, typ: type) -> Any:
-    _need(name in data, name, "missing")
-    _need(isinstance(data[name], typ), name, f"must be a {typ.__name__}, got {type(data[name]).__name__}")
-    return data[name]
-
-
-def _feature(i: int, f: Any) -> Feature:
-    where = f"features.{i}"
-    _need(isinstance(f, dict), where, "must be a mapping")
-    name = f.get("name")
-    _need(isinstance(name, str) and name != "", where, "needs a name")
-    where = f"features.{i} ({name})"
-    ftype, kind = f.get("type"), f.get("kind")
-    _need(ftype in FEATURE_TYPES, where + ".type", f"must be one of {list(FEATURE_TYPES)}, got {ftype!r}")
-    _need(kind in FEATURE_KINDS, where + ".kind", f"must be one of {list(FEATURE_KINDS)}, got {kind!r}")
-    log = f.get("log", False)
-    _need(isinstance(log, bool), where + ".log", "must be true or false")
-    cats = f.get("categories")
-    if kind == "categorical":
-        _need(ftype in ("string", "integer"), where, "a categorical feature must be of type string or integer")
-        _need(isinstance(cats, list) and len(cats) > 0, where + ".categories", "a categorical needs categories")
-        _need(all(isinstance(c, str) for c in cats), where + ".categories", "categories must be strings")
-        if ftype == "integer":
-            _need(all(re.fullmatch(r"-?[0-9]+", c) for c in cats), where + ".categories",
-                  "an integer categorical's categories must be integers written as strings")
-        _need(len(set(cats)) == len(cats), where + ".categories", "categories must be unique")
-        _need(not log, where + ".log", "only numeric features can be log-transformed")
-        return Feature(name, ftype, kind, tuple(cats), False, None, None)
-    _need(ftype in ("integer", "double"), where, "a numeric feature must be of type integer or double")
-    mean, std = f.get("mean"), f.get("std")
-    _need(_is_num(mean), where + ".mean", f"a numeric feature needs a finite mean, got {mean!r}")
-    _need(_is_num(std) and std >= 0, where + ".std", f"a numeric feature needs a finite std >= 0, got {std!r}")
-    return Feature(name, ftype, kind, None, log, float(mean), float(std))
-
-
-def parse_manifest(data: Any) -> Manifest:
-    """Validate a manifest's parsed JSON; raise :class:`ManifestError` naming the field."""
-    _need(isinstance(data, dict), "(top level)", "must be a JSON object")
-    line = _section(data, "line", str)
-    version = data.get("spec_version")
-    _need(_is_int(version), "spec_version", f"must be an integer, got {version!r}")
-    run_id = _section(data, "run_id", str)
-    batches = _section(data, "batches", list)
-    key = _section(data, "key", list)
-    label = _section(data, "label", dict)
-    _need(isinstance(label.get("name"), str), "label.name", "missing")
-    rate = label.get("positive_rate")
-    _need(_is_num(rate) and 0 < rate < 1, "label.positive_rate", f"must be strictly between 0 and 1, got {rate!r}")
-    feats = _section(data, "features", list)
-    _need(len(feats) > 0, "features", "must not be empty")
-    features = tuple(_feature(i, f) for i, f in enumerate(feats))
-    names = [f.name for f in features]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    _need(not dupes, "features", f"duplicate names {dupes}")
-    _need(label["name"] not in names, "label.name", "the label cannot also be a feature")
-
-    rows = _section(data, "rows", dict)
-    for split in ("train", "validation", "eval"):
-        _need(_is_int(rows.get(split)) and rows[split] >= 0, f"rows.{split}", "must be an integer >= 0")
-    shards = _section(data, "shards", list)
-    _need(len(shards) > 0, "shards", "must list at least one shard")
-    _need(all(_is_int(n) and n >= 0 for n in shards), "shards", "must be row counts (integers >= 0)")
-    _need(sum(shards) == rows["train"], "shards", f"add up to {sum(shards)}, but rows.train is {rows['train']}")
-
-    p = _section(data, "params", dict)
-    for name in ("workers", "epochs", "batch_size", "early_stopping_patience"):
-        _need(_is_int(p.get(name)) and p[name] >= 1, f"params.{name}", f"must be an integer >= 1, got {p.get(name)!r}")
-    _need(_is_num(p.get("learning_rate")) and p["learning_rate"] > 0, "params.learning_rate", "must be > 0")
-    _need(_is_int(p.get("seed")), "params.seed", f"must be an integer, got {p.get('seed')!r}")
-    params = Params(p["workers"], p["epochs"], p["batch_size"], float(p["learning_rate"]),
-                    p["early_stopping_patience"], p["seed"])
-
-    mo = _section(data, "model", dict)
-    _need(mo.get("kind", "tabular_dnn") == "tabular_dnn", "model.kind", f"unsupported model {mo.get('kind')!r}")
-    hidden = mo.get("hidden_units", [64, 32])
-    _need(isinstance(hidden, list) and all(_is_int(u) and u >= 1 for u in hidden), "model.hidden_units",
-          "must be a list of positive integers")
-    dropout = mo.get("dropout", 0.0)
-    _need(_is_num(dropout) and 0 <= dropout < 1, "model.dropout", "must be in [0, 1)")
-    one_hot_max, emb = mo.get("one_hot_max", 12), mo.get("embedding_dim", 8)
-    _need(_is_int(one_hot_max) and one_hot_max >= 0, "model.one_hot_max", "must be an integer >= 0")
-    _need(_is_int(emb) and emb >= 1, "model.embedding_dim", "must be an integer >= 1")
-    cw = mo.get("class_weight", "none")
-    _need(cw in ("balanced", "none"), "model.class_weight", f"must be 'balanced' or 'none', got {cw!r}")
-    model = ModelConfig("tabular_dnn", tuple(hidden), float(dropout), one_hot_max, emb,
-                        tuple(mo.get("log_features", [])), cw)
-    return Manifest(
-        raw=data, line=line, spec_version=version, run_id=run_id, batches=tuple(str(b) for b in batches),
-        key=tuple(key), label=label["name"], positive_rate=float(rate), features=features,
-        rows={k: rows[k] for k in ("train", "validation", "eval")}, shards=tuple(shards),
-        params=params, model=model,
-    )
-
-
-def load_manifest(run_dir: Path | str) -> Manifest:
-    path = Path(run_dir) / MANIFEST
-    if not path.is_file():
-        raise ManifestError(f"{path} not found")
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ManifestError(f"{path}: not valid JSON: {err}") from None
-    return parse_manifest(data)
-
-
-def prior_correction(manifest: Manifest) -> float:
-    """What the exported model subtracts from the core's logit: ``log(positive_weight)``.
-
-    Weighting positive examples by ``w`` in the loss multiplies the odds the network
-    learns by ``w`` (with balanced weights, a 5% class reads as 50%). Subtracting
-    ``log(w)`` restores probabilities calibrated to the training data's rate; the ranking,
-    and so every AUC, is unchanged. 0 when the line trains unweighted.
-    """
-    return math.log(manifest.positive_weight)
-
-
-def model_info(manifest: Manifest, metrics: dict[str, Any]) -> dict[str, Any]:
-    """The manifest subset written next to the exported model (``assets.extra/factory_model.json``)."""
-    raw = manifest.raw
-    info = {k: raw[k] for k in ("line", "spec_version", "run_id", "batches", "features", "label", "params")}
-    info["key"] = raw["key"]
-    info["metrics"] = metrics
-    info["prior_correction"] = prior_correction(manifest)
-    return info
 
 
 # --------------------------------------------------------------------------- data
@@ -346,19 +118,12 @@ def serialize_examples(frame, manifest: Manifest, extra_columns: bool = True) ->
 
 
 def roc_auc(labels, scores) -> float:
-    """Exact ROC AUC (Mann-Whitney U with tied scores averaged); NaN if only one class."""
-    import numpy as np
+    """ROC AUC as :func:`pipelines.monitoring.statistics.roc_auc` computes it, but NaN (not
+    None) without both classes, so a caller can test it with ``isfinite``."""
+    from pipelines.monitoring.statistics import roc_auc as auc
 
-    y = np.asarray(labels).astype(bool).ravel()
-    s = np.asarray(scores, dtype=np.float64).ravel()
-    n_pos = int(y.sum())
-    n_neg = len(y) - n_pos
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
-    avg_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based average rank of each distinct score
-    ranks = avg_rank[inverse]
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    value = auc(labels, scores)
+    return float("nan") if value is None else value
 
 
 # --------------------------------------------------------------------------- model

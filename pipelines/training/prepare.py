@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipelines.catalog import ledger
-from pipelines.catalog.records import read_manifest_data, write_manifest
 from pipelines.catalog.layout import line_paths
+from pipelines.catalog.records import read_manifest_data, write_manifest
 from pipelines.specs import LineSpec, TrainingSpec, load_spec
 
 if TYPE_CHECKING:
@@ -278,7 +278,7 @@ def prepare_run(
 
 
 def read_manifest(run_dir: Path) -> dict[str, Any]:
-    """The run's manifest as written (:func:`pipelines.training.model.load_manifest` validates it)."""
+    """The run's manifest as written (:func:`pipelines.training.manifest.load_manifest` validates it)."""
     manifest = read_manifest_data(Path(run_dir))
     if manifest is None:
         raise TrainingInputError(f"{run_dir}: no training manifest")

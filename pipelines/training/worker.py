@@ -42,6 +42,9 @@ A run that cannot start (no run folder, a bad manifest, shards that do not match
 workers, an empty shard) is caught before TensorFlow is imported: each rank exits
 with status 2 after one line on stderr, ``factory-train: error: ...`` (the same line
 on every rank).
+
+One module for the one process ``horovodrun`` starts per rank: its phases are the
+functions below, in the order they run (checks, data, state, steps, epochs, export).
 """
 
 from __future__ import annotations
@@ -51,20 +54,20 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.catalog.records import write_training_result
+from pipelines.training.manifest import Manifest, ManifestError, load_manifest
 from pipelines.training.model import (
     DataError,
-    Manifest,
-    ManifestError,
     build_core,
     build_preprocessor,
     export_saved_model,
     frame_to_features,
     frame_to_labels,
-    load_manifest,
     roc_auc,
     weights_sha256,
 )
@@ -73,7 +76,6 @@ PREFIX = "factory-train:"
 EXIT_BAD_INPUT = 2
 CHECKPOINTS_KEPT = 3
 VALIDATION_BATCH = 4096
-RESULT = "result.json"
 
 
 class TrainingError(RuntimeError):
@@ -218,30 +220,27 @@ def _mlflow_logger():
     return log
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+@dataclass(frozen=True)
+class _RankData:
+    """This rank's rows: its training shard as tensors and its part of the validation rows."""
+
+    columns: dict[str, Any]  # feature name -> 1-D tensor
+    targets: Any  # 1-D float32 tensor of 0/1
+    val_features: dict[str, Any]  # feature name -> numpy array
+    val_labels: Any  # float32 numpy array of 0/1
+
+    @property
+    def rows(self) -> int:
+        return int(self.targets.shape[0])
 
 
-def train(plan: Plan) -> int:
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+def _load_data(plan: Plan) -> _RankData:
+    """Read this rank's shard and its strided part of the validation rows (rank r of W takes
+    rows r, r+W, ...); refuse validation rows of one class, counted over all ranks."""
     import horovod.tensorflow as hvd
-    import numpy as np
     import tensorflow as tf
-    import tf_keras as keras
 
-    hvd.init()
-    rank, size = hvd.rank(), hvd.size()
-    m, p = plan.manifest, plan.manifest.params
-    if size != len(m.shards):  # horovodrun sets HOROVOD_SIZE, so preflight usually caught this
-        raise TrainingError(f"the run has {len(m.shards)} training shards but {size} workers were started")
-    _configure_devices(tf, hvd)
-    tf.random.set_seed(p.seed)
-    np.random.seed(p.seed)
-
-    # ---- data: this rank's shard, and its strided part of the validation rows
+    rank, size, m = hvd.rank(), hvd.size(), plan.manifest
     try:
         shard = _read(plan.shards[rank])
         x_train, y_train = frame_to_features(shard, m), frame_to_labels(shard, m)
@@ -249,30 +248,45 @@ def train(plan: Plan) -> int:
         x_val, y_val = frame_to_features(val, m), frame_to_labels(val, m)
     except DataError as err:
         raise TrainingError(f"rank {rank}: {err}") from None
-    del shard, val
-    steps = plan.steps_per_epoch
     pos = hvd.allreduce(tf.constant([y_val.sum(), len(y_val)], tf.float64), op=hvd.Sum).numpy()
     if pos[0] == 0 or pos[0] == pos[1]:
         raise TrainingError("the validation rows hold one class only: AUC and early stopping need both")
-
-    preprocessor = build_preprocessor(m)
     # The shard as tensors; an epoch shuffles row indices and gathers each batch, which is
     # much cheaper than shuffling rows of ~20 scalar tensors one by one.
     columns = {name: tf.constant(values) for name, values in x_train.items()}
-    targets = tf.constant(y_train)
-    rows = len(y_train)
+    return _RankData(columns, tf.constant(y_train), x_val, y_val)
 
-    @tf.function(autograph=False)
-    def gather(idx):
-        return {name: tf.gather(col, idx) for name, col in columns.items()}, tf.gather(targets, idx)
 
-    @tf.function(autograph=False)
-    def preprocess(features, labels):
-        return preprocessor(features), labels
+def _validation_batches(data: _RankData, preprocessor):
+    """This rank's validation rows, preprocessed once and cached."""
+    import tensorflow as tf
 
     @tf.function(autograph=False)
     def preprocess_features(features):
         return preprocessor(features)
+
+    return tf.data.Dataset.from_tensor_slices(data.val_features).batch(VALIDATION_BATCH).map(
+        preprocess_features).cache()
+
+
+def _training_batches(plan: Plan, data: _RankData, preprocessor, first_epoch: int):
+    """An iterator over the batches of epochs ``first_epoch`` .. the last, as (features, labels).
+
+    One pipeline for the remaining epochs (built and traced once): each epoch is a seeded
+    shuffle of this rank's shard, cut into ``steps_per_epoch`` full batches.
+    """
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    p, rank, rows, steps = plan.manifest.params, hvd.rank(), data.rows, plan.steps_per_epoch
+
+    @tf.function(autograph=False)
+    def gather(idx):
+        return {name: tf.gather(col, idx) for name, col in data.columns.items()}, tf.gather(data.targets, idx)
+
+    @tf.function(autograph=False)
+    def preprocess(features, labels):
+        return preprocessor(features), labels
 
     def one_epoch(epoch):
         seed = p.seed * 1000003 + epoch * 1009 + rank  # a fresh, reproducible order per epoch
@@ -283,17 +297,44 @@ def train(plan: Plan) -> int:
             .take(steps)
         )
 
-    val_data = (
-        tf.data.Dataset.from_tensor_slices(x_val).batch(VALIDATION_BATCH).map(
-            preprocess_features).cache()
+    return iter(
+        tf.data.Dataset.range(first_epoch, p.epochs + 1)
+        .flat_map(one_epoch)
+        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
+        .prefetch(tf.data.AUTOTUNE)
     )
 
-    # ---- model, optimizer, state: all built before anything is restored or broadcast
+
+@dataclass(frozen=True)
+class _TrainState:
+    """The model, the best weights so far, the optimizer and the early-stopping counters:
+    what a checkpoint holds. Built whole before anything is restored or broadcast."""
+
+    core: Any
+    best: Any
+    optimizer: Any
+    counters: dict[str, Any]  # epoch, best_auc, best_epoch, wait, stopped: tf.Variables
+    run_id: Any  # tf.Variable: the run the checkpoint belongs to
+    history: Any  # tf.Variable: the per-epoch history as JSON text
+    checkpoint: Any
+    manager: Any  # rank 0's CheckpointManager; None on the other ranks
+
+    def count(self, name: str) -> int:
+        return int(self.counters[name].numpy())
+
+
+def _build_state(plan: Plan) -> _TrainState:
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+    import tf_keras as keras
+
+    m = plan.manifest
     core, best = build_core(m), build_core(m)
     best.set_weights(core.get_weights())
-    optimizer = keras.optimizers.Adam(learning_rate=p.learning_rate * size)
+    optimizer = keras.optimizers.Adam(learning_rate=m.params.learning_rate * hvd.size())
     optimizer.build(core.trainable_variables)
-    state = {
+    counters = {
         "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
         "best_auc": tf.Variable(-1.0, dtype=tf.float64, trainable=False),
         "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
@@ -301,36 +342,63 @@ def train(plan: Plan) -> int:
         "stopped": tf.Variable(0, dtype=tf.int64, trainable=False),
     }
     run_id = tf.Variable(m.run_id, dtype=tf.string, trainable=False)
-    history_var = tf.Variable("[]", dtype=tf.string, trainable=False)
+    history = tf.Variable("[]", dtype=tf.string, trainable=False)
     checkpoint = tf.train.Checkpoint(
-        model=core, best_model=best, optimizer=optimizer, run_id=run_id, history=history_var, **state
+        model=core, best_model=best, optimizer=optimizer, run_id=run_id, history=history, **counters
     )
-
-    manager, restore_error = None, ""
-    if rank == 0:
+    manager = None
+    if hvd.rank() == 0:
         manager = tf.train.CheckpointManager(checkpoint, str(plan.run_dir / "checkpoints"), CHECKPOINTS_KEPT)
-        if manager.latest_checkpoint:
-            try:
-                checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-            except (AssertionError, ValueError, tf.errors.OpError) as err:
-                restore_error = f"checkpoint {manager.latest_checkpoint} does not fit this model: {err}"
-            if not restore_error and run_id.numpy().decode() != m.run_id:
-                restore_error = (f"checkpoint {manager.latest_checkpoint} belongs to run "
-                                 f"{run_id.numpy().decode()!r}, not {m.run_id!r}")
+    return _TrainState(core, best, optimizer, counters, run_id, history, checkpoint, manager)
+
+
+def _restore(state: _TrainState, manifest: Manifest) -> tuple[int, list[dict[str, Any]]]:
+    """Rank 0 restores its latest checkpoint of this run, if any, and every rank takes rank 0's
+    variables. Returns the last epoch done (0: a fresh start) and, on rank 0, the history."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    rank, latest, restore_error = hvd.rank(), None, ""
+    if state.manager is not None:
+        latest = state.manager.latest_checkpoint
+    if latest:
+        try:
+            state.checkpoint.restore(latest).assert_existing_objects_matched()
+        except (AssertionError, ValueError, tf.errors.OpError) as err:
+            restore_error = f"checkpoint {latest} does not fit this model: {err}"
+        if not restore_error and state.run_id.numpy().decode() != manifest.run_id:
+            restore_error = (f"checkpoint {latest} belongs to run "
+                             f"{state.run_id.numpy().decode()!r}, not {manifest.run_id!r}")
     # every rank learns whether rank 0 could restore, then takes rank 0's variables
     restore_error = hvd.broadcast_object(restore_error, root_rank=0, name="restore_error")
     if restore_error:
         raise TrainingError(restore_error)
     hvd.broadcast_variables(
-        core.variables + best.variables + list(optimizer.variables) + list(state.values()), root_rank=0
+        state.core.variables + state.best.variables + list(state.optimizer.variables)
+        + list(state.counters.values()),
+        root_rank=0,
     )
-    resumed_from = int(state["epoch"].numpy())
-    history: list[dict[str, Any]] = json.loads(history_var.numpy().decode()) if rank == 0 else []
+    resumed_from = state.count("epoch")
+    history = json.loads(state.history.numpy().decode()) if rank == 0 else []
     if rank == 0 and resumed_from:
         say(f"resumed from epoch {resumed_from}")
+    return resumed_from, history
 
-    # ---- steps
-    pos_weight = float(m.positive_weight)
+
+@dataclass(frozen=True)
+class _Steps:
+    train: Callable[[Any, Any], Any]  # (features, labels) -> this rank's batch loss
+    validate: Callable[[], tuple[float, float]]  # -> (val_loss, val_auc), rank 0's on every rank
+
+
+def _step_functions(state: _TrainState, manifest: Manifest, val_batches, val_labels) -> _Steps:
+    """The training step (gradients averaged over the ranks) and the validation pass."""
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    core, optimizer = state.core, state.optimizer
+    pos_weight = float(manifest.positive_weight)
 
     def weighted_bce(labels, logits):
         per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
@@ -356,64 +424,71 @@ def train(plan: Plan) -> int:
         return core(features, training=False)[:, 0]
 
     def validate() -> tuple[float, float]:
-        logits = np.concatenate([predict_logits(f).numpy() for f in val_data]) if len(y_val) else np.zeros(0)
+        logits = (np.concatenate([predict_logits(f).numpy() for f in val_batches])
+                  if len(val_labels) else np.zeros(0))
         all_logits = hvd.allgather(tf.constant(logits, tf.float32), name="val_logits").numpy()
-        all_labels = hvd.allgather(tf.constant(y_val, tf.float32), name="val_labels").numpy()
+        all_labels = hvd.allgather(tf.constant(val_labels, tf.float32), name="val_labels").numpy()
         loss = float(weighted_bce(tf.constant(all_labels), tf.constant(all_logits)).numpy())
         auc = roc_auc(all_labels, all_logits)
         # rank 0's numbers are the decision everyone follows
         decided = hvd.broadcast(tf.constant([loss, auc], tf.float64), root_rank=0, name="val_decision").numpy()
         return float(decided[0]), float(decided[1])
 
+    return _Steps(train_step, validate)
+
+
+def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_from: int,
+               history: list[dict[str, Any]]) -> list[float]:
+    """Train from epoch ``resumed_from + 1`` to the last, or until early stopping; rank 0
+    appends each epoch to ``history``, checkpoints it and reports it (TensorBoard, MLflow,
+    stdout). Returns this process's samples per second, one per epoch."""
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    p, rank, n_steps = plan.manifest.params, hvd.rank(), plan.steps_per_epoch
+    counters = state.counters
     log_mlflow = _mlflow_logger() if rank == 0 else None
     writer = None  # rank 0's TensorBoard writer, opened with the first epoch this process trains
-    samples_per_epoch = steps * p.batch_size * size
+    samples_per_epoch = n_steps * p.batch_size * hvd.size()
     rates: list[float] = []
 
-    # ---- epochs
-    # One pipeline for the remaining epochs (built and traced once): each epoch is a
-    # seeded shuffle of this rank's shard, cut into `steps` full batches.
-    batches = iter(
-        tf.data.Dataset.range(resumed_from + 1, p.epochs + 1)
-        .flat_map(one_epoch)
-        .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-        .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
-    )
     epoch = resumed_from
-    while epoch < p.epochs and not int(state["stopped"].numpy()):
+    while epoch < p.epochs and not state.count("stopped"):
         epoch += 1
         started = time.perf_counter()
         total = tf.constant(0.0)
-        for _ in range(steps):
+        for _ in range(n_steps):
             features, labels = next(batches)
-            total += train_step(features, labels)
-        loss = float(hvd.allreduce(total / steps, op=hvd.Average, name="epoch_loss").numpy())
+            total += steps.train(features, labels)
+        loss = float(hvd.allreduce(total / n_steps, op=hvd.Average, name="epoch_loss").numpy())
         train_seconds = time.perf_counter() - started
-        val_loss, val_auc = validate()
-        if not np.isfinite(val_auc) or not np.isfinite(loss):
-            raise TrainingError(f"epoch {epoch}: loss={loss} val_auc={val_auc}: training diverged")
+        val_loss, val_auc = steps.validate()
+        if not (np.isfinite(val_auc) and np.isfinite(loss) and np.isfinite(val_loss)):
+            raise TrainingError(f"epoch {epoch}: loss={loss} val_loss={val_loss} val_auc={val_auc}: "
+                                "training diverged")
         rate = samples_per_epoch / train_seconds
         rates.append(rate)
 
-        if val_auc > float(state["best_auc"].numpy()):
-            state["best_auc"].assign(val_auc)
-            state["best_epoch"].assign(epoch)
-            state["wait"].assign(0)
-            best.set_weights(core.get_weights())
+        # early stopping on the validation AUC; the best weights are kept
+        if val_auc > float(counters["best_auc"].numpy()):
+            counters["best_auc"].assign(val_auc)
+            counters["best_epoch"].assign(epoch)
+            counters["wait"].assign(0)
+            state.best.set_weights(state.core.get_weights())
         else:
-            state["wait"].assign_add(1)
-        if int(state["wait"].numpy()) >= p.early_stopping_patience and epoch < p.epochs:
-            state["stopped"].assign(1)
-        state["epoch"].assign(epoch)
+            counters["wait"].assign_add(1)
+        if state.count("wait") >= p.early_stopping_patience and epoch < p.epochs:
+            counters["stopped"].assign(1)
+        counters["epoch"].assign(epoch)
 
         if rank == 0:
             seconds = time.perf_counter() - started
             entry = {"epoch": epoch, "loss": loss, "val_loss": val_loss, "val_auc": val_auc,
                      "samples_per_s": rate, "seconds": seconds}
             history.append(entry)
-            history_var.assign(json.dumps(history))
-            manager.save(checkpoint_number=epoch)
+            state.history.assign(json.dumps(history))
+            state.manager.save(checkpoint_number=epoch)
             writer = writer or tf.summary.create_file_writer(str(plan.run_dir / "tensorboard"))
             with writer.as_default(step=epoch):
                 for key in ("loss", "val_loss", "val_auc", "samples_per_s"):
@@ -423,29 +498,30 @@ def train(plan: Plan) -> int:
                 log_mlflow({k: entry[k] for k in ("loss", "val_loss", "val_auc", "samples_per_s")}, epoch)
             say(f"epoch {epoch} loss={loss:.4f} val_loss={val_loss:.4f} val_auc={val_auc:.4f} "
                 f"samples/s={rate:.0f}")
-
-    # ---- the best weights are the result
-    core.set_weights(best.get_weights())
-    digest = weights_sha256(core)
-    say(f"rank={rank} weights_sha256={digest}")
-    if rank != 0:
-        return 0
-
     if writer is not None:
         writer.close()
-    best_epoch = int(state["best_epoch"].numpy())
+    return rates
+
+
+def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, resumed_from: int,
+                  history: list[dict[str, Any]], rates: list[float]) -> None:
+    """Rank 0: export the best weights as the SavedModel, then write ``result.json`` (last)."""
+    import horovod.tensorflow as hvd
+    import numpy as np
+
+    best_epoch = state.count("best_epoch")
     best_entry = next((h for h in history if h["epoch"] == best_epoch), {})
     # steady state: the first epoch of a process includes compiling
     steady = rates[1:] or rates or [h["samples_per_s"] for h in history[-1:]]
     metrics = {
-        "val_auc": float(state["best_auc"].numpy()),
+        "val_auc": float(state.counters["best_auc"].numpy()),
         "val_loss": best_entry.get("val_loss"),
         "best_epoch": best_epoch,
-        "epochs_run": int(state["epoch"].numpy()),
-        "stopped_early": bool(int(state["stopped"].numpy())),
+        "epochs_run": state.count("epoch"),
+        "stopped_early": bool(state.count("stopped")),
         "samples_per_s": float(np.mean(steady)) if steady else None,
     }
-    export_saved_model(preprocessor, core, m, plan.run_dir / "model", metrics)
+    export_saved_model(preprocessor, state.core, plan.manifest, plan.run_dir / "model", metrics)
     result = {
         "epochs_run": metrics["epochs_run"],
         "resumed_from_epoch": resumed_from,
@@ -455,12 +531,46 @@ def train(plan: Plan) -> int:
         "val_auc": metrics["val_auc"],
         "val_loss": metrics["val_loss"],
         "samples_per_s": metrics["samples_per_s"],
-        "workers": size,
+        "workers": hvd.size(),
         "weights_sha256": digest,
     }
-    _write_json(plan.run_dir / RESULT, result)
+    write_training_result(plan.run_dir, result)
     say(f"done: epochs_run={result['epochs_run']} best_epoch={best_epoch} val_auc={result['val_auc']:.4f} "
         f"model={plan.run_dir / 'model' / 'Format-Serving'}")
+
+
+def train(plan: Plan) -> int:
+    """Train this rank's part of the run; rank 0 exports the best weights and writes the result."""
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    hvd.init()
+    rank, size = hvd.rank(), hvd.size()
+    m, p = plan.manifest, plan.manifest.params
+    if size != len(m.shards):  # horovodrun sets HOROVOD_SIZE, so preflight usually caught this
+        raise TrainingError(f"the run has {len(m.shards)} training shards but {size} workers were started")
+    _configure_devices(tf, hvd)
+    tf.random.set_seed(p.seed)
+    np.random.seed(p.seed)
+
+    data = _load_data(plan)
+    preprocessor = build_preprocessor(m)
+    val_batches = _validation_batches(data, preprocessor)
+    state = _build_state(plan)
+    resumed_from, history = _restore(state, m)
+    steps = _step_functions(state, m, val_batches, data.val_labels)
+    batches = _training_batches(plan, data, preprocessor, resumed_from + 1)
+    rates = _run_epochs(plan, state, steps, batches, resumed_from, history)
+
+    # the best weights are the result
+    state.core.set_weights(state.best.get_weights())
+    digest = weights_sha256(state.core)
+    say(f"rank={rank} weights_sha256={digest}")
+    if rank == 0:
+        _export_result(plan, state, preprocessor, digest, resumed_from, history, rates)
     return 0
 
 
