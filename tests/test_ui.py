@@ -1,18 +1,29 @@
-"""The Model Factory view without a browser: data gathering from a factory home laid out as
-the stages leave it, the SVG charts, the page, the Data Docs path confinement, and the
+"""The Model Factory view without a browser: data gathering from a factory home written by
+the stages' own record writers, the SVG charts, the page, the Data Docs path confinement, and the
 app's authentication and per-line authorization (with a stand-in for Airflow's auth
 manager; tests/test_ui_browser.py runs the real one)."""
 
 from __future__ import annotations
 
-import json
 import os
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from fastapi import HTTPException
 
+from pipelines.catalog import layout, ledger, records
+from pipelines.evaluation import serving
+from pipelines.evaluation.report import write_report
+from pipelines.ingest.validation import FailedExpectation, ValidationOutcome
+from pipelines.monitoring import episodes
+from pipelines.monitoring.batch import monitor_batch
+from pipelines.monitoring.detection import score_batch
+from pipelines.monitoring.profile import build_profile, save_profile
+from pipelines.monitoring.report import write_json_report
 from pipelines.ui import charts, docs, render
 from pipelines.ui.app import AirflowAuth, create_app
 from pipelines.ui.data import (
@@ -21,96 +32,181 @@ from pipelines.ui.data import (
     DriftSeries,
     MlflowLine,
     RunRef,
-    evaluation_summary,
-    gather,
     mlflow_run_url,
     run_folder_name,
 )
+from pipelines.ui.gather import gather
 
 LINE = "credit_risk"
-RUN1 = "manual__2026-11-20T10_00_00_00_00"
+RUN1_ID = "manual__2026-11-20T10:00:00+00:00"
+RUN2_ID = "scheduled__2026-11-22T03:00:00+00:00"
+RUN1 = "manual__2026-11-20T10_00_00_00_00"  # the run folders the training stage gives them
 RUN2 = "scheduled__2026-11-22T03_00_00_00_00"
 
 
-def _json(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data))
-    return path
+# -- a factory home, written by the stages' own writers -----------------------------------
 
 
 def _docs_page(home: Path, batch: str) -> Path:
+    """The page Great Expectations renders for a validation (validation.py records its path)."""
     page = home / "gx/gx/uncommitted/data_docs/local_site/validations" / LINE / batch / "20261123T100000.000000Z" / "abc.html"
     page.parent.mkdir(parents=True, exist_ok=True)
     page.write_text(f"<html><body>Validation of {batch}</body></html>")
     return page
 
 
-def _ledger(home: Path, batch: str, **fields) -> None:
-    record = {"line": LINE, "batch_id": batch, "events": [], **fields}
-    _json(home / "state" / LINE / f"{batch}.json", record)
+def _cleaning(paths: layout.LinePaths, batch: str, rows_in: int, clean: int, quarantined: int, duplicates: int) -> dict:
+    """The report pipelines.ingest.cleaning.job records."""
+    return {"rows_in": rows_in, "rows_clean": clean, "rows_quarantined": quarantined, "duplicates_removed": duplicates,
+            "duplicates": {"exact": duplicates} if duplicates else {},
+            "quarantine_reasons": {"funded_amnt: out of range": quarantined} if quarantined else {},
+            "repairs": {}, "clean_path": str(paths.clean_batch(batch)), "quarantine_path": str(paths.quarantine_batch(batch)),
+            "seconds": 4.2, "spark_version": "3.5.3", "spec_version": 1}
+
+
+def _land(paths: layout.LinePaths, batch: str, landed_at: str) -> None:
+    """What pipelines.ingest.landing records."""
+    ledger.update(paths, batch, "landed", status=ledger.LANDED, file=str(paths.landing / f"{batch}.csv"), format="csv",
+                  sha256="0" * 64, bytes=1234, landed_at=landed_at)
+
+
+def _ingest(home: Path) -> None:
+    paths = layout.line_paths(LINE, home)
+    _land(paths, "slice-1", "2026-11-20T09:00:00+00:00")
+    ledger.update(paths, "slice-1", "cleaned", status=ledger.CLEANED, cleaning=_cleaning(paths, "slice-1", 2465, 2460, 3, 2),
+                  error=None, failed_stage=None)
+    ok = ValidationOutcome(success=True, evaluated=31, successful=31, data_docs=str(_docs_page(home, "slice-1")))
+    ledger.update(paths, "slice-1", "validated", status=ledger.VALIDATED, validation=ok.to_dict(),
+                  validated_at=ledger.now(), error=None, failed_stage=None)
+    _land(paths, "slice-2", "2026-11-21T09:00:00+00:00")
+    ledger.update(paths, "slice-2", "cleaned", status=ledger.CLEANED, cleaning=_cleaning(paths, "slice-2", 2464, 2464, 0, 0),
+                  error=None, failed_stage=None)
+    failed = [FailedExpectation("expect_column_values_to_be_between", "int_rate", {"column": "int_rate", "max_value": 40},
+                                {"unexpected_count": 2, "partial_unexpected_list": [41.0, 44.5]}),
+              FailedExpectation("expect_table_row_count_to_be_between", None, {"min_value": 2500}, 2464)]
+    bad = ValidationOutcome(success=False, evaluated=31, successful=29, failed=failed,
+                            data_docs=str(_docs_page(home, "slice-2")))
+    ledger.update(paths, "slice-2", "validation failed", status=ledger.FAILED, failed_stage="validation",
+                  validation=bad.to_dict(), error="2 expectation(s) failed <img src=x onerror=alert(1)>")
+    _land(paths, "slice-3", "2026-11-22T09:00:00+00:00")
+
+
+def _train(home: Path, run_id: str, batches: list[str], auc: float, line: str = LINE) -> Path:
+    """A run folder as prepare.py (manifest), the workers (result) and the stage (MLflow run id) leave it,
+    with an exported model (a SavedModel's saved_model.pb is all the serving store checks)."""
+    run = layout.run_dir(line, run_id, home)
+    records.write_manifest(run, {
+        "line": line, "spec_version": 1, "run_id": run.name, "batches": batches, "key": ["id"],
+        "label": {"name": "bad_loan", "positive": "1", "positive_rate": 0.05},
+        "features": [{"name": "int_rate", "type": "double", "kind": "numeric", "categories": None, "log": False,
+                      "mean": 13.1, "std": 4.5},
+                     {"name": "term", "type": "string", "kind": "categorical", "categories": ["term_36", "term_60"],
+                      "log": False, "mean": None, "std": None}],
+        "rows": {"read": 2100, "train": 1500, "validation": 300, "eval": 300}, "shards": [750, 750],
+        "params": {"workers": 2, "epochs": 12, "batch_size": 256, "learning_rate": 0.001, "early_stopping_patience": 3,
+                   "window_batches": 4, "batches": None, "seed": 42},
+        "model": {"hidden_units": [64, 32], "dropout": 0.1, "class_weight": "balanced"},
+    })
+    records.write_training_result(run, {
+        "epochs_run": 12, "resumed_from_epoch": None, "best_epoch": 10, "stopped_early": False,
+        "history": [{"epoch": 10, "loss": 0.41, "val_loss": 0.44, "val_auc": auc, "samples_per_s": 4100.0}],
+        "val_auc": auc, "val_loss": 0.44, "samples_per_s": 4100.0, "workers": 2, "weights_sha256": "ab" * 32,
+    })
+    records.write_mlflow_run_id(run, f"mlflow-{run.name[:6]}")
+    model = layout.exported_model(run)
+    model.mkdir(parents=True)
+    (model / "saved_model.pb").write_bytes(b"")
+    return run
+
+
+def _push(home: Path, run: Path, blessing: str, line: str = LINE) -> tuple[int, Path]:
+    """What the gate's Pusher publishes (pipelines.evaluation.pusher)."""
+    info = {"blessing": blessing, "force_bless_reason": None if blessing == "BLESSED" else "hotfix",
+            "model_uri": str(run / layout.TRAINING_MODEL), "mlmd_model_id": 1, "mlmd_blessing_id": 2,
+            "line": line, "run_dir": str(run), "training_run": run.name, "mlflow_run_id": f"mlflow-{run.name[:6]}"}
+    return serving.publish(layout.exported_model(run), layout.serving_base(line, home), info)
+
+
+def _gate(home: Path, run: Path, blessing: str, why: str, overall: dict, pushed: tuple[int, Path] | None = None,
+          line: str = LINE) -> dict:
+    """The gate's result.json and report.html (pipelines.evaluation.gate.evaluate)."""
+    serving_info = None if pushed is None else {
+        "version": pushed[0], "path": str(pushed[1]), "base": str(layout.serving_base(line, home))}
+    result = {
+        "line": line, "spec_version": 1, "run_dir": str(run), "training_run": run.name,
+        "mlflow_run_id": f"mlflow-{run.name[:6]}", "blessing": blessing, "evaluator_blessed": blessing == "BLESSED",
+        "blessed_on": "value thresholds only (no blessed model yet)", "why": why,
+        "force_bless_reason": "hotfix" if blessing == "FORCED" else None,
+        "failures": [] if blessing == "BLESSED" else [{"slice": "Overall", "metric": "auc", "message": "auc below 0.7"}],
+        "candidate": {"model_uri": str(run / layout.TRAINING_MODEL), "mlmd_model_id": 1}, "baseline": None,
+        "pushed": pushed is not None, "serving": serving_info, "overall": overall,
+        "metrics": {"Overall": {"candidate": overall, "baseline": None, "diff": None},
+                    "term:term_36": {"candidate": {"auc": overall["auc"] - 0.01}, "baseline": None, "diff": None}},
+        "slices": [{"slice": "Overall", "gated": True, "examples": 300, "positives": 15},
+                   {"slice": "term:term_36", "gated": False, "examples": 200, "positives": 9}],
+        "settings": {"thresholds": {"auc": {"min": 0.7}}, "slice_thresholds": {"thresholds": {}}},
+        "rows": 300, "tfx": {"pipeline_run_id": "2026-11-20T10:20:00.000000"}, "timings": {"total_s": 61.0},
+        "report": {"json": str(layout.evaluation_result_path(run)), "html": str(layout.evaluation_report_path(run))},
+    }
+    write_report(result, layout.evaluation_report_path(run))
+    records.write_evaluation_result(run, result)
+    return result
+
+
+def _frame(n: int, share_60: float, feature: str = "int_rate") -> pd.DataFrame:
+    """Rows whose only difference between batches is the share of 60-month loans."""
+    return pd.DataFrame({feature: np.tile(np.linspace(5, 25, 50), n // 50),
+                         "term": np.where(np.arange(n) % 100 < share_60 * 100, "60 months", "36 months"),
+                         "score": np.tile(np.linspace(0.05, 0.95, 50), n // 50)})
+
+
+def _profile(feature: str = "int_rate") -> dict:
+    """The reference profile of the served model (pipelines.monitoring.profile)."""
+    return build_profile(_frame(2000, 0.3, feature), [{"name": feature, "kind": "numeric"}, {"name": "term", "kind": "categorical"}],
+                         "score", meta={"line": LINE, "model_version": "1"})
+
+
+def _record_without_report(home: Path, batch: str, report_path: Path | None = None, feature: str = "int_rate") -> dict:
+    """A history record whose JSON report is not in the line's reports folder."""
+    report = score_batch(_profile(feature), _frame(500, 0.8, feature), scores="score", batch_id=batch)
+    if report_path is not None:
+        write_json_report(report, report_path)
+    episodes.record_batch(LINE, report, model_version="1", batch_id=batch,
+                          report_path=None if report_path is None else str(report_path), home=home)
+    return report
 
 
 @pytest.fixture
-def home(tmp_path: Path) -> Path:
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A factory home with what ingest, training, the gate, serving and drift leave."""
     home = tmp_path / "factory"
-    docs_ok = _docs_page(home, "slice-1")
-    docs_bad = _docs_page(home, "slice-2")
-    cleaning = {"rows_in": 2465, "rows_clean": 2460, "rows_quarantined": 3, "duplicates_removed": 2,
-                "quarantine_reasons": {"funded_amnt: out of range": 3}, "clean_path": "/x"}
-    _ledger(home, "slice-1", status="validated", landed_at="2026-11-20T09:00:00+00:00",
-            updated_at="2026-11-20T09:05:00+00:00", cleaning=cleaning,
-            validation={"success": True, "evaluated": 31, "successful": 31, "failed": [], "data_docs": str(docs_ok)})
-    _ledger(home, "slice-2", status="failed", landed_at="2026-11-21T09:00:00+00:00", failed_stage="validation",
-            error="2 expectation(s) failed <img src=x onerror=alert(1)>",
-            cleaning={**cleaning, "rows_in": 2464, "rows_clean": 2464, "rows_quarantined": 0, "duplicates_removed": 0},
-            validation={"success": False, "evaluated": 31, "successful": 29, "data_docs": str(docs_bad),
-                        "failed": [{"expectation": "expect_column_values_to_be_between", "column": "int_rate"},
-                                   {"expectation": "expect_table_row_count_to_be_between", "column": None}]})
-    _ledger(home, "slice-3", status="landed", landed_at="2026-11-22T09:00:00+00:00")
+    _ingest(home)
+    run1 = _train(home, RUN1_ID, ["slice-1"], 0.71)
+    run2 = _train(home, RUN2_ID, ["slice-1", "slice-2"], 0.69)
+    os.utime(layout.manifest_path(run1), (1_700_000_000, 1_700_000_000))  # RUN1 is the older run
+    _gate(home, run1, "BLESSED", "all thresholds met (value thresholds only)", {"auc": 0.712, "recall": 0.6},
+          pushed=_push(home, run1, "BLESSED"))
+    _gate(home, run2, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.69})
 
-    troot = home / "training" / LINE
-    for run, auc, batches in ((RUN1, 0.71, ["slice-1"]), (RUN2, 0.69, ["slice-1", "slice-2"])):
-        _json(troot / run / "manifest.json", {"run_id": run, "batches": batches, "rows": {"train": 1500}})
-        _json(troot / run / "result.json", {"val_auc": auc, "epochs_run": 12, "samples_per_s": 4100.0})
-        (troot / run / "mlflow_run_id").write_text(f"mlflow-{run[:6]}\n")
-    os.utime(troot / RUN1 / "manifest.json", (1_700_000_000, 1_700_000_000))  # RUN1 is the older run
-    # the gate's result.json (pipelines.evaluation.gate), and its report
-    _json(troot / RUN1 / "evaluation" / "result.json", {
-        "blessing": "BLESSED", "why": "all thresholds met (value thresholds only)", "pushed": True,
-        "serving": {"version": 1, "path": str(home / "serving" / LINE / "1")}, "force_bless_reason": None,
-        "overall": {"auc": 0.712, "recall": 0.6},
-        "metrics": {"Overall": {"candidate": {"auc": 0.712, "recall": 0.6}, "baseline": {}, "diff": {}},
-                    "term:term_36": {"candidate": {"auc": 0.7}, "baseline": {}, "diff": {}}}})
-    (troot / RUN1 / "evaluation" / "report.html").write_text("<html>gate report</html>")
-    _json(troot / RUN2 / "evaluation" / "result.json", {"blessed": False, "metrics": {"auc": {"value": 0.69}}})
-
-    serving = home / "serving" / LINE
-    _json(serving / "1" / "assets.extra" / "factory_push.json",
-          {"blessing": "BLESSED", "model_uri": str(troot / RUN1 / "model"), "pushed_at": "2026-11-20T10:30:00+00:00"})
-
-    drift = home / "drift" / LINE
-    reports = []
-    for i, (rate, term) in enumerate(((0.01, 0.02), (0.05, 0.31)), start=1):
-        reports.append(_json(drift / "reports" / f"b{i}.json", {"features": {
-            "int_rate": {"status": "ok", "metrics": {"psi": {"value": rate}}},
-            "term": {"status": "ok", "metrics": {"psi": {"value": term}}},
-            "gone": {"status": "missing"}}}))
-    (drift / "reports" / "b2.html").write_text("<html>drift report b2</html>")
-    history = [
-        {"kind": "batch", "batch_id": "b1", "scored_at": "2026-11-21T00:00:00+00:00", "model_version": "1",
-         "drifted": False, "drifted_features": [], "max_psi": {"feature": "term", "value": 0.02},
-         "report_path": str(reports[0])},
-        {"kind": "retrain", "event": "pending", "run_id": "drift__1"},
-        {"kind": "batch", "batch_id": "b2", "scored_at": "2026-11-22T00:00:00+00:00", "model_version": "1",
-         "drifted": True, "drifted_features": [{"feature": "term", "severity": 1.5, "by": "psi"}],
-         "max_psi": {"feature": "term", "value": 0.31}, "report_path": str(reports[1]),
-         "html_path": str(drift / "reports" / "b2.html")},
-        {"kind": "batch", "batch_id": "b3", "scored_at": "2026-11-23T00:00:00+00:00", "model_version": "1",
-         "drifted": False, "scores": {"int_rate": 0.03, "term": 0.05, "__score__": 0.01}},
-    ]
-    (drift / "history.jsonl").write_text("\n".join(json.dumps(r) for r in history) + '\n{"kind": "batch", "bat')
+    version = layout.serving_base(LINE, home) / "1"
+    save_profile(_profile(), layout.drift_profile_path(version))
+    with monkeypatch.context() as m:
+        m.setitem(sys.modules, "matplotlib", None)  # the report's inline SVG charts: matplotlib's PNG is slow
+        for batch, share_60 in (("b1", 0.32), ("b2", 0.8), ("b3", 0.35)):
+            monitor_batch(LINE, _frame(500, share_60), layout.drift_profile_path(version), batch_id=batch,
+                          scores="score", home=home)
+            if batch == "b2":  # the drifted batch opens an episode, and a retrain is claimed for it
+                assert episodes.claim_retrain(LINE, "drift__1", home=home).retrain
+    # a monitor appending its record right now
+    with layout.drift_history_path(LINE, home).open("a") as f:
+        f.write('{"kind": "batch", "bat')
     return home
+
+
+def _reports(home: Path) -> dict[str, dict]:
+    """The JSON drift reports the monitor wrote, by batch."""
+    history = records.read_drift_history(LINE, home, kind="batch")
+    return {r.batch_id: records.read_drift_report(r, LINE, home) for r in history}
 
 
 class FakeAirflow:
@@ -153,26 +249,37 @@ def test_models_have_metrics_blessing_and_serving(home):
     view = gather(home, [LINE]).line(LINE)
     assert [m.run for m in view.models] == [RUN2, RUN1]
     new, old = view.models
-    assert old.val_auc == 0.71 and old.rows_train == 1500 and old.batches == ["slice-1"]
+    assert old.val_auc == 0.71 and old.rows_train == 1500 and old.batches == ["slice-1"] and old.epochs_run == 12
     assert old.blessing == "BLESSED" and old.eval_metrics == {"auc": 0.712, "recall": 0.6}
     assert old.blessing_why.startswith("all thresholds met")
-    assert old.eval_report == f"reports/{LINE}/evaluation/{RUN1}" and new.eval_report is None
+    assert old.eval_report == f"reports/{LINE}/evaluation/{RUN1}" and new.eval_report == f"reports/{LINE}/evaluation/{RUN2}"
     assert (old.serving_version, old.in_serving) == (1, True) and old.mlflow_run_id == f"mlflow-{RUN1[:6]}"
-    assert new.blessing == "NOT BLESSED" and new.eval_metrics == {"auc": 0.69}
+    assert new.blessing == "NOT BLESSED" and new.eval_metrics == {"auc": 0.69} and new.blessing_why == "[Overall] auc below 0.7"
     assert new.serving_version is None and not new.in_serving
-    assert view.serving_version == 1 and view.serving[0].run == RUN1
+    assert view.serving_version == 1 and view.serving[0].run == RUN1 and view.serving[0].blessing == "BLESSED"
+    assert view.serving[0].pushed_at is not None
+
+
+def test_a_run_not_yet_evaluated(home):
+    _train(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)
+    newest = gather(home, [LINE]).line(LINE).models[0]
+    assert newest.run == "manual__2026-11-23T08_00_00_00_00" and newest.has_result and newest.trained_at
+    assert (newest.evaluated, newest.blessing, newest.eval_report, newest.serving_version) == (False, None, None, None)
 
 
 def test_a_rollback_moves_serving_to_the_previous_version(home):
-    serving = home / "serving" / LINE
-    _json(serving / ".retired" / "2" / "assets.extra" / "factory_push.json",
-          {"blessing": "FORCED", "run_dir": str(home / "training" / LINE / RUN2)})
-    _json(serving / ".retired" / "2.json", {"reason": "AUC dropped in production"})
+    run2 = layout.run_dir(LINE, RUN2_ID, home)
+    _gate(home, run2, "FORCED", "force-blessed despite: [Overall] auc below 0.7. Reason given: hotfix", {"auc": 0.69},
+          pushed=_push(home, run2, "FORCED"))
+    assert gather(home, [LINE]).line(LINE).serving_version == 2
+    serving.retire_latest(layout.serving_base(LINE, home), "AUC dropped in production", expected=2)
     view = gather(home, [LINE]).line(LINE)
     assert [(s.version, s.retired, s.in_serving) for s in view.serving] == [(2, True, False), (1, False, True)]
+    assert view.serving[0].run == RUN2 and view.serving[0].blessing == "FORCED" and view.serving_version == 1
     new = view.models[0]
-    assert (new.serving_version, new.retired, new.in_serving) == (2, True, False)
+    assert (new.serving_version, new.retired, new.in_serving, new.blessing) == (2, True, False, "FORCED")
     assert view.serving[0].retired_reason == "AUC dropped in production"
+    assert view.models[1].in_serving
 
 
 def test_airflow_and_mlflow_links(home):
@@ -194,31 +301,47 @@ def test_run_folder_name_matches_the_training_stage():
 
 
 def test_drift_series_per_feature_over_time(home):
+    reports = _reports(home)
     view = gather(home, [LINE]).line(LINE)
     series = {s.feature: s for s in view.drift_series}
     assert set(series) == {"int_rate", "term", "__score__"}
-    assert [p.value for p in series["term"].points] == [0.02, 0.31, 0.05]
+    psi = {name: [reports[b]["features"][name]["metrics"]["psi"]["value"] for b in ("b1", "b2", "b3")] for name in series}
+    assert {name: [p.value for p in s.points] for name, s in series.items()} == psi
+    assert psi["term"][1] > 0.2 > max(psi["term"][0], psi["term"][2])  # only b2 moved, and only its term
     assert [p.batch_id for p in series["int_rate"].points] == ["b1", "b2", "b3"]
-    assert series["term"].threshold == 0.2  # the spec's default PSI threshold
-    assert view.drift_series[0].feature == "__score__"  # the score first, then by peak
+    assert series["term"].threshold == 0.2  # the spec's PSI threshold
+    assert [s.feature for s in view.drift_series] == ["__score__", "term", "int_rate"]  # the score first, then by peak
     assert [d.batch_id for d in view.drift_batches] == ["b3", "b2", "b1"]
-    assert view.drift_batches[1].drifted and view.drift_batches[1].drifted_features == ["term"]
-    assert view.drift_batches[1].report == f"reports/{LINE}/drift/b2.html" and view.drift_batches[0].report is None
+    b2 = view.drift_batches[1]
+    assert b2.drifted and b2.drifted_features == ["term"] and b2.episode_status == "open"
+    assert (b2.max_psi_feature, b2.max_psi, b2.model_version) == ("term", psi["term"][1], "1")
+    assert not view.drift_batches[0].drifted and view.drift_batches[2].episode_status is None
+    assert b2.report == f"reports/{LINE}/drift/b2.html" and view.drift_batches[0].report == f"reports/{LINE}/drift/b3.html"
     assert view.notes == []  # the partial last line is an append in progress, not an error
 
 
-def test_history_with_only_the_largest_psi(home):
-    path = home / "drift" / LINE / "history.jsonl"
-    path.write_text(json.dumps({"kind": "batch", "batch_id": "b9", "max_psi": {"feature": "term", "value": 0.4}}) + "\n")
+def test_a_batch_whose_html_report_is_gone_has_no_link(home):
+    layout.drift_report_paths(LINE, "b3", home)[1].unlink()
+    view = gather(home, [LINE]).line(LINE)
+    assert view.drift_batches[0].batch_id == "b3" and view.drift_batches[0].report is None
+    assert "term" in {s.feature for s in view.drift_series}  # its JSON report is still read
+
+
+def test_history_with_only_the_largest_psi(tmp_path):
+    home = tmp_path / "factory"
+    report = _record_without_report(home, "b9")
+    top = max(f["metrics"]["psi"]["value"] for f in report["features"].values())
     series = gather(home, [LINE]).line(LINE).drift_series
     assert [(s.feature, s.label, [p.value for p in s.points]) for s in series] == [
-        (MAX_FEATURE, "largest feature PSI", [0.4])]
+        (MAX_FEATURE, "largest feature PSI", [top])]
 
 
-def test_a_drift_report_outside_the_home_is_not_read(home, tmp_path):
-    outside = _json(tmp_path / "elsewhere.json", {"features": {"secret": {"status": "ok", "metrics": {"psi": {"value": 9}}}}})
-    (home / "drift" / LINE / "history.jsonl").write_text(json.dumps({"kind": "batch", "report_path": str(outside)}))
-    assert gather(home, [LINE]).line(LINE).drift_series == []
+def test_a_drift_report_outside_the_home_is_not_read(tmp_path):
+    home = tmp_path / "factory"
+    _record_without_report(home, "b9", report_path=tmp_path / "elsewhere.json", feature="secret")
+    assert (tmp_path / "elsewhere.json").is_file()
+    series = gather(home, [LINE]).line(LINE).drift_series
+    assert [s.feature for s in series] == [MAX_FEATURE]  # the record's own figure, not the outside report's features
 
 
 def test_an_empty_home_shows_none_yet(tmp_path):
@@ -231,32 +354,21 @@ def test_an_empty_home_shows_none_yet(tmp_path):
 
 
 def test_unreadable_files_become_notes(home):
-    (home / "state" / LINE / "broken.json").write_text("{not json")
-    (home / "training" / LINE / RUN1 / "result.json").write_text("[truncated")
+    layout.line_paths(LINE, home).ledger_record("broken").write_text("{not json")
+    layout.training_result_path(layout.run_dir(LINE, RUN1_ID, home)).write_text("[truncated")
+    with layout.drift_history_path(LINE, home).open("a") as f:
+        f.write('\n{"kind": "batch", "batch_id": "b4", "max_psi": 0.3}\n')  # a record no reader can take
     view = gather(home, [LINE]).line(LINE)
     assert view.batch_total == 3
     assert any("broken.json" in n for n in view.notes) and any(RUN1 in n for n in view.notes)
+    assert any(n.startswith("drift history:") and "line 6" in n for n in view.notes)
+    assert not any(str(home) in n for n in view.notes)  # paths relative to the factory home
     assert view.models[1].has_result is False
+    assert [d.batch_id for d in view.drift_batches] == ["b3", "b2", "b1"]
 
 
 def test_allowed_filters_lines(home):
     assert [lv.name for lv in gather(home, allowed={"employment"}).lines] == ["employment"]
-
-
-def test_evaluation_summary_shapes():
-    assert evaluation_summary({"blessing": "NOT_BLESSED"})["blessing"] == "NOT BLESSED"
-    assert evaluation_summary({"blessed": True, "pushed_version": "4"}) == {
-        "blessing": "BLESSED", "metrics": {}, "version": 4, "why": None}
-    gate = {"blessing": "FORCED", "force_bless_reason": "hotfix", "pushed": True, "serving": {"version": 3},
-            "why": "force-blessed despite: auc", "metrics": {"Overall": {"candidate": {"auc": 0.55}}}}
-    assert evaluation_summary(gate) == {"blessing": "FORCED", "metrics": {"auc": 0.55}, "version": 3,
-                                        "why": "force-blessed despite: auc"}
-    assert evaluation_summary({"blessing": "NOT_BLESSED", "pushed": False, "serving": None})["version"] is None
-    assert evaluation_summary({"blessed": False, "force_bless_reason": "hotfix"})["blessing"] == "FORCED"
-    assert evaluation_summary({"version": 1})["version"] is None  # a format version, not a push
-    assert evaluation_summary({"pushed": True, "version": 5})["version"] == 5
-    assert evaluation_summary({"pushed": {"version": 6}})["version"] == 6
-    assert evaluation_summary({"metrics": {"candidate": {"auc": 0.7}, "baseline": {"auc": 0.6}}})["metrics"] == {"auc": 0.7}
 
 
 # -- charts and page ----------------------------------------------------------------------
@@ -418,15 +530,21 @@ def test_docs_are_served_confined(client):
 def test_reports_are_served_by_name_only(client, home):
     auth = {"Authorization": "Bearer admin"}
     r = client.get(f"/reports/{LINE}/evaluation/{RUN1}", headers=auth)
-    assert r.status_code == 200 and "gate report" in r.text and "default-src 'self'" in r.headers["content-security-policy"]
-    assert client.get(f"/reports/{LINE}/drift/b2.html", headers=auth).text == "<html>drift report b2</html>"
+    assert r.status_code == 200 and "default-src 'self'" in r.headers["content-security-policy"]
+    assert r.text == layout.evaluation_report_path(layout.run_dir(LINE, RUN1_ID, home)).read_text()
+    assert "all thresholds met" in r.text and RUN1 in r.text
+    drift = client.get(f"/reports/{LINE}/drift/b2.html", headers=auth)
+    assert drift.status_code == 200 and drift.text == layout.drift_report_paths(LINE, "b2", home)[1].read_text()
+    assert "b2" in drift.text
     assert client.get(f"/reports/{LINE}/drift/b2.html").status_code == 401
+    _train(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)  # not evaluated yet: no report
     for bad in (f"/reports/{LINE}/evaluation/..", f"/reports/{LINE}/evaluation/%2E%2E", f"/reports/{LINE}/drift/b1.json",
-                f"/reports/{LINE}/drift/..%2Fhistory.jsonl", f"/reports/{LINE}/other/x", f"/reports/{LINE}/evaluation/{RUN2}",
+                f"/reports/{LINE}/drift/..%2Fhistory.jsonl", f"/reports/{LINE}/other/x",
+                f"/reports/{LINE}/evaluation/manual__2026-11-23T08_00_00_00_00", f"/reports/{LINE}/evaluation/{RUN1}.",
                 "/reports/..%2Fstate/drift/x.html"):
         assert client.get(bad, headers=auth).status_code in (403, 404), bad
-    (home / "training" / "employment" / RUN1 / "evaluation").mkdir(parents=True)
-    (home / "training" / "employment" / RUN1 / "evaluation" / "report.html").write_text("<html>emp</html>")
+    emp = _train(home, RUN1_ID, ["2016"], 0.7, line="employment")
+    _gate(home, emp, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.6}, line="employment")
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers={"Authorization": "Bearer credit"}).status_code == 403
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers=auth).status_code == 200
 

@@ -106,6 +106,12 @@ def data_docs_root(home: Path | None = None) -> Path:
     return next((c for c in candidates if c.is_dir()), candidates[0])
 
 
+def data_docs_index(home: Path | None = None) -> Path:
+    """The index page of the Data Docs site validation builds (``local_site``:
+    :data:`pipelines.ingest.validation.DOCS_SITE`)."""
+    return data_docs_root(home) / "local_site" / "index.html"
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -204,8 +210,9 @@ def serving_store(home: Path | None = None) -> Path:
     return Path(store) if store else _home(home) / "serving"
 
 
-def serving_base(line: str, home: Path | None = None) -> Path:
-    return serving_store(home) / line
+def serving_base(line: str, home: Path | None = None, store: Path | None = None) -> Path:
+    """A line's folder in the serving store (``store``: that store rather than :func:`serving_store`)."""
+    return (Path(store) if store is not None else serving_store(home)) / line
 
 
 def push_info_path(version_dir: Path) -> Path:
@@ -264,11 +271,13 @@ def drift_profile_path(folder: Path) -> Path:
 # ---------------------------------------------------------------- all lines
 
 
-def lines_with_records(home: Path | None = None) -> list[str]:
-    """Lines that have any record under this home or in the serving store."""
+def lines_with_records(home: Path | None = None, store: Path | None = None) -> list[str]:
+    """Lines that have any record under this home or in the serving store (``store``, else
+    :func:`serving_store`)."""
     home = _home(home)
     names: set[str] = set()
-    for root in (home / "state", home / "training", home / "drift", serving_store(home)):
+    for root in (home / "state", home / "training", home / "drift",
+                 Path(store) if store is not None else serving_store(home)):
         if root.is_dir():
             names.update(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return sorted(names)

@@ -3,16 +3,16 @@ recent batches (cleaning counts, validation verdict, Data Docs), its models (met
 blessing, which version is in serving, the MLflow registry's champion), its drift scores
 over time, and links to the Airflow runs and MLflow runs behind each item.
 
-- :mod:`~pipelines.ui.data`: gathers what the page shows from the factory's files (batch
-  ledger, training runs, evaluation results, serving store, drift history); testable
-  without Airflow or a browser;
+- :mod:`~pipelines.ui.data`: what the page shows, as dataclasses;
+- :mod:`~pipelines.ui.gather`: fills them from the factory's catalog (batch ledger,
+  training runs, evaluation results, serving store, drift history); testable without
+  Airflow or a browser;
 - :mod:`~pipelines.ui.lookups`: what only Airflow's metadata database (the DAG runs behind a
   batch or a training run) and MLflow (registry versions, aliases) know;
-- :mod:`~pipelines.ui.charts` and :mod:`~pipelines.ui.render`: server-rendered HTML with
-  inline CSS and inline SVG charts (nothing is fetched from anywhere else);
+- :mod:`~pipelines.ui.charts` and :mod:`~pipelines.ui.render`: server-rendered HTML from
+  the Jinja2 templates in ``templates/`` (autoescaped), with inline CSS and inline SVG
+  charts (nothing is fetched from anywhere else);
 - :mod:`~pipelines.ui.docs`: Great Expectations Data Docs, served path-confined;
 - :mod:`~pipelines.ui.app`: the FastAPI app the Airflow plugin (``plugins/factory_ui.py``)
-  mounts, with Airflow's JWT required on every data route;
-- :mod:`~pipelines.ui.cdp`: a minimal headless-Chromium driver (DevTools protocol) for the
-  browser test and screenshots.
+  mounts, with Airflow's JWT required on every data route.
 """

@@ -32,7 +32,8 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from pipelines.config import factory_home
 from pipelines.ui import docs, render
-from pipelines.ui.data import AirflowRuns, MlflowInfo, gather, known_lines
+from pipelines.ui.data import AirflowRuns, MlflowInfo
+from pipelines.ui.gather import gather, known_lines
 
 PREFIX = "/factory"
 COOKIE = "_token"  # airflow.api_fastapi.auth.managers.base_auth_manager.COOKIE_NAME_JWT_TOKEN

@@ -1,23 +1,23 @@
 """Files the view serves, each confined to its folder:
 
 - Great Expectations Data Docs: only files under the Data Docs root
-  (:func:`pipelines.ui.data.docs_root`: ``<home>/gx/gx/uncommitted/data_docs``). A request
+  (:func:`pipelines.catalog.layout.data_docs_root`). A request
   path is refused (None) when it is absolute, has a ``..``, a hidden part, a backslash or a
   NUL, or when the file it resolves to (symbolic links followed) is not a regular file under
   the root. A directory serves its ``index.html``.
-- The evaluation gate's ``<training root>/<line>/<run>/evaluation/report.html`` and the drift
-  monitor's ``<home>/drift/<line>/reports/<name>.html``, by name: names are checked against
-  a strict pattern and the resolved file must stay in its folder.
+- The evaluation gate's report of a training run
+  (:func:`~pipelines.catalog.layout.evaluation_report_path`) and the drift monitor's HTML
+  report of a batch (:func:`~pipelines.catalog.layout.drift_report_paths`), by name: names
+  are checked against a strict pattern, must be the names the layout gives, and the
+  resolved file must stay in its folder.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path, PurePosixPath
 
-from pipelines.config import training_root
-from pipelines.ui.data import docs_root, drift_reports_dir
+from pipelines.catalog import layout
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,200}$")
 
@@ -37,7 +37,7 @@ def resolve(rel: str, home: Path | None = None) -> Path | None:
     pure = PurePosixPath(rel)
     if pure.is_absolute() or any(part in ("..", ".") or part.startswith(".") for part in pure.parts):
         return None
-    root = docs_root(home)
+    root = layout.data_docs_root(home)
     try:
         root_resolved = root.resolve(strict=True)
         target = (root / pure).resolve(strict=True)
@@ -57,16 +57,15 @@ def suite_lines(include: Path | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     try:
         from pipelines.config import include_dir
+        from pipelines.ingest.validation import load_suite_dict
         from pipelines.specs import load_specs
 
         base = include or include_dir()
         for spec in load_specs():
             try:
-                name = json.loads((base / spec.expectations).read_text()).get("name")
+                out[load_suite_dict(base / spec.expectations)["name"]] = spec.name
             except (OSError, ValueError):
                 continue
-            if isinstance(name, str):
-                out[name] = spec.name
     except Exception:  # noqa: BLE001 - unknown suites are then treated as shared pages
         pass
     return out
@@ -100,10 +99,9 @@ def report_file(line: str, kind: str, name: str, home: Path) -> Path | None:
     report (``kind="drift"``, ``name``: ``<batch>.html``), or None."""
     if not SAFE_NAME.match(line or "") or not SAFE_NAME.match(name or ""):
         return None
-    if kind == "evaluation":
-        base = training_root(line, home)
-        return _inside(base / name / "evaluation" / "report.html", base)
+    if kind == "evaluation" and layout.run_folder_name(name) == name:
+        return _inside(layout.evaluation_report_path(layout.run_dir(line, name, home)), layout.training_root(line, home))
     if kind == "drift" and name.endswith(".html"):
-        base = drift_reports_dir(line, home)
-        return _inside(base / name, base)
+        _, html = layout.drift_report_paths(line, name.removesuffix(".html"), home)
+        return _inside(html, layout.drift_reports_dir(line, home)) if html.name == name else None
     return None

@@ -12,7 +12,8 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
-from pipelines.ui.data import MlflowLine, RunRef, run_folder_name
+from pipelines.catalog.layout import registered_model_name, run_folder_name
+from pipelines.ui.data import MlflowLine, RunRef
 
 RECENT_RUNS = 500
 MLFLOW_TIMEOUT_S = 5.0
@@ -132,11 +133,3 @@ class MlflowRegistry:
             )
         return out
 
-
-def registered_model_name(line: str) -> str:
-    try:
-        from pipelines.evaluation.paths import registered_model_name as name
-
-        return name(line)
-    except ImportError:
-        return f"factory.{line}"

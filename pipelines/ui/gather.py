@@ -1,0 +1,395 @@
+"""Gathering what the Model Factory view shows (:mod:`pipelines.ui.data`) from the factory's
+records, each through its one reader in :mod:`pipelines.catalog`:
+
+| what | reader |
+|---|---|
+| batches | :func:`pipelines.catalog.ledger.all_records` |
+| Data Docs | the ledger's ``validation.data_docs`` page, under :func:`~pipelines.catalog.layout.data_docs_root` |
+| training runs, evaluations | :func:`pipelines.catalog.records.training_runs`: manifest, training result, MLflow run, the gate's result and report |
+| serving | :func:`pipelines.catalog.records.serving_versions`: push info, retirements; TF Serving serves the highest live version |
+| drift | :func:`pipelines.catalog.records.read_drift_history` (``kind: "batch"`` records) and the reports they name (:func:`~pipelines.catalog.records.read_drift_report`, :func:`~pipelines.catalog.records.drift_report_html`) |
+
+Every part is optional: a stage that has not run yet leaves its part of the page empty,
+and a record that cannot be read becomes a note on the page, never an error page.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import quote
+
+from pipelines.catalog import layout, ledger, records
+from pipelines.catalog.records import BatchRecord, DriftRecord, RecordError, TrainingRun, ValidationSummary
+from pipelines.config import factory_home
+from pipelines.ui.data import (
+    DRIFT_METRIC,
+    MAX_BATCHES,
+    MAX_DRIFT_POINTS,
+    MAX_FEATURE,
+    MAX_MODELS,
+    SCORE_FEATURE,
+    AirflowRuns,
+    Batch,
+    DriftBatch,
+    DriftPoint,
+    DriftSeries,
+    LineView,
+    MlflowInfo,
+    Model,
+    Overview,
+    ServingVersion,
+    Validation,
+)
+
+T = TypeVar("T")
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _float(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+def _iso(timestamp: float | None) -> str | None:
+    return None if timestamp is None else datetime.fromtimestamp(timestamp, UTC).isoformat(timespec="seconds")
+
+
+def _note(what: str, error: str, home: Path) -> str:
+    """A reader's error as a note on the page, its paths relative to the factory home."""
+    return f"{what}: {error.replace(str(home) + os.sep, '')}"
+
+
+def _read(what: str, home: Path, notes: list[str], read: Callable[[list[str]], T], empty: T) -> T:
+    """``read(errors)``, with each record it could not read and any failure as a note."""
+    errors: list[str] = []
+    try:
+        out = read(errors)
+    except (RecordError, OSError) as err:
+        errors.append(str(err))
+        out = empty
+    notes.extend(_note(what, e, home) for e in errors)
+    return out
+
+
+def docs_link(path: str | None, home: Path | None = None) -> str | None:
+    """A Data Docs file recorded in the ledger as a URL path relative to the Data Docs root
+    (:func:`~pipelines.catalog.layout.data_docs_root`), or None when it is not under it (or gone)."""
+    if not path:
+        return None
+    root = layout.data_docs_root(home).resolve()
+    try:
+        rel = Path(path).resolve().relative_to(root)
+    except (ValueError, OSError):
+        return None
+    if not (root / rel).is_file():
+        return None
+    return "/".join(quote(part) for part in rel.parts)
+
+
+# -- batches ------------------------------------------------------------------------------
+
+
+def _validation(v: ValidationSummary | None, home: Path) -> Validation | None:
+    """The verdict :mod:`pipelines.ingest.validation` recorded (``failed``: its
+    ``FailedExpectation`` objects)."""
+    if v is None:
+        return None
+    return Validation(
+        success=v.success,
+        evaluated=v.evaluated,
+        successful=v.successful,
+        failed=[f"{f['expectation']}" + (f" on {f['column']}" if f.get("column") else "") for f in v.failed],
+        docs=docs_link(v.data_docs, home),
+        docs_file=v.data_docs or None,
+    )
+
+
+def batch_from_record(record: BatchRecord, home: Path) -> Batch:
+    c = record.cleaning
+    return Batch(
+        batch_id=record.batch_id,
+        status=record.status,
+        landed_at=record.landed_at,
+        updated_at=record.updated_at,
+        rows_in=c.rows_in if c else None,
+        rows_clean=c.rows_clean if c else None,
+        rows_quarantined=c.rows_quarantined if c else None,
+        duplicates_removed=c.duplicates_removed if c else None,
+        quarantine_reasons=dict(c.quarantine_reasons) if c else {},
+        validation=_validation(record.validation, home),
+        error=record.error or None,
+        failed_stage=record.failed_stage or None,
+    )
+
+
+def read_batches(line: str, home: Path, notes: list[str]) -> list[BatchRecord]:
+    """Every ledger record of a line, newest landing first."""
+    paths = layout.line_paths(line, home)
+    found = _read("batch ledger", home, notes, lambda errors: ledger.all_records(paths, errors=errors), [])
+    return list(reversed(found))
+
+
+# -- models -------------------------------------------------------------------------------
+
+
+def _blessing(verdict: str | None) -> str | None:
+    """The gate's verdict (``BLESSED``, ``NOT_BLESSED``, ``FORCED``) as the page shows it."""
+    return verdict.replace("_", " ") if verdict else None
+
+
+def model_from_run(run: TrainingRun, line: str) -> Model:
+    """A training run (:mod:`pipelines.training.prepare`'s manifest, the worker's result)
+    and the gate's verdict on it (:mod:`pipelines.evaluation.gate`)."""
+    manifest = run.manifest if isinstance(run.manifest, dict) else {}
+    m = Model(
+        run=run.run,
+        batches=[str(b) for b in manifest.get("batches") or []],
+        rows_train=(manifest.get("rows") or {}).get("train"),
+        mlflow_run_id=run.mlflow_run_id,
+        has_result=run.result is not None,
+    )
+    if run.result is not None:
+        m.trained_at = run.result.finished_at or _iso(run.result_mtime)
+        m.val_auc = _float(run.result.val_auc)
+        m.epochs_run = run.result.epochs_run
+        m.samples_per_s = _float(run.result.samples_per_s)
+    evaluation = run.evaluation
+    if evaluation is not None:
+        m.evaluated = True
+        m.blessing = _blessing(evaluation.blessing)
+        m.blessing_why = evaluation.why
+        m.eval_metrics = {k: x for k, v in evaluation.overall.items() if (x := _float(v)) is not None}
+        m.serving_version = evaluation.serving_version
+    if run.has_report:
+        m.eval_report = f"reports/{quote(line)}/evaluation/{quote(run.run)}"
+    return m
+
+
+def read_models(line: str, home: Path, notes: list[str]) -> list[Model]:
+    """Every training run of a line, newest first."""
+    runs = _read("training runs", home, notes, lambda errors: records.training_runs(line, home, errors), [])
+    return [model_from_run(run, line) for run in runs]
+
+
+# -- serving ------------------------------------------------------------------------------
+
+
+def read_serving(line: str, home: Path, notes: list[str]) -> list[ServingVersion]:
+    """Versions in the serving store (:mod:`pipelines.evaluation.serving`), newest first."""
+    versions = _read("serving store", home, notes, lambda errors: records.serving_versions(line, home, errors), [])
+    return [
+        ServingVersion(
+            version=s.version,
+            pushed_at=s.push.pushed_at if s.push else None,
+            blessing=_blessing(s.push.blessing) if s.push else None,
+            run=s.training_run,
+            retired=s.retired,
+            retired_reason=s.retirement.reason if s.retirement else None,
+            in_serving=s.in_serving,
+        )
+        for s in versions
+    ]
+
+
+# -- drift --------------------------------------------------------------------------------
+
+
+def _feature_values(record: DriftRecord, line: str, home: Path, notes: list[str]) -> dict[str, float]:
+    """Per-feature PSI of one scored batch from its JSON report (:mod:`pipelines.monitoring.detection`:
+    ``features`` -> ``metrics`` -> ``psi`` -> ``value``), else the history's largest PSI."""
+    try:
+        report = records.read_drift_report(record, line, home)
+    except RecordError as err:
+        notes.append(_note("drift report", str(err), home))
+        report = None
+    if isinstance(report, dict):
+        values = {
+            name: x
+            for name, finding in (report.get("features") or {}).items()
+            if finding.get("status") == "ok" and (x := _float(finding["metrics"][DRIFT_METRIC]["value"])) is not None
+        }
+        if values:
+            return values
+    top = _float((record.max_psi or {}).get("value"))
+    return {MAX_FEATURE: top} if top is not None else {}
+
+
+def _drift_report_link(record: DriftRecord, line: str, home: Path) -> str | None:
+    html = records.drift_report_html(record, line, home)
+    return f"reports/{quote(line)}/drift/{quote(html.name)}" if html is not None else None
+
+
+def _thresholds(line: str) -> Callable[[str], float | None]:
+    """A feature's PSI threshold from the line's ``drift:`` section (defaults without a spec)."""
+    from pipelines.specs import SpecError, load_spec
+    from pipelines.specs.drift import drift_spec
+
+    try:
+        config = load_spec(line).drift
+    except SpecError:
+        config = drift_spec(None)
+    return lambda feature: config.thresholds_for(feature).get(DRIFT_METRIC)
+
+
+def read_drift(line: str, home: Path, notes: list[str]) -> tuple[list[DriftSeries], list[DriftBatch]]:
+    """The PSI of each feature over the last scored batches (:mod:`pipelines.monitoring.episodes`'
+    history records), and those batches, newest first."""
+    history = _read("drift history", home, notes,
+                    lambda skipped: records.read_drift_history(line, home, kind="batch", skipped=skipped), [])
+    history = sorted(history, key=lambda r: r.scored_at or r.recorded_at or "")[-MAX_DRIFT_POINTS:]
+
+    series: dict[str, list[DriftPoint]] = {}
+    batches = []
+    for r in history:
+        for name, value in _feature_values(r, line, home, notes).items():
+            series.setdefault(name, []).append(DriftPoint(r.batch_id, r.scored_at, value))
+        top = r.max_psi or {}
+        batches.append(
+            DriftBatch(
+                batch_id=r.batch_id,
+                scored_at=r.scored_at,
+                model_version=None if r.model_version is None else str(r.model_version),
+                drifted=bool(r.drifted),
+                drifted_features=[str(d["feature"]) for d in r.drifted_features],
+                max_psi=_float(top.get("value")),
+                max_psi_feature=top.get("feature"),
+                episode_status=r.episode_status,
+                report=_drift_report_link(r, line, home),
+            )
+        )
+    threshold = _thresholds(line) if series else None
+    out = [DriftSeries(name, points, threshold(name)) for name, points in series.items()]
+    # the score first, then the features that moved most
+    out.sort(key=lambda s: (s.feature != SCORE_FEATURE, -s.peak, s.feature))
+    return out, list(reversed(batches))
+
+
+# -- all together -------------------------------------------------------------------------
+
+
+def known_lines(home: Path) -> list[tuple[str, str, str]]:
+    """(name, description, owner) of every declared line, plus lines that only have records."""
+    out: dict[str, tuple[str, str, str]] = {}
+    try:
+        from pipelines.specs import load_specs
+
+        for spec in load_specs():
+            out[spec.name] = (spec.name, spec.description, spec.owner)
+    except Exception:  # noqa: BLE001 - a broken spec must not take the view down
+        pass
+    for name in layout.lines_with_records(home):
+        out.setdefault(name, (name, "", ""))
+    return [out[k] for k in sorted(out)]
+
+
+def gather_line(
+    line: str,
+    home: Path,
+    *,
+    description: str = "",
+    owner: str = "",
+    airflow: AirflowRuns | None = None,
+    mlflow: MlflowInfo | None = None,
+    max_batches: int = MAX_BATCHES,
+    max_models: int = MAX_MODELS,
+) -> LineView:
+    view = LineView(name=line, description=description, owner=owner, ingest_dag=f"ingest_{line}",
+                    train_dag=f"train_{line}")
+    notes = view.notes
+
+    batch_records = read_batches(line, home, notes)
+    view.batch_total = len(batch_records)
+    for r in batch_records:
+        key = r.status or "unknown"
+        view.status_counts[key] = view.status_counts.get(key, 0) + 1
+    view.batches = [batch_from_record(r, home) for r in batch_records[:max_batches]]
+
+    models = read_models(line, home, notes)
+    view.model_total = len(models)
+    view.models = models[:max_models]
+    view.serving = read_serving(line, home, notes)
+    by_run = {m.run: m for m in models}
+    for s in view.serving:
+        if s.in_serving:
+            view.serving_version = s.version
+        m = by_run.get(s.run) if s.run else None
+        if m is None:
+            m = next((x for x in models if x.serving_version == s.version), None)
+        if m is not None and (m.serving_version is None or m.serving_version == s.version):
+            m.serving_version = s.version
+            m.in_serving = s.in_serving
+            m.retired = s.retired
+            if m.blessing is None:
+                m.blessing = s.blessing
+
+    if airflow is not None:
+        try:
+            runs = airflow.batch_runs(line)
+            for b in view.batches:
+                b.airflow = runs.get(b.batch_id)
+            train_runs = airflow.training_runs(line)
+            for m in view.models:
+                m.airflow = train_runs.get(m.run)
+        except Exception as err:  # noqa: BLE001 - links are a convenience
+            notes.append(f"Airflow runs could not be looked up: {err}")
+
+    if mlflow is not None:
+        info = mlflow.line(line)
+        if info.error:
+            notes.append(f"MLflow: {info.error}")
+        view.mlflow_experiment_id = info.experiment_id
+        view.champion = info.aliases.get("champion")
+        by_run_id = {m.mlflow_run_id: m for m in models if m.mlflow_run_id}
+        for v in info.versions:
+            m = by_run_id.get(v.get("run_id"))
+            if m is not None:
+                m.registry_version = str(v.get("version"))
+                m.aliases = sorted(v.get("aliases") or [])
+
+    view.drift_series, view.drift_batches = read_drift(line, home, notes)
+    return view
+
+
+def gather(
+    home: Path | None = None,
+    lines: list[str] | None = None,
+    *,
+    airflow: AirflowRuns | None = None,
+    mlflow: MlflowInfo | None = None,
+    allowed: set[str] | None = None,
+    max_batches: int = MAX_BATCHES,
+    max_models: int = MAX_MODELS,
+) -> Overview:
+    """Everything the page shows. ``lines``: only these (default: every known line);
+    ``allowed``: the lines the viewer may see (None: all)."""
+    home = Path(home) if home is not None else factory_home()
+    known = {name: (d, o) for name, d, o in known_lines(home)}
+    names = lines if lines is not None else sorted(known)
+    if allowed is not None:
+        names = [n for n in names if n in allowed]
+    views = [
+        gather_line(
+            name,
+            home,
+            description=known.get(name, ("", ""))[0],
+            owner=known.get(name, ("", ""))[1],
+            airflow=airflow,
+            mlflow=mlflow,
+            max_batches=max_batches,
+            max_models=max_models,
+        )
+        for name in names
+    ]
+    return Overview(
+        generated_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        home=str(home),
+        lines=views,
+        mlflow_ui=(os.environ.get("FACTORY_MLFLOW_UI") or "").rstrip("/") or None,
+        docs_index=docs_link(str(layout.data_docs_index(home)), home) if views else None,
+    )
