@@ -534,9 +534,10 @@ def test_grafana_provisioning_and_dashboard(compose):
 
 
 def test_dashboard_factory_metrics_are_ones_the_exporter_writes(tmp_path):
-    from pipelines.observability.exporter import collect
+    from pipelines.observability.exporter import exposition
 
-    names = set(collect(tmp_path / "home", tmp_path / "serving", lines=["x"]).families)
+    text = exposition(tmp_path / "home", tmp_path / "serving", lines=["x"])
+    names = set(re.findall(r"^# TYPE (\S+) ", text, flags=re.MULTILINE))  # as exposed: counters end in _total
     dashboard = (DEPLOY / "grafana/dashboards/factory.json").read_text()
     used = set(re.findall(r"\b(factory_[a-z_]+)", dashboard))
     assert used and used <= names, f"not exported by pipelines.observability.exporter: {sorted(used - names)}"

@@ -10,7 +10,7 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 |---|---|---|---|
 | batch ledger | :class:`BatchRecord` | :func:`pipelines.catalog.ledger.update` | :func:`pipelines.catalog.ledger.read`, ``all_records`` |
 | training result | :class:`TrainingResult` | :func:`write_training_result` (rank 0 of the workers) | :func:`read_training_result` |
-| training manifest | (:class:`pipelines.training.model.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
+| training manifest | (:class:`pipelines.training.manifest.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
 | MLflow run of a training run | ``mlflow_run_id`` text | :func:`write_mlflow_run_id` | :func:`read_mlflow_run_id` |
 | evaluation result | :class:`EvaluationResult` | :func:`write_evaluation_result` (the gate) | :func:`read_evaluation_result` |
 | push | :class:`PushInfo` | :func:`pipelines.evaluation.serving.publish` | :func:`read_push_info` |
@@ -19,6 +19,9 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | drift episodes | a dict (:mod:`pipelines.monitoring.episodes` owns its shape) | :func:`write_episodes` | :func:`read_episodes` |
 | drift report | a dict (:mod:`pipelines.monitoring.detection`) | :func:`write_drift_report` | :func:`read_drift_report` |
 | the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
+
+One module for all record types, one section each: the table above is the whole
+catalog, and a reader finds every format in one file.
 """
 
 from __future__ import annotations
@@ -138,7 +141,7 @@ def write_manifest(run: Path, manifest: dict[str, Any]) -> Path:
 
 
 def read_manifest_data(run: Path) -> dict[str, Any] | None:
-    """The manifest as its JSON object (:func:`pipelines.training.model.load_manifest` validates it)."""
+    """The manifest as its JSON object (:func:`pipelines.training.manifest.load_manifest` validates it)."""
     return _load(layout.manifest_path(run))
 
 
@@ -237,10 +240,12 @@ class ServingVersion(Record):
         return Path(push.run_dir).name if push.run_dir else None
 
 
-def serving_versions(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[ServingVersion]:
-    """Every version of a line's serving store, newest first; the highest live one is in
-    serving (TF Serving's rule). Unreadable push files are named in ``errors``."""
-    base = layout.serving_base(line, home)
+def serving_versions(line: str, home: Path | None = None, errors: list[str] | None = None,
+                     store: Path | None = None) -> list[ServingVersion]:
+    """Every version of a line's serving store (``store``, else :func:`layout.serving_store`),
+    newest first; the highest live one is in serving (TF Serving's rule). Unreadable push
+    files are named in ``errors``."""
+    base = layout.serving_base(line, home, store)
     live = layout.int_dirs(base)
     out = []
     for folder, retired, versions in ((base, False, live), (layout.retired_dir(base), True, layout.int_dirs(layout.retired_dir(base)))):
