@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
-from bench.realdata import lending_club_frame
 
+from bench.realdata import lending_club_frame
 from pipelines.catalog.layout import drift_history_path
 from pipelines.catalog.records import DriftHistoryError, append_drift_record, read_drift_history
 from pipelines.monitoring import episodes as ep

@@ -8,9 +8,9 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-from bench.realdata import lending_club_frame, make_validated_batch
 from sklearn.metrics import roc_auc_score
 
+from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines.catalog.layout import DRIFT_PROFILE as PROFILE_FILE
 from pipelines.monitoring.detection import DriftInputError, score_batch
 from pipelines.monitoring.profile import (

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-from bench.realdata import employment_frame, lending_club_frame
 
-from pipelines.monitoring.profile import build_profile, features_from_spec
+from bench.realdata import employment_frame, lending_club_frame
 from pipelines.monitoring.detection import score_batch
-from pipelines.specs.drift import LABEL_FEATURE
+from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
+from pipelines.specs.drift import LABEL_FEATURE
 
 # ANC (ancestry recode) moves most between survey years; PSI against 2015, measured on
 # the full years (about 69k people each). Equal to a plain category-share PSI, since

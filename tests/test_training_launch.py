@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
-from bench.realdata import lending_club_frame, make_validated_batch
 
+from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines.config import ml_python
 from pipelines.training import launch
 from pipelines.training.prepare import prepare_run

@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-from bench.realdata import lending_club_frame, make_validated_batch
 
+from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines.specs import load_spec
 from pipelines.training.prepare import TrainingInputError, prepare_run, resolve_params, split_bucket
 

@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 
 import pytest
-from bench.realdata import employment_frame, lending_club_frame
 
+from bench.realdata import employment_frame, lending_club_frame
 from pipelines.config import include_dir
 from pipelines.ingest.validation import load_suite_dict, run_checkpoint
 from pipelines.specs import load_spec
