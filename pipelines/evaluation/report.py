@@ -11,19 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from pipelines.templating import environment
 
 PLOT = "slices_auc.png"
 ORDER = ["example_count", "auc", "pr_auc", "calibration", "binary_accuracy", "mean_label", "mean_prediction"]
 COLOURS = {"BLESSED": "#1a7f37", "NOT_BLESSED": "#cf222e", "FORCED": "#9a6700"}
 
-_ENV = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = environment(__file__)
 
 
 def _number(v: Any) -> str:

@@ -18,10 +18,10 @@ import math
 from pathlib import Path
 from typing import Any
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
 from pipelines.specs.drift import EFFECT_METRICS
+from pipelines.templating import environment
 
 MAX_BARS = 30
 PERFORMANCE_KEYS = (
@@ -45,13 +45,7 @@ def _fmt(x: Any, digits: int = 4) -> str:
     return str(x)
 
 
-_ENV = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = environment(__file__)
 _ENV.filters["fmt"] = _fmt
 _ENV.filters["format_as"] = format
 

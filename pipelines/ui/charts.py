@@ -5,22 +5,14 @@ computed here; the markup is ``templates/line_chart.svg.j2``."""
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
+from pipelines.templating import environment
 from pipelines.ui.data import DriftSeries
 
 WIDTH, HEIGHT = 330, 160
 LEFT, RIGHT, TOP, BOTTOM = 44, 12, 24, 30
 
-_ENV = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = environment(__file__)
 
 
 def nice_max(value: float) -> float:

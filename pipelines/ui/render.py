@@ -15,12 +15,11 @@ cells in ``_cells.html.j2``.
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import quote
 
-from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from markupsafe import Markup
 
+from pipelines.templating import environment
 from pipelines.ui.charts import line_chart
 from pipelines.ui.data import DriftSeries, Overview, mlflow_run_url
 
@@ -45,13 +44,7 @@ def _chart(series: DriftSeries, metric: str) -> Markup:
     return Markup(line_chart(series, metric=metric))  # rendered by the autoescaping line_chart.svg.j2
 
 
-_ENV = Environment(
-    loader=FileSystemLoader(Path(__file__).with_name("templates")),
-    autoescape=True,
-    undefined=StrictUndefined,
-    trim_blocks=True,
-    lstrip_blocks=True,
-)
+_ENV = environment(__file__)
 _ENV.filters.update(number=_number, short_time=_short_time, format_as=format, urlquote=lambda s: quote(s, safe=""))
 _ENV.globals.update(
     line_chart=_chart, mlflow_run_url=mlflow_run_url, max_charts=MAX_CHARTS, max_drift_rows=MAX_DRIFT_ROWS
