@@ -31,7 +31,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.catalog import layout, records
-from pipelines.evaluation import serving
+from pipelines.evaluation import exit_without_teardown, serving
 from pipelines.evaluation.inputs import GateInputError
 from pipelines.specs.evaluation import TFMA_TO_SPEC, EvaluationSettingsError
 
@@ -350,9 +350,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip the interpreter's teardown: with TensorFlow, Beam and TFMA loaded it takes
-    # seconds and prints nothing useful; the result is already on disk (fsynced).
-    os._exit(code)
+    exit_without_teardown(main())

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from pipelines.catalog import layout
-from pipelines.evaluation import serving
+from pipelines.evaluation import exit_without_teardown, serving
 
 
 def rollback(line: str, reason: str, expect_version: int | None = None, home: Path | None = None) -> dict[str, Any]:
@@ -91,7 +90,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # skip a slow teardown; everything is written
+    exit_without_teardown(main())
