@@ -9,11 +9,11 @@ from typing import Any
 
 from pipelines.catalog import ledger
 from pipelines.catalog.layout import gx_root, line_paths
-from pipelines.config import REPO_ROOT, factory_home, include_dir
+from pipelines.config import factory_home, include_dir
 from pipelines.ingest import landing
 from pipelines.specs import load_spec
 
-CLEANING_JOB = REPO_ROOT / "pipelines" / "cleaning" / "job.py"
+CLEANING_JOB = Path(__file__).resolve().parent / "cleaning" / "job.py"
 
 
 class BatchNotReady(ValueError):
