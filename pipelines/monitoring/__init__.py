@@ -1,48 +1,17 @@
-"""Drift monitoring: reference profiles, batch scoring, reports, history and episodes.
+"""Drift monitoring: reference profiles, batch scoring, reports and episodes.
 
 - :mod:`~pipelines.monitoring.profile`: ``build_profile`` / ``save_profile`` / ``load_profile``;
+- :mod:`~pipelines.monitoring.statistics`: PSI, Jensen-Shannon, L-infinity, ROC AUC;
 - :mod:`~pipelines.monitoring.detection`: ``score_batch`` (the alarm rule is documented there);
-- :mod:`~pipelines.monitoring.report`: ``write_html_report``;
-- :mod:`~pipelines.monitoring.history`: the per-line append-only JSONL history;
+- :mod:`~pipelines.monitoring.report`: the JSON and HTML report of a scored batch;
 - :mod:`~pipelines.monitoring.episodes`: drift episodes, cooldown and ``should_retrain``;
 - :mod:`~pipelines.monitoring.batch`: ``monitor_batch``, all of the above for one batch;
-- :mod:`~pipelines.specs.drift`: the spec's ``drift:`` section (pydantic only).
+- :mod:`~pipelines.monitoring.sensor`: the deferrable sensor's trigger (new validated batches);
+- :mod:`~pipelines.monitoring.stage`: what the monitor DAG's tasks call.
 
-Runs in the orchestration environment (pandas, numpy, scipy; matplotlib for plots).
-This package imports nothing heavy itself: the names below load their module on first
-use, so importing ``pipelines.specs.drift`` at DAG parse time stays cheap.
+The drift history, episode state and reports are records of the catalog
+(:mod:`pipelines.catalog.records`); the spec's ``drift:`` section is
+:mod:`pipelines.specs.drift`. Runs in the orchestration environment (pandas, numpy,
+scipy; matplotlib for plots); this package's ``__init__`` imports nothing, so DAG files
+stay cheap to parse.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {
-    "build_profile": "profile",
-    "build_profile_from_run": "profile",
-    "save_profile": "profile",
-    "load_profile": "profile",
-    "ProfileError": "profile",
-    "features_from_spec": "profile",
-    "monitor_batch": "batch",
-    "score_batch": "detection",
-    "DriftInputError": "detection",
-    "write_html_report": "report",
-    "write_json_report": "report",
-    "append_history": "history",
-    "read_history": "history",
-    "should_retrain": "episodes",
-    "record_batch": "episodes",
-    "claim_retrain": "episodes",
-    "record_retrain_outcome": "episodes",
-}
-
-__all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
