@@ -1,7 +1,7 @@
 """The Model Factory view for real: the Airflow runtime with the plugin, a real batch of
 credit_risk landed and run through the ingest DAG (Spark cleaning, Great Expectations), and
-headless Chromium (driven over the DevTools protocol) opening the view with the Airflow
-session cookie, standalone and inside the Airflow UI.
+headless Chromium (Selenium through Debian's chromedriver, see ``tests/browser.py``) opening
+the view with the Airflow session cookie, standalone and inside the Airflow UI.
 
 The training run, serving version and drift history are written in the shapes those stages
 leave (training is a Horovod job of minutes, outside this test's scope); the batches, their
@@ -21,18 +21,16 @@ from urllib.parse import quote
 
 import httpx
 import pytest
-
-from pipelines.runtime import api
-
-from pipelines.ingest import landing
+from browser import chromium, evaluate, group, group_alive, missing, screenshot, wait_for
 
 from pipelines import runtime
-
 from pipelines.catalog import ledger
-from pipelines.config import REPO_ROOT, airflow_home, apply_airflow_environment, line_paths
+from pipelines.catalog.layout import line_paths
+from pipelines.config import REPO_ROOT, airflow_home, apply_airflow_environment
+from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
+from pipelines.runtime import api
 from pipelines.specs import load_spec
-from pipelines.ui.cdp import Chromium, find_chromium, group_alive
 from pipelines.ui.data import run_folder_name
 
 pytestmark = pytest.mark.integration
@@ -87,8 +85,8 @@ def _later_stages(home: Path) -> None:
 
 @pytest.fixture(scope="module")
 def factory(tmp_path_factory):
-    if find_chromium() is None:
-        pytest.skip("Chromium is not installed (/usr/bin/chromium); scripts/setup.sh installs Debian's chromium")
+    if reason := missing():
+        pytest.skip(reason)
     home = tmp_path_factory.mktemp("ui") / "factory"
     saved = dict(os.environ)
     for key in ("FACTORY_HOME", "AIRFLOW_HOME", "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", "MLFLOW_TRACKING_URI"):
@@ -130,7 +128,7 @@ def ingested(factory):
     # ui-2, which stays "landed".
     for other in admin.runs(dag_id):
         admin.wait(dag_id, other["dag_run_id"], timeout_s=600)
-    admin._call("PATCH", f"/dags/{dag_id}", json={"is_paused": True})
+    admin.pause(dag_id)
     landing.land_frame(spec, source.iloc[7000:7300], "ui-2", home)
     _later_stages(home)
     runs = {r["dag_run_id"]: r["state"] for r in admin.runs(dag_id)}
@@ -218,20 +216,23 @@ def test_the_view_in_headless_chromium(factory, ingested, tmp_path):
     url = record["url"]
     ledger = ingested["ledger"]["cleaning"]
     RESULTS.mkdir(parents=True, exist_ok=True)
-    browser = Chromium(tmp_path / "chromium-profile")
-    with browser:
-        page = browser.new_page()
-        page.set_cookie("_token", ingested["admin"].token, url + "/")
+    with chromium(tmp_path / "chromium-profile") as browser:
+        driver = browser.driver
+        # WebDriver sets cookies for the page it is on: a public one of the same origin
+        driver.get(f"{url}/factory/static/icon.svg")
+        driver.add_cookie({"name": "_token", "value": ingested["admin"].token, "path": "/",
+                           "httpOnly": True, "sameSite": "Lax"})
+        assert "chromium" in group(browser.pgid)  # the browser shares chromedriver's process group
 
         # the view on its own
-        page.navigate(f"{url}/factory/")
-        page.wait_for("document.querySelector('section.line[data-line=\"credit_risk\"] table.batches') !== null")
-        text = page.evaluate("document.body.innerText")
+        driver.get(f"{url}/factory/")
+        wait_for(driver, "document.querySelector('section.line[data-line=\"credit_risk\"] table.batches') !== null")
+        text = evaluate(driver, "document.body.innerText")
         for expected in ("Model Factory", "credit_risk", "employment", "ui-1", "ui-2", "validated", "landed",
                          f"{ledger['rows_in']:,}", f"{ledger['rows_clean']:,}", "passed", "BLESSED", "serving",
                          "signed in as admin", "Evaluation report"):
             assert expected in text, expected
-        links = page.evaluate("Array.from(document.querySelectorAll('a')).map(a => a.href)")
+        links = evaluate(driver, "Array.from(document.querySelectorAll('a')).map(a => a.href)")
         overview = httpx.get(f"{url}/factory/api/overview", cookies={"_token": ingested["admin"].token}).json()
         run_id = next(b for b in overview["lines"][0]["batches"] if b["batch_id"] == "ui-1")["airflow"]["run_id"]
         run_link = f"{url}/dags/ingest_{LINE}/runs/{quote(run_id, safe='')}"
@@ -240,35 +241,40 @@ def test_the_view_in_headless_chromium(factory, ingested, tmp_path):
         assert any(h.startswith(MLFLOW_UI + "/#/runs/0f1e2d3c") for h in links)
         assert f"{url}/factory/reports/{LINE}/evaluation/{run_folder_name(TRAIN_RUN)}" in links
         assert f"{url}/factory/reports/{LINE}/drift/ui-d3.html" in links
-        assert page.evaluate("document.querySelectorAll('svg.chart').length") == 3
+        assert evaluate(driver, "document.querySelectorAll('svg.chart').length") == 3
         # nothing was fetched from anywhere else
-        resources = page.evaluate("performance.getEntriesByType('resource').map(e => e.name)")
+        resources = evaluate(driver, "performance.getEntriesByType('resource').map(e => e.name)")
         assert all(r.startswith(url) for r in resources), resources
-        shot = page.screenshot(tmp_path / "model-factory.png")
+        shot = screenshot(driver, tmp_path / "model-factory.png")
         shutil.copy(shot, RESULTS / "model-factory.png")
 
         # the Data Docs page behind the link
-        page.navigate(page.evaluate("document.querySelector('table.batches a[href^=\"docs/\"]').href"))
-        page.wait_for("document.body && document.body.innerText.includes('ui-1')", timeout_s=30)
+        driver.get(evaluate(driver, "document.querySelector('table.batches a[href^=\"docs/\"]').href"))
+        wait_for(driver, "document.body && document.body.innerText.includes('ui-1')", timeout_s=30)
 
         # inside the Airflow UI: the navigation entry and the view in its frame
-        page.navigate(f"{url}/plugin/model-factory")
-        page.wait_for(
+        driver.get(f"{url}/plugin/model-factory")
+        wait_for(
+            driver,
             "(() => { const f = document.querySelector('iframe[title=\"Model Factory\"]');"
             " return f && f.contentDocument && f.contentDocument.querySelector('section.line') !== null; })()",
             timeout_s=120,
         )
-        assert page.evaluate("document.querySelector('a[href*=\"plugin/model-factory\"]') !== null")  # the nav entry
-        frame_text = page.evaluate("document.querySelector('iframe[title=\"Model Factory\"]').contentDocument.body.innerText")
+        assert evaluate(driver, "document.querySelector('a[href*=\"plugin/model-factory\"]') !== null")  # the nav entry
+        frame_text = evaluate(
+            driver, "document.querySelector('iframe[title=\"Model Factory\"]').contentDocument.body.innerText")
         assert "ui-1" in frame_text and "credit_risk" in frame_text
         time.sleep(1.0)  # let the UI settle for the picture
-        shot = page.screenshot(tmp_path / "airflow-ui-model-factory.png", full_page=False)
+        shot = screenshot(driver, tmp_path / "airflow-ui-model-factory.png", full_page=False)
         shutil.copy(shot, RESULTS / "airflow-ui-model-factory.png")
 
         # a run link in the frame opens the run's page in the UI's own window
-        page.evaluate(
+        evaluate(
+            driver,
             "document.querySelector('iframe[title=\"Model Factory\"]').contentDocument"
-            f".querySelector('a[href*=\"dags/ingest_{LINE}/runs/\"]').click()"
+            f".querySelector('a[href*=\"dags/ingest_{LINE}/runs/\"]').click()",
         )
-        page.wait_for(f"location.pathname.startsWith('/dags/ingest_{LINE}/runs/')", timeout_s=60)
-    assert browser.pid is not None and not group_alive(browser.pid)
+        wait_for(driver, f"location.pathname.startsWith('/dags/ingest_{LINE}/runs/')", timeout_s=60)
+    # quit() alone ended chromedriver, Chromium and every helper process
+    assert browser.left_behind == [], browser.left_behind
+    assert not group_alive(browser.pgid)
