@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from pipelines.catalog import ledger
-from pipelines.catalog.layout import exported_model, line_paths
+from pipelines.catalog.layout import exported_model, line_paths, training_log_path
 from pipelines.catalog.records import TrainingRun, read_drift_history, training_runs
 from pipelines.config import factory_home
 from pipelines.ingest import landing
@@ -137,7 +137,7 @@ def _latest_training(line: str, home: Path | None = None, since: float = 0.0) ->
 def _print_training_progress(line: str, started: float, printed: list[int]) -> None:
     """Print the workers' per-epoch progress lines not printed yet."""
     run = _latest_training(line, since=started)
-    log = Path(run.path) / "logs" / "horovodrun.log" if run else None
+    log = training_log_path(Path(run.path)) if run else None
     if log and log.exists():
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "factory-train:" in ln]
         for ln in lines[printed[0] :]:

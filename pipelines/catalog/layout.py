@@ -34,6 +34,7 @@ TRAINING_MANIFEST = "manifest.json"
 TRAINING_RESULT = "result.json"
 TRAINING_MLFLOW_RUN = "mlflow_run_id"
 TRAINING_MODEL = "model"  # <run>/model/Format-Serving: the exported SavedModel
+EXPORT_DIR = "Format-Serving"  # the folder name TFX expects under a model root
 MODEL_INFO = "factory_model.json"  # <SavedModel>/assets.extra/
 EVALUATION_DIR = "evaluation"
 EVALUATION_RESULT = "result.json"
@@ -137,6 +138,51 @@ def training_runs(line: str, home: Path | None = None) -> list[Path]:
     return [p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")]
 
 
+def run_data_dir(run: Path) -> Path:
+    """The run's data: ``train/part-<rank>.parquet`` (one shard per worker),
+    ``validation.parquet``, ``eval.parquet`` (the gate's held-out split)."""
+    return Path(run) / "data"
+
+
+def train_shards_dir(run: Path) -> Path:
+    return run_data_dir(run) / "train"
+
+
+def train_shards(run: Path) -> list[Path]:
+    """The training shards in rank order."""
+    return sorted(train_shards_dir(run).glob("part-*.parquet"))
+
+
+def train_shard_path(run: Path, rank: int) -> Path:
+    return train_shards_dir(run) / f"part-{rank:05d}.parquet"
+
+
+def validation_data_path(run: Path) -> Path:
+    return run_data_dir(run) / "validation.parquet"
+
+
+def eval_data_path(run: Path) -> Path:
+    return run_data_dir(run) / "eval.parquet"
+
+
+def checkpoints_dir(run: Path) -> Path:
+    return Path(run) / "checkpoints"
+
+
+def tensorboard_dir(run: Path) -> Path:
+    return Path(run) / "tensorboard"
+
+
+def training_log_path(run: Path) -> Path:
+    """What ``horovodrun`` and its workers print."""
+    return Path(run) / "logs" / "horovodrun.log"
+
+
+def model_root(run: Path) -> Path:
+    """The folder holding the run's exported SavedModel (:func:`exported_model`)."""
+    return Path(run) / TRAINING_MODEL
+
+
 def manifest_path(run: Path) -> Path:
     return Path(run) / TRAINING_MANIFEST
 
@@ -151,7 +197,7 @@ def mlflow_run_file(run: Path) -> Path:
 
 def exported_model(run: Path) -> Path:
     """The run's SavedModel (TFX wants the ``Format-Serving`` folder name)."""
-    return Path(run) / TRAINING_MODEL / "Format-Serving"
+    return model_root(run) / EXPORT_DIR
 
 
 def model_info_path(saved_model: Path) -> Path:
@@ -168,6 +214,15 @@ def evaluation_result_path(run: Path) -> Path:
 
 def evaluation_report_path(run: Path) -> Path:
     return evaluation_dir(run) / EVALUATION_REPORT
+
+
+def evaluation_examples_dir(run: Path) -> Path:
+    """The held-out split as TFRecords of tf.Example, the Examples the Evaluator reads."""
+    return evaluation_dir(run) / "examples"
+
+
+def gate_log_path(run: Path) -> Path:
+    return evaluation_dir(run) / "gate.log"
 
 
 # ---------------------------------------------------------------- evaluation gate (TFX, ML Metadata)
@@ -190,6 +245,10 @@ def mlmd_uri(line: str, home: Path | None = None) -> str:
     """The ML Metadata store as a URI: ``FACTORY_MLMD_URI`` (one store for all lines, each
     its own TFX pipeline) or the line's SQLite file."""
     return os.environ.get("FACTORY_MLMD_URI") or f"sqlite:///{sqlite_metadata_path(line, home)}"
+
+
+def rollback_log_path(line: str, home: Path | None = None) -> Path:
+    return tfx_root(line, home) / "rollback.log"
 
 
 def pipeline_name(line: str) -> str:
@@ -260,6 +319,11 @@ def drift_report_paths(line: str, batch_id: str, home: Path | None = None) -> tu
     safe = re.sub(r"[^A-Za-z0-9._=-]", "_", batch_id) or "batch"
     folder = drift_reports_dir(line, home)
     return folder / f"{safe}.json", folder / f"{safe}.html"
+
+
+def model_profile_path(saved_model: Path) -> Path:
+    """The reference profile inside a SavedModel, so it travels with every push."""
+    return Path(saved_model) / "assets.extra" / DRIFT_PROFILE
 
 
 def drift_profile_path(folder: Path) -> Path:

@@ -10,6 +10,7 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 |---|---|---|---|
 | batch ledger | :class:`BatchRecord` | :func:`pipelines.catalog.ledger.update` | :func:`pipelines.catalog.ledger.read`, ``all_records`` |
 | training result | :class:`TrainingResult` | :func:`write_training_result` (rank 0 of the workers) | :func:`read_training_result` |
+| model info (``assets.extra/factory_model.json``) | a dict (:func:`pipelines.training.manifest.model_info`) | :func:`write_model_info` (the export) | :func:`read_model_info` |
 | training manifest | (:class:`pipelines.training.manifest.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
 | MLflow run of a training run | ``mlflow_run_id`` text | :func:`write_mlflow_run_id` | :func:`read_mlflow_run_id` |
 | evaluation result | :class:`EvaluationResult` | :func:`write_evaluation_result` (the gate) | :func:`read_evaluation_result` |
@@ -213,6 +214,11 @@ def read_push_info(version_dir: Path) -> PushInfo | None:
 
 def read_retired_info(base: Path, version: int) -> RetiredInfo | None:
     return _load(layout.retired_info_path(base, version), RetiredInfo)
+
+
+def write_model_info(saved_model: Path, info: dict[str, Any]) -> Path:
+    """What the export writes beside the model (the run's features, label, metrics)."""
+    return storage.write_json_atomic(layout.model_info_path(saved_model), info)
 
 
 def read_model_info(saved_model: Path) -> dict[str, Any] | None:

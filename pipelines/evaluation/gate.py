@@ -195,7 +195,7 @@ def evaluate(
     except SpecError as err:
         raise GateInputError(str(err)) from None
     settings = load_settings(spec)
-    out_dir = run_dir / layout.EVALUATION_DIR
+    out_dir = layout.evaluation_dir(run_dir)
 
     prior = previous_result(run_dir, home)
     if prior is not None:
@@ -205,13 +205,13 @@ def evaluate(
     manifest, frame = inputs.load_eval_frame(run_dir, settings)
     if manifest.line != line:
         raise GateInputError(f"{run_dir}: the run belongs to line {manifest.line!r}, not {line!r}")
-    inputs.check_model(run_dir / "model")
+    inputs.check_model(layout.model_root(run_dir))
     orders = {f.name: [str(c) for c in f.categories] for f in spec.schema.fields if f.categories}
     counts = inputs.slice_counts(frame, manifest.label, settings, orders)
     timings["checks_s"] = time.monotonic() - started
 
     t = time.monotonic()
-    inputs.write_examples(frame, manifest, out_dir / "examples")
+    inputs.write_examples(frame, manifest, layout.evaluation_examples_dir(run_dir))
     timings["examples_s"] = time.monotonic() - t
 
     eval_config = build_eval_config(settings, manifest.label, counts)
@@ -223,7 +223,7 @@ def evaluate(
 
     with line_lock(line, home):
         t = time.monotonic()
-        tfx_pipeline = pipeline.build(line, run_dir, out_dir / "examples", eval_config,
+        tfx_pipeline = pipeline.build(line, run_dir, layout.evaluation_examples_dir(run_dir), eval_config,
                                       force_bless_reason=reason, info=info, home=home)
         timings["build_s"] = time.monotonic() - t
         outputs = pipeline.run(tfx_pipeline, line, home)

@@ -26,9 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.catalog import layout
+from pipelines.catalog.layout import EXPORT_DIR
 from pipelines.specs.evaluation import EvaluationSettings
 
-EXPORT_DIR = "Format-Serving"
 SIGNATURE = "serving_default"
 INPUT_KEY = "examples"
 PREDICTION_KEY = "probabilities"
@@ -117,7 +118,7 @@ def load_eval_frame(run_dir: Path, settings: EvaluationSettings):
 
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
-    path = run_dir / "data" / "eval.parquet"
+    path = layout.eval_data_path(run_dir)
     if not path.is_file():
         raise GateInputError(f"evaluation split not found: {path}")
     try:

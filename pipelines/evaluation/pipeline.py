@@ -54,7 +54,7 @@ def build(
         ),
     )
     candidate = tfx.dsl.Importer(
-        source_uri=str(Path(run_dir) / "model"),
+        source_uri=str(layout.model_root(run_dir)),
         artifact_type=tfx.types.standard_artifacts.Model,
         reimport=False,
     ).with_id("candidate")

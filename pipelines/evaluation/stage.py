@@ -120,7 +120,7 @@ def evaluate_and_push(
         args = [GATE_MODULE, "--line", line, "--run-dir", str(run_dir)]
         if reason is not None:
             args += ["--force-bless-reason", reason]
-        log_path = layout.evaluation_dir(run_dir) / "gate.log"
+        log_path = layout.gate_log_path(run_dir)
         rc, out, err = _run_ml(args, log_path, timeout_s, home)
         if rc == 2:
             raise GateInputError(_error_line(err) or _tail(err))
@@ -215,7 +215,7 @@ def rollback(
     args = [ROLLBACK_MODULE, "--line", line, "--reason", (reason or "").strip() or "rollback requested"]
     if expect_version is not None:
         args += ["--expect-version", str(expect_version)]
-    log_path = layout.tfx_root(line, home or factory_home()) / "rollback.log"
+    log_path = layout.rollback_log_path(line, home or factory_home())
     rc, out, err = _run_ml(args, log_path, timeout_s, home)
     if rc == 2:
         raise RollbackError(_error_line(err) or _tail(err))

@@ -307,7 +307,9 @@ def build_profile_from_run(
         raise ProfileError(f"training manifest: {err}") from None
     if manifest is None:
         raise ProfileError(f"no training manifest at {run_dir / 'manifest.json'}") from None
-    shards = sorted((run_dir / "data" / "train").glob("part-*.parquet"))
+    from pipelines.catalog.layout import train_shards
+
+    shards = train_shards(run_dir)
     if not shards:
         raise ProfileError(f"no training shards under {run_dir / 'data' / 'train'}")
     features = manifest.get("features") or []

@@ -61,7 +61,7 @@ def write_reference_profile(run_dir: Path) -> Path:
     if manifest is None:
         raise MonitorError(f"{run_dir}: no training manifest")
     model_dir = layout.exported_model(run_dir)
-    shards = sorted((run_dir / "data" / "train").glob("part-*.parquet"))
+    shards = layout.train_shards(run_dir)
     scores = model_scores(model_dir, shards)
     import pandas as pd
 
@@ -77,7 +77,7 @@ def write_reference_profile(run_dir: Path) -> Path:
     # training rows it reads optimistic, and every honest batch would look like a drop.
     from pipelines.monitoring.statistics import roc_auc
 
-    eval_path = run_dir / "data" / "eval.parquet"
+    eval_path = layout.eval_data_path(run_dir)
     eval_labels = pd.read_parquet(eval_path, columns=[manifest["label"]["name"]])[manifest["label"]["name"]]
     eval_scores = model_scores(model_dir, [eval_path])
     import numpy as np
@@ -90,7 +90,7 @@ def write_reference_profile(run_dir: Path) -> Path:
         "source": "held-out evaluation split",
     }
     save_profile(profile, layout.drift_profile_path(run_dir))
-    return save_profile(profile, layout.drift_profile_path(model_dir / "assets.extra"))
+    return save_profile(profile, layout.model_profile_path(model_dir))
 
 
 def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | None:
@@ -120,7 +120,7 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     if served is None:
         return {"line": line, "status": "no_serving_model", "batches": []}
     version, model_dir = served
-    profile = layout.drift_profile_path(model_dir / "assets.extra")
+    profile = layout.model_profile_path(model_dir)
     if not profile.exists():
         raise MonitorError(f"the serving model {line} v{version} has no reference profile ({profile})")
     spec = load_spec(line)

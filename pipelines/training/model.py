@@ -39,10 +39,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog.layout import MODEL_INFO
+from pipelines.catalog import layout
+from pipelines.catalog.layout import EXPORT_DIR
+from pipelines.catalog.records import read_training_result, write_model_info
 from pipelines.training.manifest import Manifest, load_manifest, model_info, prior_correction
-
-EXPORT_DIR = "Format-Serving"  # the directory name TFX expects under a model root
 
 
 class DataError(ValueError):
@@ -295,9 +295,7 @@ def export_saved_model(preprocessor, core, manifest: Manifest, model_root: Path,
     tmp = model_root / f".{EXPORT_DIR}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tf.saved_model.save(module, str(tmp), signatures=signatures)
-    extra = tmp / "assets.extra"
-    extra.mkdir(parents=True, exist_ok=True)
-    (extra / MODEL_INFO).write_text(json.dumps(model_info(manifest, metrics), indent=2, sort_keys=True))
+    write_model_info(tmp, model_info(manifest, metrics))
     if final.exists():
         shutil.rmtree(final)
     tmp.rename(final)
@@ -322,21 +320,20 @@ def check_export(run_dir: Path | str, max_rows: int = 2000) -> float:
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
     pre, core = build_preprocessor(manifest), build_core(manifest)
-    latest = tf.train.latest_checkpoint(str(run_dir / "checkpoints"))
+    latest = tf.train.latest_checkpoint(str(layout.checkpoints_dir(run_dir)))
     if latest is None:
-        raise FileNotFoundError(f"no checkpoint under {run_dir / 'checkpoints'}")
+        raise FileNotFoundError(f"no checkpoint under {layout.checkpoints_dir(run_dir)}")
     tf.train.Checkpoint(best_model=core).restore(latest).expect_partial()
-    result_path = run_dir / "result.json"
-    if result_path.exists():
-        expected = json.loads(result_path.read_text())["weights_sha256"]
-        if weights_sha256(core) != expected:
+    result = read_training_result(run_dir)
+    if result is not None:
+        if weights_sha256(core) != result.weights_sha256:
             raise ValueError("the checkpoint's best weights are not the exported ones (weights_sha256 differs)")
 
-    frame = pq.read_table(run_dir / "data" / "eval.parquet").to_pandas().head(max_rows)
+    frame = pq.read_table(layout.eval_data_path(run_dir)).to_pandas().head(max_rows)
     feats = {k: tf.constant(v) for k, v in frame_to_features(frame, manifest).items()}
     memory = tf.sigmoid(core(pre(feats), training=False) - prior_correction(manifest)).numpy()
 
-    loaded = tf.saved_model.load(str(run_dir / "model" / EXPORT_DIR))
+    loaded = tf.saved_model.load(str(layout.exported_model(run_dir)))
     served = loaded.signatures["serving_default"](examples=tf.constant(serialize_examples(frame, manifest)))
     probs = served["probabilities"].numpy()
     if probs.shape != memory.shape:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pipelines.catalog import ledger
+from pipelines.catalog import layout, ledger
 from pipelines.catalog.layout import line_paths
 from pipelines.catalog.records import read_manifest_data, write_manifest
 from pipelines.specs import LineSpec, TrainingSpec, load_spec
@@ -230,14 +230,12 @@ def prepare_run(
     shards = [shuffled.iloc[i :: params.workers] for i in range(params.workers)]
 
     run_dir = Path(run_dir)
-    data_dir = run_dir / "data"
-    if (data_dir / "train").exists():
-        for old in (data_dir / "train").glob("part-*.parquet"):
-            old.unlink()
+    for old in layout.train_shards(run_dir):
+        old.unlink()
     for i, shard in enumerate(shards):
-        _write(shard, data_dir / "train" / f"part-{i:05d}.parquet")
-    _write(parts["validation"], data_dir / "validation.parquet")
-    _write(parts["eval"], data_dir / "eval.parquet")
+        _write(shard, layout.train_shard_path(run_dir, i))
+    _write(parts["validation"], layout.validation_data_path(run_dir))
+    _write(parts["eval"], layout.eval_data_path(run_dir))
 
     model = spec.training.model
     features = []

@@ -87,7 +87,7 @@ def train(
             run_dir,
             params["workers"],
             timeout_s=spec.training.timeout_s,
-            log_path=run_dir / "logs" / "horovodrun.log",
+            log_path=layout.training_log_path(run_dir),
             env_extra=tracking.worker_env(mlflow_run, home),
             echo=echo,
         )
@@ -116,7 +116,7 @@ def train(
         },
         artifacts=[
             ("model", model_dir),
-            ("tensorboard", run_dir / "tensorboard"),
+            ("tensorboard", layout.tensorboard_dir(run_dir)),
             ("training", layout.manifest_path(run_dir)),
             ("training", layout.training_result_path(run_dir)),
         ],
@@ -127,7 +127,7 @@ def train(
         "line": line,
         "run_dir": str(run_dir),
         "model_dir": str(model_dir),
-        "eval_data": str(run_dir / "data" / "eval.parquet"),
+        "eval_data": str(layout.eval_data_path(run_dir)),
         "mlflow_run_id": mlflow_run,
         "val_auc": result.get("val_auc"),
         "epochs_run": result.get("epochs_run"),

@@ -59,6 +59,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pipelines.catalog import layout
 from pipelines.catalog.records import write_training_result
 from pipelines.training.manifest import Manifest, ManifestError, load_manifest
 from pipelines.training.model import (
@@ -131,7 +132,7 @@ def preflight(run_dir: Path, workers: int | None) -> Plan:
     except ManifestError as err:
         raise TrainingError(str(err)) from None
     n = len(manifest.shards)
-    train = run_dir / "data" / "train"
+    train = layout.train_shards_dir(run_dir)
     expected = [f"part-{i:05d}.parquet" for i in range(n)]
     found = sorted(p.name for p in train.glob("part-*.parquet")) if train.is_dir() else []
     if found != expected:
@@ -162,7 +163,7 @@ def preflight(run_dir: Path, workers: int | None) -> Plan:
             f"the smallest shard has {min(manifest.shards)} rows, fewer than batch_size {batch}: "
             "no full batch to train on"
         )
-    validation = run_dir / "data" / "validation.parquet"
+    validation = layout.validation_data_path(run_dir)
     if not validation.is_file():
         raise TrainingError(f"{validation} not found")
     if pq.read_metadata(validation).num_rows == 0:
@@ -348,7 +349,7 @@ def _build_state(plan: Plan) -> _TrainState:
     )
     manager = None
     if hvd.rank() == 0:
-        manager = tf.train.CheckpointManager(checkpoint, str(plan.run_dir / "checkpoints"), CHECKPOINTS_KEPT)
+        manager = tf.train.CheckpointManager(checkpoint, str(layout.checkpoints_dir(plan.run_dir)), CHECKPOINTS_KEPT)
     return _TrainState(core, best, optimizer, counters, run_id, history, checkpoint, manager)
 
 
@@ -489,7 +490,7 @@ def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_
             history.append(entry)
             state.history.assign(json.dumps(history))
             state.manager.save(checkpoint_number=epoch)
-            writer = writer or tf.summary.create_file_writer(str(plan.run_dir / "tensorboard"))
+            writer = writer or tf.summary.create_file_writer(str(layout.tensorboard_dir(plan.run_dir)))
             with writer.as_default(step=epoch):
                 for key in ("loss", "val_loss", "val_auc", "samples_per_s"):
                     tf.summary.scalar(key, entry[key])
@@ -521,7 +522,7 @@ def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, re
         "stopped_early": bool(state.count("stopped")),
         "samples_per_s": float(np.mean(steady)) if steady else None,
     }
-    export_saved_model(preprocessor, state.core, plan.manifest, plan.run_dir / "model", metrics)
+    export_saved_model(preprocessor, state.core, plan.manifest, layout.model_root(plan.run_dir), metrics)
     result = {
         "epochs_run": metrics["epochs_run"],
         "resumed_from_epoch": resumed_from,
@@ -536,7 +537,7 @@ def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, re
     }
     write_training_result(plan.run_dir, result)
     say(f"done: epochs_run={result['epochs_run']} best_epoch={best_epoch} val_auc={result['val_auc']:.4f} "
-        f"model={plan.run_dir / 'model' / 'Format-Serving'}")
+        f"model={layout.exported_model(plan.run_dir)}")
 
 
 def train(plan: Plan) -> int:
