@@ -10,7 +10,7 @@ ML environment (TensorFlow, TFX):
 
 Both environments (no TensorFlow):
     settings    the spec's ``evaluation:`` section
-    metadata_store  the ML Metadata connection (where: pipelines.catalog.layout.mlmd_uri)
+    mlmd        the ML Metadata connection (where: pipelines.catalog.layout.mlmd_uri)
     serving     the serving store (TF Serving layout), atomic publish and retire
     report      the HTML report
     registry    the MLflow model registry (versions, tags, the ``champion`` alias)

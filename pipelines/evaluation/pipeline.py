@@ -4,7 +4,7 @@
     Importer "candidate" (<run>/model, a Model artifact)  ------------+--> Evaluator --> ServingStorePusher
     Resolver "baseline" (LatestBlessedModelStrategy)  ----------------+
 
-ML Metadata (:func:`pipelines.evaluation.metadata_store.connection_config`) keeps every
+ML Metadata (:func:`pipelines.evaluation.mlmd.connection_config`) keeps every
 Model, Examples, ModelEvaluation, ModelBlessing and PushedModel with their lineage; the
 Resolver reads it to find the baseline: the latest model whose ``ModelBlessing`` has
 ``blessed=1``. The factory keeps that property true to what is being served: a
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.catalog import layout
-from pipelines.evaluation import metadata_store
+from pipelines.evaluation import mlmd
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 OVERRIDE_KEY = "factory_override"
@@ -80,7 +80,7 @@ def build(
         pipeline_name=layout.pipeline_name(line),
         pipeline_root=str(layout.pipeline_root(line, home)),
         components=[example_gen, candidate, baseline, evaluator, pusher],
-        metadata_connection_config=metadata_store.connection_config(line, home),
+        metadata_connection_config=mlmd.connection_config(line, home),
         enable_cache=False,
         beam_pipeline_args=BEAM_ARGS,
     )
@@ -89,7 +89,7 @@ def build(
 def store(line: str, home: Path | None = None):
     from ml_metadata.metadata_store import metadata_store
 
-    return metadata_store.MetadataStore(metadata_store.connection_config(line, home))
+    return metadata_store.MetadataStore(mlmd.connection_config(line, home))
 
 
 def _run_contexts(mlmd, line: str) -> set[int]:
