@@ -10,19 +10,17 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import pytest
+from factory_records import batch_frame, push, reference_profile, write_gate_result, write_training_run
 from fastapi import HTTPException
 
 from pipelines.catalog import layout, ledger, records
 from pipelines.evaluation import serving
-from pipelines.evaluation.report import write_report
 from pipelines.ingest.validation import FailedExpectation, ValidationOutcome
 from pipelines.monitoring import episodes
 from pipelines.monitoring.batch import monitor_batch
 from pipelines.monitoring.detection import score_batch
-from pipelines.monitoring.profile import build_profile, save_profile
+from pipelines.monitoring.profile import save_profile
 from pipelines.monitoring.report import write_json_report
 from pipelines.ui import charts, docs, render
 from pipelines.ui.app import AirflowAuth, create_app
@@ -91,84 +89,9 @@ def _ingest(home: Path) -> None:
     _land(paths, "slice-3", "2026-11-22T09:00:00+00:00")
 
 
-def _train(home: Path, run_id: str, batches: list[str], auc: float, line: str = LINE) -> Path:
-    """A run folder as prepare.py (manifest), the workers (result) and the stage (MLflow run id) leave it,
-    with an exported model (a SavedModel's saved_model.pb is all the serving store checks)."""
-    run = layout.run_dir(line, run_id, home)
-    records.write_manifest(run, {
-        "line": line, "spec_version": 1, "run_id": run.name, "batches": batches, "key": ["id"],
-        "label": {"name": "bad_loan", "positive": "1", "positive_rate": 0.05},
-        "features": [{"name": "int_rate", "type": "double", "kind": "numeric", "categories": None, "log": False,
-                      "mean": 13.1, "std": 4.5},
-                     {"name": "term", "type": "string", "kind": "categorical", "categories": ["term_36", "term_60"],
-                      "log": False, "mean": None, "std": None}],
-        "rows": {"read": 2100, "train": 1500, "validation": 300, "eval": 300}, "shards": [750, 750],
-        "params": {"workers": 2, "epochs": 12, "batch_size": 256, "learning_rate": 0.001, "early_stopping_patience": 3,
-                   "window_batches": 4, "batches": None, "seed": 42},
-        "model": {"hidden_units": [64, 32], "dropout": 0.1, "class_weight": "balanced"},
-    })
-    records.write_training_result(run, {
-        "epochs_run": 12, "resumed_from_epoch": None, "best_epoch": 10, "stopped_early": False,
-        "history": [{"epoch": 10, "loss": 0.41, "val_loss": 0.44, "val_auc": auc, "samples_per_s": 4100.0}],
-        "val_auc": auc, "val_loss": 0.44, "samples_per_s": 4100.0, "workers": 2, "weights_sha256": "ab" * 32,
-    })
-    records.write_mlflow_run_id(run, f"mlflow-{run.name[:6]}")
-    model = layout.exported_model(run)
-    model.mkdir(parents=True)
-    (model / "saved_model.pb").write_bytes(b"")
-    return run
-
-
-def _push(home: Path, run: Path, blessing: str, line: str = LINE) -> tuple[int, Path]:
-    """What the gate's Pusher publishes (pipelines.evaluation.pusher)."""
-    info = {"blessing": blessing, "force_bless_reason": None if blessing == "BLESSED" else "hotfix",
-            "model_uri": str(run / layout.TRAINING_MODEL), "mlmd_model_id": 1, "mlmd_blessing_id": 2,
-            "line": line, "run_dir": str(run), "training_run": run.name, "mlflow_run_id": f"mlflow-{run.name[:6]}"}
-    return serving.publish(layout.exported_model(run), layout.serving_base(line, home), info)
-
-
-def _gate(home: Path, run: Path, blessing: str, why: str, overall: dict, pushed: tuple[int, Path] | None = None,
-          line: str = LINE) -> dict:
-    """The gate's result.json and report.html (pipelines.evaluation.gate.evaluate)."""
-    serving_info = None if pushed is None else {
-        "version": pushed[0], "path": str(pushed[1]), "base": str(layout.serving_base(line, home))}
-    result = {
-        "line": line, "spec_version": 1, "run_dir": str(run), "training_run": run.name,
-        "mlflow_run_id": f"mlflow-{run.name[:6]}", "blessing": blessing, "evaluator_blessed": blessing == "BLESSED",
-        "blessed_on": "value thresholds only (no blessed model yet)", "why": why,
-        "force_bless_reason": "hotfix" if blessing == "FORCED" else None,
-        "failures": [] if blessing == "BLESSED" else [{"slice": "Overall", "metric": "auc", "message": "auc below 0.7"}],
-        "candidate": {"model_uri": str(run / layout.TRAINING_MODEL), "mlmd_model_id": 1}, "baseline": None,
-        "pushed": pushed is not None, "serving": serving_info, "overall": overall,
-        "metrics": {"Overall": {"candidate": overall, "baseline": None, "diff": None},
-                    "term:term_36": {"candidate": {"auc": overall["auc"] - 0.01}, "baseline": None, "diff": None}},
-        "slices": [{"slice": "Overall", "gated": True, "examples": 300, "positives": 15},
-                   {"slice": "term:term_36", "gated": False, "examples": 200, "positives": 9}],
-        "settings": {"thresholds": {"auc": {"min": 0.7}}, "slice_thresholds": {"thresholds": {}}},
-        "rows": 300, "tfx": {"pipeline_run_id": "2026-11-20T10:20:00.000000"}, "timings": {"total_s": 61.0},
-        "report": {"json": str(layout.evaluation_result_path(run)), "html": str(layout.evaluation_report_path(run))},
-    }
-    write_report(result, layout.evaluation_report_path(run))
-    records.write_evaluation_result(run, result)
-    return result
-
-
-def _frame(n: int, share_60: float, feature: str = "int_rate") -> pd.DataFrame:
-    """Rows whose only difference between batches is the share of 60-month loans."""
-    return pd.DataFrame({feature: np.tile(np.linspace(5, 25, 50), n // 50),
-                         "term": np.where(np.arange(n) % 100 < share_60 * 100, "60 months", "36 months"),
-                         "score": np.tile(np.linspace(0.05, 0.95, 50), n // 50)})
-
-
-def _profile(feature: str = "int_rate") -> dict:
-    """The reference profile of the served model (pipelines.monitoring.profile)."""
-    return build_profile(_frame(2000, 0.3, feature), [{"name": feature, "kind": "numeric"}, {"name": "term", "kind": "categorical"}],
-                         "score", meta={"line": LINE, "model_version": "1"})
-
-
 def _record_without_report(home: Path, batch: str, report_path: Path | None = None, feature: str = "int_rate") -> dict:
     """A history record whose JSON report is not in the line's reports folder."""
-    report = score_batch(_profile(feature), _frame(500, 0.8, feature), scores="score", batch_id=batch)
+    report = score_batch(reference_profile(feature), batch_frame(500, 0.8, feature), scores="score", batch_id=batch)
     if report_path is not None:
         write_json_report(report, report_path)
     episodes.record_batch(LINE, report, model_version="1", batch_id=batch,
@@ -181,19 +104,19 @@ def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """A factory home with what ingest, training, the gate, serving and drift leave."""
     home = tmp_path / "factory"
     _ingest(home)
-    run1 = _train(home, RUN1_ID, ["slice-1"], 0.71)
-    run2 = _train(home, RUN2_ID, ["slice-1", "slice-2"], 0.69)
+    run1 = write_training_run(home, RUN1_ID, ["slice-1"], 0.71)
+    run2 = write_training_run(home, RUN2_ID, ["slice-1", "slice-2"], 0.69)
     os.utime(layout.manifest_path(run1), (1_700_000_000, 1_700_000_000))  # RUN1 is the older run
-    _gate(home, run1, "BLESSED", "all thresholds met (value thresholds only)", {"auc": 0.712, "recall": 0.6},
-          pushed=_push(home, run1, "BLESSED"))
-    _gate(home, run2, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.69})
+    write_gate_result(home, run1, "BLESSED", "all thresholds met (value thresholds only)", {"auc": 0.712, "recall": 0.6},
+          pushed=push(home, run1, "BLESSED"))
+    write_gate_result(home, run2, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.69})
 
     version = layout.serving_base(LINE, home) / "1"
-    save_profile(_profile(), layout.drift_profile_path(version))
+    save_profile(reference_profile(), layout.drift_profile_path(version))
     with monkeypatch.context() as m:
         m.setitem(sys.modules, "matplotlib", None)  # the report's inline SVG charts: matplotlib's PNG is slow
         for batch, share_60 in (("b1", 0.32), ("b2", 0.8), ("b3", 0.35)):
-            monitor_batch(LINE, _frame(500, share_60), layout.drift_profile_path(version), batch_id=batch,
+            monitor_batch(LINE, batch_frame(500, share_60), layout.drift_profile_path(version), batch_id=batch,
                           scores="score", home=home)
             if batch == "b2":  # the drifted batch opens an episode, and a retrain is claimed for it
                 assert episodes.claim_retrain(LINE, "drift__1", home=home).retrain
@@ -261,7 +184,7 @@ def test_models_have_metrics_blessing_and_serving(home):
 
 
 def test_a_run_not_yet_evaluated(home):
-    _train(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)
+    write_training_run(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)
     newest = gather(home, [LINE]).line(LINE).models[0]
     assert newest.run == "manual__2026-11-23T08_00_00_00_00" and newest.has_result and newest.trained_at
     assert (newest.evaluated, newest.blessing, newest.eval_report, newest.serving_version) == (False, None, None, None)
@@ -269,8 +192,8 @@ def test_a_run_not_yet_evaluated(home):
 
 def test_a_rollback_moves_serving_to_the_previous_version(home):
     run2 = layout.run_dir(LINE, RUN2_ID, home)
-    _gate(home, run2, "FORCED", "force-blessed despite: [Overall] auc below 0.7. Reason given: hotfix", {"auc": 0.69},
-          pushed=_push(home, run2, "FORCED"))
+    write_gate_result(home, run2, "FORCED", "force-blessed despite: [Overall] auc below 0.7. Reason given: hotfix", {"auc": 0.69},
+          pushed=push(home, run2, "FORCED"))
     assert gather(home, [LINE]).line(LINE).serving_version == 2
     serving.retire_latest(layout.serving_base(LINE, home), "AUC dropped in production", expected=2)
     view = gather(home, [LINE]).line(LINE)
@@ -537,14 +460,14 @@ def test_reports_are_served_by_name_only(client, home):
     assert drift.status_code == 200 and drift.text == layout.drift_report_paths(LINE, "b2", home)[1].read_text()
     assert "b2" in drift.text
     assert client.get(f"/reports/{LINE}/drift/b2.html").status_code == 401
-    _train(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)  # not evaluated yet: no report
+    write_training_run(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)  # not evaluated yet: no report
     for bad in (f"/reports/{LINE}/evaluation/..", f"/reports/{LINE}/evaluation/%2E%2E", f"/reports/{LINE}/drift/b1.json",
                 f"/reports/{LINE}/drift/..%2Fhistory.jsonl", f"/reports/{LINE}/other/x",
                 f"/reports/{LINE}/evaluation/manual__2026-11-23T08_00_00_00_00", f"/reports/{LINE}/evaluation/{RUN1}.",
                 "/reports/..%2Fstate/drift/x.html"):
         assert client.get(bad, headers=auth).status_code in (403, 404), bad
-    emp = _train(home, RUN1_ID, ["2016"], 0.7, line="employment")
-    _gate(home, emp, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.6}, line="employment")
+    emp = write_training_run(home, RUN1_ID, ["2016"], 0.7, line="employment")
+    write_gate_result(home, emp, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.6}, line="employment")
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers={"Authorization": "Bearer credit"}).status_code == 403
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers=auth).status_code == 200
 

@@ -3,16 +3,16 @@ credit_risk landed and run through the ingest DAG (Spark cleaning, Great Expecta
 headless Chromium (Selenium through Debian's chromedriver, see ``tests/browser.py``) opening
 the view with the Airflow session cookie, standalone and inside the Airflow UI.
 
-The training run, serving version and drift history are written in the shapes those stages
-leave (training is a Horovod job of minutes, outside this test's scope); the batches, their
-counts, validation and Data Docs, and the Airflow runs are real.
+The training run, its evaluation and push are written by those stages' own record writers
+and the drift history by the drift monitor itself (training is a Horovod job of minutes,
+outside this test's scope); the batches, their counts, validation and Data Docs, and the
+Airflow runs are real.
 
 Screenshots go to the test's tmp dir, and a copy to ``bench/results/ui/``.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
@@ -22,13 +22,16 @@ from urllib.parse import quote
 import httpx
 import pytest
 from browser import chromium, evaluate, group, group_alive, missing, screenshot, wait_for
+from factory_records import batch_frame, push, reference_profile, write_gate_result, write_training_run
 
 from pipelines import runtime
-from pipelines.catalog import ledger
+from pipelines.catalog import layout, ledger
 from pipelines.catalog.layout import line_paths
 from pipelines.config import REPO_ROOT, airflow_home, apply_airflow_environment
 from pipelines.ingest import landing
 from pipelines.ingest.sources import load_source
+from pipelines.monitoring.batch import monitor_batch
+from pipelines.monitoring.profile import save_profile
 from pipelines.runtime import api
 from pipelines.specs import load_spec
 from pipelines.ui.data import run_folder_name
@@ -42,45 +45,18 @@ RESULTS = REPO_ROOT / "bench" / "results" / "ui"
 TRAIN_RUN = "manual__2026-11-23T08:00:00+00:00"
 
 
-def _write(path: Path, data) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data) if not isinstance(data, str) else data)
-    return path
-
-
 def _later_stages(home: Path) -> None:
-    """A training run, its evaluation, a serving version and a drift history, as the
-    training stage, the evaluation gate and the drift monitor leave them."""
-    run = home / "training" / LINE / run_folder_name(TRAIN_RUN)
-    _write(run / "manifest.json", {"run_id": run.name, "batches": ["ui-1"], "rows": {"train": 360, "validation": 40}})
-    _write(run / "result.json", {"val_auc": 0.7042, "epochs_run": 9, "samples_per_s": 5210.5})
-    _write(run / "mlflow_run_id", "0f1e2d3c4b5a69788796a5b4c3d2e1f0")
-    _write(run / "evaluation" / "result.json", {
-        "line": LINE, "training_run": run.name, "blessing": "BLESSED", "pushed": True,
-        "why": "all thresholds met (value thresholds only (no blessed model yet))",
-        "serving": {"version": 1, "path": str(home / "serving" / LINE / "1")},
-        "overall": {"auc": 0.6981, "recall": 0.61},
-        "metrics": {"Overall": {"candidate": {"auc": 0.6981, "recall": 0.61}, "baseline": {}, "diff": {}}}})
-    _write(run / "evaluation" / "report.html", "<html><body>Evaluation of the candidate</body></html>")
-    _write(home / "serving" / LINE / "1" / "assets.extra" / "factory_push.json",
-           {"blessing": "BLESSED", "training_run": run.name, "model_uri": str(run / "model"),
-            "pushed_at": "2026-11-23T08:20:00+00:00"})
-    drift = home / "drift" / LINE
-    records = []
-    for i, (rate, sub, score) in enumerate(((0.01, 0.02, 0.004), (0.03, 0.05, 0.01), (0.08, 0.26, 0.03),
-                                             (0.05, 0.12, 0.02)), start=1):
-        report = _write(drift / "reports" / f"ui-d{i}.json", {"features": {
-            "int_rate": {"status": "ok", "metrics": {"psi": {"value": rate}}},
-            "sub_grade": {"status": "ok", "metrics": {"psi": {"value": sub}}},
-            "__score__": {"status": "ok", "metrics": {"psi": {"value": score}}}}})
-        drifted = sub >= 0.2
-        html = _write(drift / "reports" / f"ui-d{i}.html", f"<html><body>Drift of ui-d{i}</body></html>")
-        records.append({"kind": "batch", "line": LINE, "batch_id": f"ui-d{i}", "model_version": "1",
-                        "scored_at": f"2026-11-2{i}T12:00:00+00:00", "status": "ok", "drifted": drifted,
-                        "drifted_features": [{"feature": "sub_grade", "severity": sub / 0.2, "by": f"psi {sub}"}]
-                        if drifted else [], "max_psi": {"feature": "sub_grade", "value": sub},
-                        "report_path": str(report), "html_path": str(html)})
-    _write(drift / "history.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    """A training run with its evaluation, its push and a drift history on four batches,
+    written by the stages' own writers (tests/factory_records.py) and the drift monitor."""
+    run = write_training_run(home, TRAIN_RUN, ["ui-1"], 0.7042, line=LINE,
+                             mlflow_run_id="0f1e2d3c4b5a69788796a5b4c3d2e1f0")
+    pushed = push(home, run, "BLESSED", line=LINE)
+    write_gate_result(home, run, "BLESSED", "all thresholds met (value thresholds only (no blessed model yet))",
+                      {"auc": 0.6981, "recall": 0.61}, pushed=pushed, line=LINE)
+    profile = save_profile(reference_profile(), layout.drift_profile_path(pushed[1]))
+    for i, share_60 in enumerate((0.31, 0.33, 0.8, 0.36), start=1):
+        monitor_batch(LINE, batch_frame(500, share_60), profile, batch_id=f"ui-d{i}", scores="score",
+                      model_version="1", home=home)
 
 
 @pytest.fixture(scope="module")
