@@ -8,8 +8,10 @@ Spark job, the validation step and the tests all read the same spec.
 Invalid specs fail at load with a message that names the field, e.g.
 ``credit_risk.yaml: schema.fields.3.min: must be <= max (got min=5, max=1)``.
 
-The mechanism is not tabular-only: ``modality`` selects the cleaner, validator
-and model builder, and field types include ``image`` (a fixed-shape tensor).
+``modality`` is where a stage that differs by kind of data picks its part. The schema
+already validates ``modality: image`` and ``image`` fields (a fixed-shape tensor), but
+the stages implement ``tabular`` only so far; the records of the catalog do not depend
+on it (:mod:`pipelines.catalog`).
 """
 
 from __future__ import annotations
