@@ -117,6 +117,10 @@ def airflow_environment(home: Path | None = None) -> dict[str, str]:
     if bin_dir not in path.split(os.pathsep):
         path = bin_dir + os.pathsep + path
     env["PATH"] = path
+    # The environments are shared by every clone on a machine and the editable install
+    # points at the clone set up last: this clone's code comes first for its own tasks.
+    pythonpath = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), *pythonpath])
     return env
 
 
