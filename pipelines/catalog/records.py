@@ -19,6 +19,7 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | drift history | :class:`DriftRecord` | :func:`append_drift_record` | :func:`read_drift_history` |
 | drift episodes | a dict (:mod:`pipelines.monitoring.episodes` owns its shape) | :func:`write_episodes` | :func:`read_episodes` |
 | drift report | a dict (:mod:`pipelines.monitoring.detection`) | :func:`write_drift_report` | :func:`read_drift_report` |
+| reference profile (``drift_profile.json``) | a dict (:mod:`pipelines.monitoring.profile` owns and checks its format) | ``profile.save_profile`` at :func:`~pipelines.catalog.layout.drift_profile_path` | ``profile.load_profile`` |
 | the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
 
 One module for all record types, one section each: the table above is the whole

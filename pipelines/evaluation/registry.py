@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import tracking
-from pipelines.catalog import layout
+from pipelines.catalog import layout, records
 from pipelines.evaluation import serving
 
 CHAMPION = "champion"
@@ -178,11 +178,10 @@ def sync_serving_state(line: str, home: Path | None = None) -> str | None:
         if mv.tags.get("serving_status") != status:
             client.set_model_version_tag(name, mv.version, "serving_status", status)
         if status == "RETIRED" and "rolled_back_at" not in mv.tags:
-            info = base / serving.RETIRED / f"{sv}.json"
-            if info.exists():
-                data = json.loads(info.read_text())
-                client.set_model_version_tag(name, mv.version, "rolled_back_at", _tag(data.get("retired_at")))
-                client.set_model_version_tag(name, mv.version, "rolled_back_reason", _tag(data.get("reason")))
+            info = records.read_retired_info(base, sv)
+            if info is not None:
+                client.set_model_version_tag(name, mv.version, "rolled_back_at", _tag(info.retired_at))
+                client.set_model_version_tag(name, mv.version, "rolled_back_reason", _tag(info.reason))
         if status == "SERVING":
             champion = str(mv.version)
     if champion is not None:
