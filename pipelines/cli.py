@@ -24,7 +24,7 @@ from pathlib import Path
 
 from pipelines.catalog import ledger
 from pipelines.catalog.layout import exported_model, line_paths, training_log_path
-from pipelines.catalog.records import TrainingRun, read_drift_history, training_runs
+from pipelines.catalog.records import latest_training_run, read_drift_history
 from pipelines.config import factory_home
 from pipelines.ingest import landing
 from pipelines.specs import SpecError, load_spec, load_specs
@@ -129,14 +129,9 @@ def _await_asset_run(client, dag_id: str, after: str, timeout_s: float = 120) ->
     return None
 
 
-def _latest_training(line: str, home: Path | None = None, since: float = 0.0) -> TrainingRun | None:
-    runs = [r for r in training_runs(line, home) if r.manifest is not None and r.started >= since]
-    return runs[0] if runs else None
-
-
 def _print_training_progress(line: str, started: float, printed: list[int]) -> None:
     """Print the workers' per-epoch progress lines not printed yet."""
-    run = _latest_training(line, since=started)
+    run = latest_training_run(line, since=started)
     log = training_log_path(Path(run.path)) if run else None
     if log and log.exists():
         lines = [ln for ln in log.read_text(errors="replace").splitlines() if "factory-train:" in ln]
@@ -146,7 +141,7 @@ def _print_training_progress(line: str, started: float, printed: list[int]) -> N
 
 
 def _model_rows(line: str, home: Path) -> list[str]:
-    run = _latest_training(line, home)
+    run = latest_training_run(line, home)
     if run is None or run.result is None:
         return ["  model: none trained"]
     result, manifest = run.result, run.manifest

@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.catalog.layout import LinePaths
-from pipelines.catalog.records import BatchRecord, RecordError, _load
+from pipelines.catalog.records import BatchRecord, RecordError, _load, _pass_over
 
 LANDED, CLEANED, VALIDATED, FAILED = "landed", "cleaned", "validated", "failed"
 STATUSES = (LANDED, CLEANED, VALIDATED, FAILED)
@@ -58,9 +58,7 @@ def all_records(paths: LinePaths, errors: list[str] | None = None) -> list[Batch
         try:
             record = _load(path, BatchRecord)
         except RecordError as err:
-            if errors is None:
-                raise
-            errors.append(str(err))
+            _pass_over(err, errors)
             continue
         if record is not None:
             records.append(record)

@@ -64,6 +64,14 @@ class Record(BaseModel):
         return self.model_dump(mode="json", exclude_unset=True)
 
 
+def _pass_over(err: RecordError, errors: list[str] | None) -> None:
+    """The readers' rule for a record they cannot read: raise it, or, given a list to
+    collect into (a view or an exporter that shows the rest), name it there."""
+    if errors is None:
+        raise err from None
+    errors.append(str(err))
+
+
 def _load(path: Path, model: type[Record] | None = None) -> Any:
     """A record file as ``model`` (or plain JSON), None when the file is absent."""
     try:
@@ -264,9 +272,7 @@ def serving_versions(line: str, home: Path | None = None, errors: list[str] | No
                 sv.push = read_push_info(path)
                 sv.retirement = read_retired_info(base, version) if retired else None
             except RecordError as err:
-                if errors is None:
-                    raise
-                errors.append(str(err))
+                _pass_over(err, errors)
             out.append(sv)
     return sorted(out, key=lambda s: s.version, reverse=True)
 
@@ -287,6 +293,7 @@ class TrainingRun(Record):
     evaluation: EvaluationResult | None = None
     evaluation_mtime: float | None = None
     has_report: bool = False
+    unreadable: list[str] = []  # which of manifest, result, evaluation could not be read
 
 
 def _mtime(path: Path) -> float | None:
@@ -296,27 +303,37 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
+def read_training_run(folder: Path, errors: list[str] | None = None) -> TrainingRun:
+    """One run folder and its records. With ``errors``, a record that cannot be read is
+    named there and in the run's ``unreadable``; without, it raises :class:`RecordError`."""
+    started = _mtime(layout.manifest_path(folder)) or _mtime(layout.training_result_path(folder)) or _mtime(folder)
+    run = TrainingRun(run=folder.name, path=str(folder), started=started or 0.0,
+                      mlflow_run_id=read_mlflow_run_id(folder),
+                      has_report=layout.evaluation_report_path(folder).is_file())
+    for attr, reader in (("manifest", read_manifest_data), ("result", read_training_result),
+                         ("evaluation", read_evaluation_result)):
+        try:
+            setattr(run, attr, reader(folder))
+        except RecordError as err:
+            _pass_over(err, errors)
+            run.unreadable.append(attr)
+    run.result_mtime = _mtime(layout.training_result_path(folder)) if run.result else None
+    run.evaluation_mtime = _mtime(layout.evaluation_result_path(folder)) if run.evaluation else None
+    return run
+
+
 def training_runs(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[TrainingRun]:
-    """Every training run of a line, newest first. With ``errors``, a record that cannot be
-    read is named there and left out of its run; without, it raises :class:`RecordError`."""
-    out = []
-    for folder in layout.training_runs(line, home):
-        started = _mtime(layout.manifest_path(folder)) or _mtime(layout.training_result_path(folder)) or _mtime(folder)
-        run = TrainingRun(run=folder.name, path=str(folder), started=started or 0.0,
-                          mlflow_run_id=read_mlflow_run_id(folder),
-                          has_report=layout.evaluation_report_path(folder).is_file())
-        for attr, reader in (("manifest", read_manifest_data), ("result", read_training_result),
-                             ("evaluation", read_evaluation_result)):
-            try:
-                setattr(run, attr, reader(folder))
-            except RecordError as err:
-                if errors is None:
-                    raise
-                errors.append(str(err))
-        run.result_mtime = _mtime(layout.training_result_path(folder)) if run.result else None
-        run.evaluation_mtime = _mtime(layout.evaluation_result_path(folder)) if run.evaluation else None
-        out.append(run)
-    return sorted(out, key=lambda r: r.started, reverse=True)
+    """Every training run of a line, newest first (see :func:`read_training_run`)."""
+    runs = [read_training_run(folder, errors) for folder in layout.training_runs(line, home)]
+    return sorted(runs, key=lambda r: r.started, reverse=True)
+
+
+def latest_training_run(line: str, home: Path | None = None, since: float = 0.0) -> TrainingRun | None:
+    """The run whose manifest was written last (at or after ``since``), read alone: what a
+    progress display polls, without reading every run's records each time."""
+    started = [(m, folder) for folder in layout.training_runs(line, home)
+               if (m := _mtime(layout.manifest_path(folder))) is not None and m >= since]
+    return read_training_run(max(started)[1]) if started else None
 
 
 # ---------------------------------------------------------------- drift
@@ -384,10 +401,7 @@ def read_drift_history(line: str, home: Path | None = None, kind: str | None = N
         except (ValueError, ValidationError) as err:
             if i == len(lines) - 1 or (raw.startswith("{") and not raw.rstrip().endswith("}")):
                 continue  # an append in progress, or one a crash cut short
-            message = f"{path}: line {i + 1} is not a JSON record: {err}"
-            if skipped is None:
-                raise DriftHistoryError(message) from None
-            skipped.append(message)
+            _pass_over(DriftHistoryError(f"{path}: line {i + 1} is not a JSON record: {err}"), skipped)
             continue
         if kind is None or record.kind == kind:
             records.append(record)

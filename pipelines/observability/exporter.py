@@ -133,11 +133,10 @@ class _Scrape:
         """The line's training runs, newest first; an unreadable evaluation result counts
         against ``evaluation``, any other unreadable record of a run against ``training``."""
         if line not in self._runs:
-            errors: list[str] = []
-            runs = records.training_runs(line, self.home, errors=errors)
-            evaluations = {str(layout.evaluation_result_path(Path(r.path))) for r in runs}
-            for error in errors:
-                self.count(line, "evaluation" if error.split(": ", 1)[0] in evaluations else "training")
+            runs = records.training_runs(line, self.home, errors=[])
+            for run in runs:
+                for record in run.unreadable:
+                    self.count(line, "evaluation" if record == "evaluation" else "training")
             self._runs[line] = runs
         return self._runs[line]
 
