@@ -162,7 +162,7 @@ def previous_result(run_dir: Path, home: Path | None = None) -> dict[str, Any] |
     if version is None:
         return None
     base = layout.serving_base(prior["line"], home)
-    for candidate in (base / str(version), base / serving.RETIRED / str(version)):
+    for candidate in (base / str(version), layout.retired_dir(base) / str(version)):
         if serving.push_info(candidate).get("run_dir") == str(run_dir):
             return prior
     return None

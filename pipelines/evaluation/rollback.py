@@ -49,7 +49,7 @@ def rollback(line: str, reason: str, expect_version: int | None = None, home: Pa
             retired, now_serving = expect_version, serving.serving_version(base)
         else:
             retired, now_serving = serving.retire_latest(base, reason, expected=expect_version)
-        retired_info = serving.push_info(base / serving.RETIRED / str(retired))
+        retired_info = serving.push_info(layout.retired_dir(base) / str(retired))
         serving_info = serving.push_info(base / str(now_serving))
         unblessed = []
         model_id = retired_info.get("mlmd_model_id")

@@ -37,10 +37,6 @@ from pipelines import storage
 from pipelines.catalog import layout
 from pipelines.catalog.records import read_push_info
 
-PUSH_INFO = layout.PUSH_INFO  # <version>/assets.extra/
-RETIRED = layout.RETIRED
-INCOMING_PREFIX = layout.INCOMING_PREFIX
-
 
 class ServingStoreError(RuntimeError):
     """The serving store cannot do what was asked (e.g. nothing to roll back to)."""
@@ -86,7 +82,7 @@ def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Pat
     if not (model_dir / "saved_model.pb").is_file():
         raise ServingStoreError(f"{model_dir} is not a SavedModel (no saved_model.pb)")
     base.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=INCOMING_PREFIX, dir=base))
+    tmp = Path(tempfile.mkdtemp(prefix=layout.INCOMING_PREFIX, dir=base))
     try:
         staged = tmp / "model"
         shutil.copytree(model_dir, staged)
@@ -141,7 +137,7 @@ def clean_incoming(base: Path, older_than_s: float = 3600.0) -> list[Path]:
 
     removed = []
     if base.is_dir():
-        for p in base.glob(f"{INCOMING_PREFIX}*"):
+        for p in base.glob(f"{layout.INCOMING_PREFIX}*"):
             if time.time() - p.stat().st_mtime > older_than_s:
                 shutil.rmtree(p, ignore_errors=True)
                 removed.append(p)
