@@ -48,16 +48,20 @@ class Record(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
     def __getitem__(self, key: str) -> Any:
-        if key in self.model_fields_set or key in type(self).model_fields or key in (self.model_extra or {}):
+        # fields and kept keys only: never one of BaseModel's own attributes (``copy``, ``json``)
+        if key in type(self).model_fields or key in (self.model_extra or {}):
             return getattr(self, key)
         raise KeyError(key)
 
     def get(self, key: str, default: Any = None) -> Any:
-        value = getattr(self, key, default)
+        try:
+            value = self[key]
+        except KeyError:
+            return default
         return default if value is None else value
 
     def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and getattr(self, key, None) is not None
+        return isinstance(key, str) and self.get(key) is not None
 
     def to_json(self) -> dict[str, Any]:
         """The record as its JSON object (fields that were never set are left out)."""
