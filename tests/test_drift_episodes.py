@@ -224,7 +224,9 @@ def _claim(args):
 
 
 def test_concurrent_appends_and_claims(home):
-    ctx = multiprocessing.get_context("fork")
+    # Fresh interpreters: a fork of this process (Spark's JVM gateway and other threads
+    # may live in it by now) can inherit a lock some thread held and hang in the child.
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
         pool.map(_append_many, [(home, w) for w in range(4)])
     records = read_drift_history("l", home)

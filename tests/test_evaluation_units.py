@@ -158,7 +158,9 @@ def _publish(args: tuple[str, str, str]) -> int:
 def test_concurrent_pushes_get_distinct_versions_and_nothing_half_written(tmp_path):
     base = tmp_path / "serving" / "credit_risk"
     models = [_fake_model(tmp_path / "models", f"m{i}") for i in range(6)]
-    ctx = multiprocessing.get_context("fork")
+    # Fresh interpreters: a fork of this process (Spark's JVM gateway and other threads
+    # live in it by now) can inherit a lock some thread held and hang in the child.
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(3) as pool:
         versions = pool.map(_publish, [(str(m), str(base), m.name) for m in models])
     assert sorted(versions) == [1, 2, 3, 4, 5, 6]
