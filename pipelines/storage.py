@@ -5,7 +5,8 @@ or the new, never a part, and two processes that change the same record take tur
 
 - :func:`exclusive_lock`: an ``flock`` on a lock file, held for the ``with`` block. A lock
   dies with its process (the kernel releases it), so a killed task never leaves a line
-  locked.
+  locked. :func:`hold_lock` takes one as a descriptor that can be handed to a child
+  process tree (the run-folder lock of a training or a gate).
 - :func:`write_text_atomic` / :func:`write_json_atomic`: a temp file in the same folder,
   fsync, rename. JSON is strict: a NaN or an infinity is a :class:`ValueError` at write
   time, never invalid JSON in a file that other tools (Prometheus, a browser, ``jq``) read.
@@ -26,6 +27,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -44,6 +46,29 @@ def exclusive_lock(folder: Path, name: str = LOCK_FILE) -> Iterator[Path]:
             yield folder
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+class Busy(RuntimeError):
+    """A lock is still held by someone else after waiting for it."""
+
+
+def hold_lock(path: Path, wait_s: float) -> int:
+    """Take an exclusive ``flock`` on ``path`` (created if missing), waiting up to
+    ``wait_s``; return the open descriptor that holds it (close it to release, or hand it
+    to a child process, which then holds the lock for as long as it keeps it open).
+    Raises :class:`Busy` if it is still held by another after ``wait_s``."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                os.close(fd)
+                raise Busy(f"{path} is held by another process") from None
+            time.sleep(0.2)
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,12 +1,15 @@
 """The launcher against real ``horovodrun`` workers: a killed worker fails the run
-with that worker's error, a run over its time limit is stopped, and nothing is
-left running either way."""
+with that worker's error, a run over its time limit is stopped, a task process killed
+outright takes its workers with it (and its retry never trains beside them), and nothing
+is left running any way."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -14,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.realdata import lending_club_frame, make_validated_batch
-from pipelines.config import ml_python
+from pipelines.config import REPO_ROOT, ml_python
 from pipelines.training import launch
 from pipelines.training.prepare import prepare_run
 
@@ -113,3 +116,63 @@ def test_missing_run_folder_is_a_clear_worker_error(tmp_path):
     with pytest.raises(launch.TrainingFailed) as info:
         launch.run_workers(tmp_path / "nope", 1, timeout_s=300, log_path=tmp_path / "h.log")
     assert "nope" in str(info.value)
+
+
+# The task process: what the train task does, in a process of its own that the test kills.
+TASK = """
+import sys
+from pathlib import Path
+from pipelines.training import launch
+run = Path(sys.argv[1])
+launch.run_workers(run, 2, timeout_s=900, log_path=run / "logs" / "h.log")
+"""
+
+
+def _horovodrun(run_dir: Path) -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if any(part.endswith(b"horovodrun") for part in cmdline[:2]) and str(run_dir).encode() in cmdline:
+                found.add(int(proc.name))
+    return found
+
+
+def _task(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", TASK, str(run_dir)], cwd=REPO_ROOT, env=os.environ.copy(),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_task_killed_outright_takes_its_workers_with_it_and_its_retry_waits(run_dir):
+    task = _task(run_dir)
+    first_workers = set(_wait_for_training(run_dir))
+    first_launcher = _horovodrun(run_dir)
+    assert len(first_launcher) == 1
+    task.send_signal(signal.SIGKILL)  # an OOM kill, Airflow's escalation after SIGTERM
+    task.wait()
+    retry = _task(run_dir)  # Airflow's retry, at once
+    try:
+        gone_at = second_started_at = None
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and second_started_at is None:
+            alive = (set(_workers(run_dir)) & first_workers) | (_horovodrun(run_dir) & first_launcher)
+            if not alive and gone_at is None:
+                gone_at = time.monotonic()
+            if _horovodrun(run_dir) - first_launcher:
+                second_started_at = time.monotonic()
+                assert not alive, f"the retry started while {sorted(alive)} of the killed try still ran"
+            time.sleep(0.05)
+        assert gone_at is not None, "the killed task's horovodrun and workers lived on"
+        assert second_started_at is not None, "the retry never started"
+        assert gone_at - (deadline - 120) < 15, "the survivors were not stopped within seconds"
+        # a polite stop (Airflow's SIGTERM) of the retry stops its tree too
+        _wait_for_training(run_dir)
+        retry.send_signal(signal.SIGTERM)
+        retry.wait(timeout=60)
+        time.sleep(1)
+        assert _workers(run_dir) == {} and _horovodrun(run_dir) == set()
+    finally:
+        retry.kill()

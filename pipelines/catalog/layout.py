@@ -47,6 +47,8 @@ DRIFT_EPISODES = "episodes.json"
 DRIFT_REPORTS = "reports"
 DRIFT_PROFILE = "drift_profile.json"
 GATE_LOCK = "gate.lock"
+# Held by the live process tree working on a run folder (training, evaluation).
+RUN_LOCK = "run.lock"
 
 
 def _home(home: Path | None) -> Path:
@@ -171,6 +173,11 @@ def checkpoints_dir(run: Path) -> Path:
 
 def tensorboard_dir(run: Path) -> Path:
     return Path(run) / "tensorboard"
+
+
+def run_lock_path(run: Path) -> Path:
+    """Held (flock) by the process tree working on the run folder; see runtime.tether."""
+    return Path(run) / RUN_LOCK
 
 
 def training_log_path(run: Path) -> Path:

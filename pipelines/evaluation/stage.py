@@ -25,16 +25,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pipelines import storage
 from pipelines.catalog import layout, records
 from pipelines.config import REPO_ROOT, ml_python, ml_subprocess_environment
 from pipelines.evaluation import registry
 from pipelines.evaluation.gate import ForceBlessError, check_force_reason, previous_result
 from pipelines.evaluation.inputs import GateInputError
 from pipelines.evaluation.report import write_report
+from pipelines.runtime import tether
 
 GATE_MODULE = "pipelines.evaluation.gate"
 ROLLBACK_MODULE = "pipelines.evaluation.rollback"
 ERROR_PREFIX = "factory-eval: error: "
+# How long a retry waits for the gate of an earlier try to be gone.
+RUN_LOCK_WAIT_S = 60
 
 __all__ = ["EvaluationFailed", "ForceBlessError", "GateInputError", "RollbackError", "evaluate_and_push",
            "plan_rollback", "rollback", "summary"]
@@ -56,11 +60,27 @@ def ml_environment(home: Path | None = None) -> dict[str, str]:
     return env
 
 
-def _run_ml(args: list[str], log_path: Path, timeout_s: int, home: Path | None) -> tuple[int, str, str]:
+def _run_ml(args: list[str], log_path: Path, timeout_s: int, home: Path | None,
+            run_dir: Path | None = None) -> tuple[int, str, str]:
+    """Run an ML-environment entry point under a tether (it dies with this task, see
+    :mod:`pipelines.runtime.tether`); with ``run_dir``, holding the run folder's lock."""
     cmd = [str(ml_python()), "-m", *args]
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(cmd, env=ml_environment(home), cwd=REPO_ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    keep: tuple[int, ...] = ()
+    if run_dir is not None:
+        try:
+            keep = (storage.hold_lock(layout.run_lock_path(run_dir), RUN_LOCK_WAIT_S),)
+        except storage.Busy:
+            raise EvaluationFailed(
+                f"{run_dir} is still in use by the processes of another try after {RUN_LOCK_WAIT_S}s; "
+                "nothing was evaluated"
+            ) from None
+    try:
+        proc = tether.popen(cmd, keep_fds=keep, env=ml_environment(home), cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    finally:
+        for fd in keep:
+            os.close(fd)  # the tether holds the lock from here on
     try:
         out, err = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -68,6 +88,11 @@ def _run_ml(args: list[str], log_path: Path, timeout_s: int, home: Path | None) 
         out, err = proc.communicate()
         _log(log_path, cmd, out, err)
         raise EvaluationFailed(f"{args[0]} did not finish within {timeout_s}s (log: {log_path})") from None
+    except BaseException:  # the task is being stopped: stop the gate with it
+        os.killpg(proc.pid, signal.SIGTERM)
+        raise
+    finally:
+        tether.release(proc)  # if it still runs, the tether now stops it
     _log(log_path, cmd, out, err)
     return proc.returncode, out, err
 
@@ -121,7 +146,7 @@ def evaluate_and_push(
         if reason is not None:
             args += ["--force-bless-reason", reason]
         log_path = layout.gate_log_path(run_dir)
-        rc, out, err = _run_ml(args, log_path, timeout_s, home)
+        rc, out, err = _run_ml(args, log_path, timeout_s, home, run_dir=run_dir)
         if rc == 2:
             raise GateInputError(_error_line(err) or _tail(err))
         if rc != 0:

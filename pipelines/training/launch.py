@@ -6,6 +6,12 @@ that is ``-np W -H localhost:W --gloo``; at scale the same entry point gets a ho
 list (``FACTORY_HOROVOD_HOSTS=gpu1:4,gpu2:4``) or the MPI controller, by
 configuration. A worker that fails or is killed fails the task with that worker's
 error; a run that exceeds its time limit is stopped, workers and all.
+
+The workers run under a tether (:mod:`pipelines.runtime.tether`): if the task process
+dies at once (SIGKILL, the out-of-memory killer), the tether stops ``horovodrun`` and
+every worker within seconds. The tether holds the run folder's lock for as long as any of
+them lives, so a retried task waits for the survivors of the last try to be gone and never
+trains beside them on the same checkpoints.
 """
 
 from __future__ import annotations
@@ -20,11 +26,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from pipelines import storage
+from pipelines.catalog import layout
 from pipelines.config import horovod_controller, horovod_hosts, ml_python, ml_subprocess_environment
+from pipelines.runtime import tether
 
 WORKER_MODULE = "pipelines.training.worker"
 # Seconds horovodrun waits for all workers to check in.
 START_TIMEOUT_S = 120
+# How long a retry waits for the process tree of an earlier try to be gone.
+RUN_LOCK_WAIT_S = 60
 _RANK_LINE = re.compile(r"^\[(\d+)\]<(stdout|stderr)>:(.*)$")
 
 
@@ -92,18 +103,22 @@ def run_workers(
     cmd = horovod_command(run_dir, workers)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     lines: list[str] = []
+    lock_fd = _lock_run_folder(run_dir)
     started = time.monotonic()
     with open(log_path, "a") as log:
         log.write("$ " + " ".join(cmd) + "\n")
-        proc = subprocess.Popen(
-            cmd,
-            env=worker_environment(env_extra),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            bufsize=1,
-            start_new_session=True,  # its own process group: a timeout stops every worker
-        )
+        try:
+            proc = tether.popen(
+                cmd,
+                keep_fds=(lock_fd,),
+                env=worker_environment(env_extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                bufsize=1,
+            )
+        finally:
+            os.close(lock_fd)  # the tether holds the lock from here on
         # A reader thread drains the pipe (blocking reads); this loop owns the clock.
         pending: queue.Queue[str | None] = queue.Queue()
         reader = threading.Thread(target=_drain, args=(proc.stdout, pending), daemon=True)
@@ -140,6 +155,8 @@ def run_workers(
         except BaseException:
             _stop(proc)
             raise
+        finally:
+            tether.release(proc)
     if proc.returncode != 0:
         how = (
             f"killed by signal {-proc.returncode}" if proc.returncode < 0 else f"exit code {proc.returncode}"
@@ -151,6 +168,19 @@ def run_workers(
     return lines
 
 
+def _lock_run_folder(run_dir: Path) -> int:
+    """The run folder's lock, once no process tree of an earlier try holds it."""
+    if not Path(run_dir).is_dir():
+        raise TrainingFailed(f"run folder {run_dir} does not exist")
+    try:
+        return storage.hold_lock(layout.run_lock_path(run_dir), RUN_LOCK_WAIT_S)
+    except storage.Busy:
+        raise TrainingFailed(
+            f"{run_dir} is still in use by the processes of another try after {RUN_LOCK_WAIT_S}s; "
+            "nothing was started"
+        ) from None
+
+
 def _drain(stream, out: queue.Queue) -> None:
     for line in iter(stream.readline, ""):
         out.put(line.rstrip("\n"))
@@ -158,7 +188,7 @@ def _drain(stream, out: queue.Queue) -> None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the process group, then SIGKILL what is left."""
+    """SIGTERM the tether (it stops the tree and waits for it), then SIGKILL the group."""
     if proc.poll() is not None:
         return
     try:
