@@ -446,3 +446,96 @@ def test_bad_input_fails_clearly_and_pushes_nothing(world, story, tmp_path, brea
         evaluate_and_push(LINE, run, home=world.home)
     assert _state(world) == before
     assert not (run / "evaluation" / "result.json").exists()
+
+
+# --------------------------------------------------------------------------- faults
+
+
+GATE_TASK = """
+import sys
+from pathlib import Path
+from pipelines.evaluation.stage import evaluate_and_push
+evaluate_and_push(sys.argv[1], Path(sys.argv[2]), home=Path(sys.argv[3]))
+"""
+
+
+def _fresh_copy(world: World, tmp_path: Path) -> tuple[Path, Path]:
+    """The good candidate in a factory home of its own (empty store, new ML Metadata)."""
+    home = tmp_path / "factory"
+    run = home / "training" / LINE / "good"
+    shutil.copytree(world.good, run, ignore=shutil.ignore_patterns("evaluation", "checkpoints", "tensorboard"))
+    return home, run
+
+
+def _gate(run: Path, home: Path) -> tuple[int, str, str]:
+    from pipelines.evaluation import stage
+
+    return stage._run_ml([stage.GATE_MODULE, "--line", LINE, "--run-dir", str(run)],
+                         layout.gate_log_path(run), 900, home, run_dir=run)
+
+
+def _gates_of(run: Path) -> set[int]:
+    found = set()
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"pipelines.evaluation.gate" in cmdline and str(run).encode() in cmdline:
+                found.add(int(proc.name))
+    return found
+
+
+def test_a_gate_that_died_after_its_push_is_retried_into_the_same_single_version(world, tmp_path):
+    home, run = _fresh_copy(world, tmp_path)
+    base = layout.serving_base(LINE, home)
+    record = layout.evaluation_result_path(run)
+    record.mkdir(parents=True)  # the record cannot be written: the gate dies between push and record
+    rc, _, err = _gate(run, home)
+    assert rc == 1, err[-3000:]
+    assert serving.live_versions(base) == [1]
+    assert serving.push_info(base / "1")["run_dir"] == str(run)
+    record.rmdir()
+
+    rc, _, err = _gate(run, home)  # the retry
+    assert rc == 0, err[-3000:]
+    result = json.loads(record.read_text())
+    assert serving.live_versions(base) == [1] and serving.retired_versions(base) == []
+    assert result["blessing"] == "BLESSED" and result["serving"]["version"] == 1
+    # compared with what was blessed before it (nothing), not with itself
+    assert result["baseline"] is None and result["blessed_on"] == "value thresholds only (no blessed model yet)"
+    assert len(result["withdrawn_blessings"]) == 1
+
+    # a shared ML Metadata store: this line's runs are not another line's
+    counts = json.loads(_ml(
+        "import json, sys\nfrom pathlib import Path\nfrom pipelines.evaluation import pipeline\n"
+        "s = pipeline.store(sys.argv[1], Path(sys.argv[3]))\n"
+        "print(json.dumps([len(pipeline._run_contexts(s, sys.argv[1])), len(pipeline._run_contexts(s, sys.argv[2]))]))",
+        LINE, "credit_risk", str(home), home=home,
+    ))
+    assert counts == [2, 0]
+
+
+def test_a_task_killed_outright_takes_its_gate_with_it(world, tmp_path):
+    import os
+    import signal
+    import sys
+
+    home, run = _fresh_copy(world, tmp_path)
+    task = subprocess.Popen([sys.executable, "-c", GATE_TASK, LINE, str(run), str(home)], cwd=REPO_ROOT,
+                            env=os.environ.copy(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 60
+    while not _gates_of(run) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    gates = _gates_of(run)
+    assert gates, "the gate did not start"
+    time.sleep(2)
+    task.send_signal(signal.SIGKILL)
+    task.wait()
+    killed_at = time.monotonic()
+    while _gates_of(run) & gates and time.monotonic() - killed_at < 15:
+        time.sleep(0.1)
+    assert not _gates_of(run) & gates, "the gate lived on after its task was killed"
+    time.sleep(2)
+    assert serving.live_versions(layout.serving_base(LINE, home)) == []  # and it pushed nothing

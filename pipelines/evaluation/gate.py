@@ -223,6 +223,8 @@ def evaluate(
 
     with line_lock(line, home):
         t = time.monotonic()
+        # a retried gate: the earlier try's blessing of this candidate must not make it its own baseline
+        withdrawn = pipeline.withdraw_blessings(line, str(layout.model_root(run_dir)), home)
         tfx_pipeline = pipeline.build(line, run_dir, layout.evaluation_examples_dir(run_dir), eval_config,
                                       force_bless_reason=reason, info=info, home=home)
         timings["build_s"] = time.monotonic() - t
@@ -308,6 +310,7 @@ def evaluate(
             "examples_uri": outputs["examples"]["uri"],
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        "withdrawn_blessings": withdrawn,
         "report": {"json": str(out_dir / layout.EVALUATION_RESULT), "html": str(out_dir / layout.EVALUATION_REPORT)},
     }
     t = time.monotonic()

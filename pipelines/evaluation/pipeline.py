@@ -93,7 +93,21 @@ def store(line: str, home: Path | None = None):
 
 
 def _run_contexts(mlmd, line: str) -> set[int]:
-    return {c.id for c in mlmd.get_contexts_by_type("pipeline_run")} if mlmd.get_context_type("pipeline_run") else set()
+    """The ids of this line's pipeline runs (a shared store, ``FACTORY_MLMD_URI``, holds
+    the runs of every line: those of other lines are not this line's)."""
+    try:
+        pipeline_context = mlmd.get_context_by_type_and_name("pipeline", layout.pipeline_name(line))
+    except Exception:  # noqa: BLE001 - a new store has no context types yet
+        return set()
+    if pipeline_context is None:
+        return set()
+    executions = mlmd.get_executions_by_context(pipeline_context.id)
+    runs: set[int] = set()
+    for execution in executions:
+        for context in mlmd.get_contexts_by_execution(execution.id):
+            if mlmd.get_context_types_by_id([context.type_id])[0].name == "pipeline_run":
+                runs.add(context.id)
+    return runs
 
 
 def run(pipeline, line: str, home: Path | None = None) -> dict[str, Any]:
@@ -109,10 +123,10 @@ def run(pipeline, line: str, home: Path | None = None) -> dict[str, Any]:
     tfx.orchestration.LocalDagRunner().run(pipeline)
     seconds = time.monotonic() - started
     mlmd = store(line, home)
-    new = [c for c in mlmd.get_contexts_by_type("pipeline_run") if c.id not in before]
+    new = sorted(_run_contexts(mlmd, line) - before)
     if len(new) != 1:
-        raise RuntimeError(f"expected one new pipeline run in ML Metadata, found {len(new)}")
-    outputs = collect(mlmd, new[0])
+        raise RuntimeError(f"expected one new pipeline run of {line} in ML Metadata, found {len(new)}")
+    outputs = collect(mlmd, mlmd.get_contexts_by_id(new)[0])
     outputs["pipeline_s"] = seconds
     return outputs
 
@@ -169,6 +183,25 @@ def set_blessing_override(line: str, blessing_id: int, blessed: bool, override: 
     artifact.custom_properties[OVERRIDE_KEY].string_value = override
     artifact.custom_properties[f"{OVERRIDE_KEY}_reason"].string_value = reason
     mlmd.put_artifacts([artifact])
+
+
+def withdraw_blessings(line: str, model_uri: str, home: Path | None = None) -> list[int]:
+    """Before a candidate is evaluated again (a retried gate), clear the blessings an
+    earlier try gave it, so the baseline Resolver finds the model that was blessed before
+    this candidate, not the candidate itself. Returns the blessing ids withdrawn."""
+    mlmd = store(line, home)
+    try:
+        model_type = mlmd.get_artifact_type("Model")
+    except Exception:  # noqa: BLE001 - a new store has no types yet
+        return []
+    models = [a for a in mlmd.get_artifacts_by_uri(model_uri) if a.type_id == model_type.id]
+    withdrawn = []
+    for model in models:
+        for blessing_id in blessings_of_model(line, model.id, home):
+            set_blessing_override(line, blessing_id, False, "RETRIED",
+                                  "evaluated again by a retried gate; the new blessing replaces it", home)
+            withdrawn.append(blessing_id)
+    return withdrawn
 
 
 def blessings_of_model(line: str, model_id: int, home: Path | None = None) -> list[int]:

@@ -73,15 +73,30 @@ def push_info(version_dir: Path) -> dict[str, Any]:
     return info.to_json() if info is not None else {}
 
 
+def holding(base: Path, model_uri: str) -> tuple[int, Path] | None:
+    """The version (live, else retired) that already holds the model at ``model_uri``."""
+    for folder in (base, layout.retired_dir(base)):
+        for version in layout.int_dirs(folder):
+            if push_info(folder / str(version)).get("model_uri") == model_uri:
+                return version, folder / str(version)
+    return None
+
+
 def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Path]:
     """Copy a SavedModel into ``base`` as the next integer version; return (version, path).
 
     ``info`` is written to ``<version>/assets.extra/factory_push.json`` with the version.
+    Idempotent per model: when a version already holds ``info["model_uri"]`` (a push
+    whose gate died before it could record it, then retried), that version is the
+    answer and nothing is copied.
     """
     model_dir = Path(model_dir)
     if not (model_dir / "saved_model.pb").is_file():
         raise ServingStoreError(f"{model_dir} is not a SavedModel (no saved_model.pb)")
     base.mkdir(parents=True, exist_ok=True)
+    key = info.get("model_uri")
+    if key and (held := holding(base, key)) is not None:
+        return held
     tmp = Path(tempfile.mkdtemp(prefix=layout.INCOMING_PREFIX, dir=base))
     try:
         staged = tmp / "model"
@@ -90,6 +105,8 @@ def publish(model_dir: Path, base: Path, info: dict[str, Any]) -> tuple[int, Pat
         extra.mkdir(exist_ok=True)
         storage.fsync_tree(staged)  # the long part, outside the lock
         with locked(base):
+            if key and (held := holding(base, key)) is not None:  # pushed meanwhile
+                return held
             taken = live_versions(base) + retired_versions(base)
             version = (max(taken) if taken else 0) + 1
             storage.write_json_atomic(layout.push_info_path(staged), {**info, "version": version, "pushed_at": _now()})
