@@ -3,10 +3,11 @@
 Every file the factory keeps is written through these, so a reader sees the old content
 or the new, never a part, and two processes that change the same record take turns.
 
-- :func:`exclusive_lock`: an ``flock`` on a lock file, held for the ``with`` block. A lock
-  dies with its process (the kernel releases it), so a killed task never leaves a line
-  locked. :func:`hold_lock` takes one as a descriptor that can be handed to a child
-  process tree (the run-folder lock of a training or a gate).
+- :func:`exclusive_lock`: an ``flock`` on a lock file, held for the ``with`` block (or
+  refused at once with ``wait=False``). A lock dies with its process (the kernel releases
+  it), so a killed task never leaves a line locked. :func:`hold_lock` takes one as a
+  descriptor that can be handed to a child process tree (the run-folder lock of a
+  training or a gate).
 - :func:`write_text_atomic` / :func:`write_json_atomic`: a temp file in the same folder,
   fsync, rename. JSON is strict: a NaN or an infinity is a :class:`ValueError` at write
   time, never invalid JSON in a file that other tools (Prometheus, a browser, ``jq``) read.
@@ -36,12 +37,14 @@ LOCK_FILE = ".lock"
 
 
 @contextlib.contextmanager
-def exclusive_lock(folder: Path, name: str = LOCK_FILE) -> Iterator[Path]:
-    """Hold an exclusive ``flock`` on ``<folder>/<name>`` (created if missing); yields ``folder``."""
+def exclusive_lock(folder: Path, name: str = LOCK_FILE, *, wait: bool = True) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``<folder>/<name>`` (created if missing); yields ``folder``.
+
+    ``wait=False``: raise :class:`BlockingIOError` at once if another holder has it."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / name, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         try:
             yield folder
         finally:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -39,6 +40,7 @@ COMPOSE = REPO_ROOT / "docker-compose.yaml"
 DEPLOY = REPO_ROOT / "deploy"
 SCHEMA = DEPLOY / "schema" / "compose-spec.json"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
+MAKE_ENV = DEPLOY / "make_env.py"
 LINES = sorted(p.stem for p in (REPO_ROOT / "include" / "lines").glob("*.yaml"))
 
 # Services without a health check, and why (deploy/README.md says the same).
@@ -114,9 +116,48 @@ def load_compose(env: dict[str, str] | None = None) -> dict:
     return interpolate(yaml.safe_load(COMPOSE.read_text()), env or {})
 
 
+def make_env_module():
+    spec = importlib.util.spec_from_file_location("make_env", MAKE_ENV)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+SECRETS = sorted(make_env_module().SECRETS)
+
+
+def secret_uses(value):
+    """``(name, operator)`` of every variable use in a loaded compose file."""
+    if isinstance(value, dict):
+        for v in value.values():
+            yield from secret_uses(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from secret_uses(v)
+    elif isinstance(value, str):
+        for m in _VAR.finditer(value):
+            if not m.group("escaped"):
+                yield m.group("braced") or m.group("named"), m.group("op")
+
+
+def run_make_env(*args: str) -> subprocess.CompletedProcess:
+    """deploy/make_env.py as a user runs it, under a umask that would let anyone read."""
+    return subprocess.run(["bash", "-c", 'umask 000; exec "$0" "$@"', sys.executable, str(MAKE_ENV), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
 @pytest.fixture(scope="module")
-def compose() -> dict:
-    return load_compose()
+def env_file(tmp_path_factory) -> Path:
+    """A .env made by deploy/make_env.py from .env.example."""
+    path = tmp_path_factory.mktemp("deploy-env") / ".env"
+    done = run_make_env("--output", str(path))
+    assert done.returncode == 0, done.stderr
+    return path
+
+
+@pytest.fixture(scope="module")
+def compose(env_file) -> dict:
+    return load_compose(read_env_file(env_file))
 
 
 @pytest.fixture(scope="module")
@@ -182,10 +223,8 @@ def test_vendored_schema_is_the_official_compose_spec():
     assert (DEPLOY / "schema" / "LICENSE.compose-spec").read_text().lstrip().startswith("Apache License")
 
 
-@pytest.mark.parametrize("env_name", ["defaults", ".env.example"])
-def test_compose_file_is_valid_compose_spec(validator, env_name):
-    env = {} if env_name == "defaults" else read_env_file(ENV_EXAMPLE)
-    errors = sorted(validator.iter_errors(load_compose(env)), key=lambda e: list(e.absolute_path))
+def test_compose_file_is_valid_compose_spec(validator, env_file):
+    errors = sorted(validator.iter_errors(load_compose(read_env_file(env_file))), key=lambda e: list(e.absolute_path))
     assert not errors, "\n".join(f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in errors[:20])
 
 
@@ -206,7 +245,87 @@ def test_every_compose_variable_is_documented_in_env_example():
     assert documented - used == set(), f"in .env.example but unused: {sorted(documented - used)}"
 
 
-def test_compose_config_accepts_the_file_if_a_compose_binary_is_available(tmp_path):
+# ----------------------------------------------------------------------------- secrets
+
+
+def test_every_secret_is_required_and_has_no_default():
+    """A password, secret or key has no default in docker-compose.yaml (``${NAME:?...}``
+    everywhere it is used) and no usable value in .env.example."""
+    uses = list(secret_uses(yaml.safe_load(COMPOSE.read_text())))
+    secretish = {name for name, _ in uses if re.search(r"PASSWORD|SECRET|FERNET|_KEY$|TOKEN", name)}
+    assert secretish == set(SECRETS), "deploy/make_env.py and docker-compose.yaml disagree on the secrets"
+    loose = sorted({f"${{{name}{op or ''}...}}" for name, op in uses if name in SECRETS and op != ":?"})
+    assert loose == [], f"secrets with a default or optional in docker-compose.yaml: {loose}"
+    example = read_env_file(ENV_EXAMPLE)
+    assert {name: example[name] for name in SECRETS} == dict.fromkeys(SECRETS, "")
+
+
+def test_compose_refuses_to_render_without_its_secrets(env_file):
+    raw = yaml.safe_load(COMPOSE.read_text())
+    for env in ({}, read_env_file(ENV_EXAMPLE)):
+        with pytest.raises(ValueError, match="required variable"):
+            interpolate(raw, env)
+    full = read_env_file(env_file)
+    for name in SECRETS:
+        for env in ({k: v for k, v in full.items() if k != name}, {**full, name: ""}):
+            with pytest.raises(ValueError, match=f"required variable {name} is missing: .*make_env"):
+                interpolate(raw, env)
+
+
+def test_make_env_writes_strong_distinct_secrets_privately(tmp_path):
+    from cryptography.fernet import Fernet
+
+    path = tmp_path / ".env"
+    done = run_make_env("--output", str(path))
+    assert done.returncode == 0, done.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    env, example = read_env_file(path), read_env_file(ENV_EXAMPLE)
+    values = [env[name] for name in SECRETS]
+    assert len(set(values)) == len(values), "two secrets are the same"
+    assert all(len(v) >= 32 and re.fullmatch(r"[A-Za-z0-9_=-]+", v) for v in values)  # URL-safe
+    key = Fernet(env["AIRFLOW_FERNET_KEY"].encode())
+    assert key.decrypt(key.encrypt(b"conn")) == b"conn"
+    # every other setting as .env.example has it
+    assert {k: v for k, v in env.items() if k not in SECRETS} == {k: v for k, v in example.items() if k not in SECRETS}
+    # an existing file is kept: its secrets are already in the database volumes
+    before = path.read_text()
+    done = run_make_env("--output", str(path))
+    assert done.returncode == 1 and "--force" in done.stderr
+    assert path.read_text() == before
+    # --force replaces it, with new values, still private
+    done = run_make_env("--output", str(path), "--force")
+    assert done.returncode == 0, done.stderr
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = read_env_file(path)
+    assert all(again[name] != env[name] for name in SECRETS)
+    assert not [p for p in tmp_path.iterdir() if p.name != ".env"], "a temp file was left"
+
+
+def test_image_entrypoint_writes_the_passwords_file_privately_and_has_no_defaults(tmp_path):
+    passwords = tmp_path / "auth" / "passwords.json"
+    env = {"PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords)}
+    entrypoint = str(DEPLOY / "airflow" / "entrypoint.sh")
+    done = subprocess.run(["bash", entrypoint, "true"], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "FACTORY_ADMIN_PASSWORD" in done.stderr
+    assert not passwords.exists() or json.loads(passwords.read_text() or "{}") == {}
+    env.update(FACTORY_ADMIN_PASSWORD="a-b-c-d-e-f", FACTORY_VIEWER_PASSWORD="g-h-i-j-k-l")
+    done = subprocess.run(["bash", "-c", f'umask 000; exec bash {entrypoint} echo started'], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout == "started\n", done.stderr
+    assert json.loads(passwords.read_text()) == {"admin": "a-b-c-d-e-f", "viewer": "g-h-i-j-k-l"}
+    assert passwords.stat().st_mode & 0o777 == 0o600
+
+
+def test_mlflow_is_not_published_to_the_host(compose):
+    """MLflow has no authentication here: reachable on the compose network only."""
+    mlflow = services(compose)["mlflow"]
+    assert "ports" not in mlflow and 5000 in container_ports(mlflow)
+    assert services(compose)["airflow-scheduler"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert "not published" in (DEPLOY / "README.md").read_text()
+
+
+def test_compose_config_accepts_the_file_if_a_compose_binary_is_available(tmp_path, env_file):
     """The real Compose implementation (`docker compose config`) when one is installed:
     FACTORY_COMPOSE_BIN, the docker CLI's compose plugin, or docker-compose."""
     candidates = []
@@ -224,10 +343,17 @@ def test_compose_config_accepts_the_file_if_a_compose_binary_is_available(tmp_pa
         pytest.skip("no Docker Compose v2 binary here (set FACTORY_COMPOSE_BIN to one)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COMPOSE_", "DOCKER_"))}
     done = subprocess.run(
-        [*cmd, "-f", str(COMPOSE), "--profile", "gpu", "--profile", "cli", "config", "--quiet"],
+        [*cmd, "-f", str(COMPOSE), "--env-file", str(env_file), "--profile", "gpu", "--profile", "cli",
+         "config", "--quiet"],
         capture_output=True, text=True, env=env, cwd=tmp_path,
     )
     assert done.returncode == 0, done.stderr
+    # without the secrets Compose refuses
+    done = subprocess.run(
+        [*cmd, "-f", str(COMPOSE), "--env-file", str(ENV_EXAMPLE), "config", "--quiet"],
+        capture_output=True, text=True, env=env, cwd=tmp_path,
+    )
+    assert done.returncode != 0 and "make_env" in done.stderr
 
 
 # ----------------------------------------------------------------------------- images and files

@@ -476,6 +476,39 @@ def test_command_line_once(factory):
     assert not any(name.startswith(("python_", "process_")) for name in m.families)
 
 
+def _listening(port: int) -> set[str]:
+    """Local addresses of the TCP sockets listening on ``port`` (from /proc/net/tcp, tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            rows = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            local, state = row.split()[1], row.split()[3]
+            address, hex_port = local.split(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                found.add(address)
+    return found
+
+
+def test_the_exporter_process_listens_on_loopback_only(factory):
+    """The real command, as a user starts it, with no --host: bound to 127.0.0.1."""
+    home, store = factory
+    env = {**os.environ, "FACTORY_HOME": str(home), "FACTORY_SERVING_STORE": str(store)}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.observability.exporter", "--port", "0"], env=env,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        port = int(line.rsplit(":", 1)[1].split("/")[0])
+        assert _listening(port) == {"0100007F"}  # 127.0.0.1, little-endian hex
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def test_command_line_serves_on_loopback_by_default(monkeypatch):
     seen = {}
 

@@ -136,9 +136,11 @@ def test_stop_leaves_no_process_behind(running, admin):
     # runs last in this module: stop, then the fixture's stop is a no-op
     pids = dict(running["pids"])
     assert runtime.group_processes(pids.values())
+    assert set(pids.values()) <= set(runtime.runtime_processes(running))
     stopped = runtime.stop()
     assert sorted(stopped) == sorted(runtime.COMPONENTS)
     assert runtime.group_processes(pids.values()) == []
+    assert runtime.runtime_processes(running) == {}
     assert runtime.status() is None
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{running['url']}/api/v2/monitor/health", timeout=3)

@@ -2,11 +2,17 @@
 processor and triggerer as separate processes, on the embedded default (SQLite,
 LocalExecutor) or on PostgreSQL when ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says so.
 
-``start`` refuses a second start while one is running, waits until the API answers
-healthy and stops everything again if it does not; ``stop`` sends SIGTERM to each
-component's process group, then SIGKILL to what is left, and checks that nothing of
-it survives. Each component runs as its own process (not ``airflow standalone``):
-standalone leaves its children running on SIGTERM.
+``start`` holds the runtime's lock (``<home>/run/runtime.lock``) from its check to its
+record, so of two starts at once the second is refused; it refuses a start while a
+runtime runs, waits until the API answers healthy and stops everything again if it
+does not. The record (``<home>/run/runtime.json``) names each component by pid *and*
+start time on this boot, so a stale record (a runtime that died, a reboot) never gets
+another process signalled. ``stop`` sends SIGTERM to every process the runtime started
+(the components' process groups, every process whose environment carries the runtime's
+tag ``FACTORY_RUNTIME_TAG``: task processes, horovodrun's ranks and other processes in
+sessions of their own, orphans, and the descendants of all these), waits, sends SIGKILL
+to what is left, and checks that nothing survives. Each component runs as its own
+process (not ``airflow standalone``): standalone leaves its children running on SIGTERM.
 
 Credentials come from configuration, with documented local defaults:
 
@@ -18,27 +24,39 @@ Credentials come from configuration, with documented local defaults:
 | ``FACTORY_VIEWER_PASSWORD``  | ``viewer``|       |
 | ``FACTORY_API_HOST`` / ``FACTORY_API_PORT`` | ``127.0.0.1`` / ``8080`` | |
 
+The default passwords are refused when ``FACTORY_API_HOST`` is not a loopback address.
 The JWT signing secret is ``AIRFLOW__API_AUTH__JWT_SECRET`` if set, else a random
-one made once and kept (mode 600) in the Airflow home, shared by all components.
+one made once and kept (mode 600) in the Airflow home, shared by all components; the
+auth manager's passwords file is written there with mode 600 too.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ipaddress
 import json
 import os
 import secrets
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterable
+import uuid
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import airflow_environment, airflow_home, factory_home
+from pipelines.storage import exclusive_lock, write_json_atomic
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 START_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 45
+# In the environment of every component, so of every process they start: how `stop`
+# finds the processes that left the components' process groups.
+RUNTIME_TAG = "FACTORY_RUNTIME_TAG"
+LOCK_FILE = "runtime.lock"
+# The local defaults, refused when the API server listens beyond loopback.
+DEFAULT_PASSWORDS = {"FACTORY_ADMIN_PASSWORD": "admin", "FACTORY_VIEWER_PASSWORD": "viewer"}
 
 
 class RuntimeFailure(RuntimeError):
@@ -73,29 +91,66 @@ def viewer() -> Credentials:
     )
 
 
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def check_exposure() -> None:
+    """Refuse the local default passwords when the API server would listen beyond loopback."""
+    host = api_host()
+    if _is_loopback(host):
+        return
+    weak = [name for name, default in DEFAULT_PASSWORDS.items() if os.environ.get(name, default) in ("", default)]
+    if weak:
+        raise RuntimeFailure(
+            f"the API server would listen on {host} (FACTORY_API_HOST), reachable from other machines, "
+            f"with the default password of {' and '.join(weak)}: set {' and '.join(weak)} to strong "
+            "passwords (e.g. `python3 -c 'import secrets; print(secrets.token_urlsafe(24))'`), "
+            "or leave FACTORY_API_HOST at 127.0.0.1"
+        )
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only, also when the file was there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        os.fchmod(fh.fileno(), 0o600)
+        fh.write(text)
+
+
 def _jwt_secret(ahome: Path) -> str:
     if os.environ.get("AIRFLOW__API_AUTH__JWT_SECRET"):
         return os.environ["AIRFLOW__API_AUTH__JWT_SECRET"]
     path = ahome / "jwt_secret"
-    if not path.exists():
-        ahome.mkdir(parents=True, exist_ok=True)
+    ahome.mkdir(parents=True, exist_ok=True)
+    try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+    else:
         with os.fdopen(fd, "w") as fh:
             fh.write(secrets.token_urlsafe(64))
     return path.read_text().strip()
 
 
 def runtime_environment(home: Path | None = None) -> dict[str, str]:
-    """Airflow's environment for the long-running components, with authentication on."""
+    """Airflow's environment for the long-running components, with authentication on.
+
+    Refuses (:class:`RuntimeFailure`) the default passwords beyond loopback."""
+    check_exposure()
     home = home or factory_home()
     ahome = airflow_home(home)
     env = {**os.environ, **airflow_environment(home)}
     a, v = admin(), viewer()
     passwords = ahome / "passwords.json"
     ahome.mkdir(parents=True, exist_ok=True)
-    fd = os.open(passwords, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        json.dump({a.username: a.password, v.username: v.password}, fh)
+    _write_private(passwords, json.dumps({a.username: a.password, v.username: v.password}))
     url = base_url()
     env.update(
         {
@@ -121,84 +176,212 @@ def _pidfile(home: Path) -> Path:
     return home / "run" / "runtime.json"
 
 
-def _alive(pid: int) -> bool:
+# ----------------------------------------------------------------------------- processes
+#
+# A process is named by its pid and its start time (field 22 of /proc/<pid>/stat, clock
+# ticks since boot) on one boot (/proc/sys/kernel/random/boot_id): a pid alone may name
+# another process after the runtime died or the machine rebooted.
+
+
+def _boot_id() -> str:
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is not alive
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (index 0 is field 3, the
+    state; 1 the parent; 2 the process group; 19 the start time), or None."""
     try:
         with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][:1] != "Z"
-    except OSError:
-        return False
+            return fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def _start_time(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[19]) if fields else None
+
+
+def _same_process(pid: int, start: int | None) -> bool:
+    """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z" and start is not None and int(fields[19]) == start
+
+
+def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _processes() -> dict[int, list[str]]:
+    procs = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            fields = _stat(int(proc.name))
+            if fields is not None and fields[0] != "Z":
+                procs[int(proc.name)] = fields
+    return procs
 
 
 def group_processes(pgids: Iterable[int]) -> list[int]:
     """Live (not zombie) processes in any of the process groups ``pgids``."""
     groups = set(pgids)
-    alive = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                fields = (proc / "stat").read_text().rsplit(") ", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[2]) in groups and fields[0] != "Z":
-                alive.append(int(proc.name))
-    return alive
+    return [pid for pid, fields in _processes().items() if int(fields[2]) in groups]
 
 
-def _group_alive(pgid: int) -> bool:
-    return bool(group_processes([pgid]))
+def _has_tag(pid: int, tag: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as fh:
+            return tag in fh.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _components(record: dict) -> dict[str, int]:
+    """The record's components that are still the processes it started."""
+    if record.get("boot_id") != _boot_id():
+        return {}
+    starts = record.get("starts") or {}
+    return {name: pid for name, pid in record["pids"].items() if _same_process(pid, starts.get(name))}
+
+
+def runtime_processes(record: dict) -> dict[int, int]:
+    """``pid -> start time`` of every live process the runtime of ``record`` started: its
+    components' process groups, every process that carries the runtime's tag in its
+    environment (what left the groups: task processes in their own sessions, horovodrun's
+    ranks, orphans), and their descendants. Never this process."""
+    procs = _processes()
+    leaders = set(_components(record).values())
+    tag = f"{RUNTIME_TAG}={record['tag']}".encode() if record.get("tag") and record.get("boot_id") == _boot_id() else None
+    found = {pid for pid, fields in procs.items()
+             if int(fields[2]) in leaders or (tag is not None and _has_tag(pid, tag))}
+    children: dict[int, list[int]] = {}
+    for pid, fields in procs.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    todo = list(found)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    found.discard(os.getpid())
+    return {pid: int(procs[pid][19]) for pid in found}
+
+
+def _signal(pid: int, start: int, sig: int) -> None:
+    """Send ``sig`` to ``pid`` only if it is still the process that started at ``start``
+    (through a pidfd where the kernel has them, so the pid cannot be reused in between)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    except (AttributeError, OSError):
+        fd = None
+    try:
+        if not _same_process(pid, start):
+            return
+        if fd is not None:
+            signal.pidfd_send_signal(fd, sig)
+        else:
+            os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) and isinstance(record.get("pids"), dict) else None
 
 
 def status(home: Path | None = None) -> dict[str, object] | None:
-    """The running runtime's record (components and pids), or None."""
+    """The running runtime's record (components and pids), or None.
+
+    ``alive``: the components still running; ``processes``: the pids of every process of
+    the runtime (tasks included). A record none of whose processes is left (the runtime
+    died, the machine rebooted) is removed."""
     path = _pidfile(home or factory_home())
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
-    alive = {name: pid for name, pid in record["pids"].items() if _alive(pid)}
-    if not alive:
+    record = _read_record(path)
+    procs = runtime_processes(record) if record is not None else {}
+    if not procs:
         path.unlink(missing_ok=True)  # a stale record of a runtime that died
         return None
-    record["alive"] = alive
+    record["alive"] = _components(record)
+    record["processes"] = sorted(procs)
     return record
+
+
+@contextlib.contextmanager
+def _lock(home: Path, *, wait: bool) -> Iterator[None]:
+    """The runtime's lock, held by ``start`` from its check to its record and by ``stop``."""
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(exclusive_lock(_pidfile(home).parent, LOCK_FILE, wait=wait))
+        except BlockingIOError:
+            raise RuntimeFailure(
+                f"another `factory start` or `factory stop` is in progress for {home}; "
+                "wait for it, then check with `factory start` again"
+            ) from None
+        yield
 
 
 def start(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: None) -> dict[str, object]:
     """Start every component; return the runtime record once the API is healthy."""
     home = home or factory_home()
-    running = status(home)
-    if running is not None:
-        raise RuntimeFailure(
-            f"the factory runtime is already running (pids {sorted(running['alive'].values())}, "
-            f"{running['url']}); stop it first with `factory stop`"
-        )
-    env = runtime_environment(home)
-    logs = home / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    _migrate(env, logs)
-    pids = {}
-    for name in COMPONENTS:
-        log = open(logs / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
-        proc = subprocess.Popen(
-            ["airflow", name], env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        pids[name] = proc.pid
-    record = {"pids": pids, "url": base_url(), "started_at": time.time(), "logs": str(logs)}
-    _pidfile(home).parent.mkdir(parents=True, exist_ok=True)
-    _pidfile(home).write_text(json.dumps(record))
-    echo(f"starting Airflow ({', '.join(COMPONENTS)}); logs in {logs}")
-    try:
-        _wait_healthy(record, echo)
-    except BaseException:
-        stop(home)
-        raise
-    return record
+    with _lock(home, wait=False):
+        running = status(home)
+        if running is not None:
+            if running["alive"]:
+                raise RuntimeFailure(
+                    f"the factory runtime is already running (pids {sorted(running['alive'].values())}, "
+                    f"{running['url']}); stop it first with `factory stop`"
+                )
+            raise RuntimeFailure(
+                f"processes of the last factory runtime are still running (pids {running['processes']}); "
+                "end them with `factory stop`"
+            )
+        env = runtime_environment(home)
+        tag = uuid.uuid4().hex
+        env[RUNTIME_TAG] = tag
+        logs = home / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        _migrate(env, logs)
+        pids, starts = {}, {}
+        record = {"pids": pids, "starts": starts, "boot_id": _boot_id(), "tag": tag,
+                  "url": base_url(), "started_at": time.time(), "logs": str(logs)}
+        try:
+            for name in COMPONENTS:
+                with open(logs / f"{name}.log", "ab") as log:
+                    proc = subprocess.Popen(
+                        _component_argv(name), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                    )
+                pids[name] = proc.pid
+                starts[name] = _start_time(proc.pid)
+        finally:
+            # written even if a component failed to start, so that `stop` finds the others
+            write_json_atomic(_pidfile(home), record)
+        echo(f"starting Airflow ({', '.join(COMPONENTS)}); logs in {logs}")
+        try:
+            _wait_healthy(record, echo)
+        except BaseException:
+            _stop(home, echo)
+            raise
+        return record
+
+
+def _component_argv(name: str) -> list[str]:
+    """The command line of one component."""
+    return ["airflow", name]
 
 
 def _migrate(env: dict[str, str], logs: Path) -> None:
@@ -233,37 +416,57 @@ def _wait_healthy(record: dict, echo: Callable[[str], None]) -> None:
 
 
 def stop(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: None) -> list[str]:
-    """Stop every component and its children; return what was stopped."""
+    """Stop every process the runtime started (components, task processes and their
+    children); return the components stopped. Waits for a start in progress."""
     home = home or factory_home()
-    path = _pidfile(home)
-    if not path.exists():
-        return []
-    record = json.loads(path.read_text())
-    pgids = list(record["pids"].items())
-    for _, pid in pgids:
-        try:
-            os.killpg(pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + STOP_TIMEOUT_S
-    while time.monotonic() < deadline and group_processes(pid for _, pid in pgids):
-        time.sleep(0.5)
-    for name, pid in pgids:
-        if _group_alive(pid):
-            echo(f"{name} did not stop within {STOP_TIMEOUT_S}s: killing it")
-            try:
-                os.killpg(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-    for _name, pid in pgids:  # reap what this process started
+    with _lock(home, wait=True):
+        return _stop(home, echo)
+
+
+def _reap(record: dict) -> None:
+    """Reap the components this process started itself (`factory run`)."""
+    for pid in record["pids"].values():
         try:
             os.waitpid(pid, os.WNOHANG)
         except ChildProcessError:
             pass
-    time.sleep(0.5)
-    left = [name for name, pid in pgids if _group_alive(pid)]
+
+
+def _stop(home: Path, echo: Callable[[str], None]) -> list[str]:
+    path = _pidfile(home)
+    if not path.exists():
+        return []
+    record = _read_record(path)
+    tracked = runtime_processes(record) if record is not None else {}
+    if not tracked:
+        path.unlink(missing_ok=True)
+        echo(f"removed the record of a runtime that is no longer running ({path})")
+        return []
+    signalled: set[int] = set()
+    deadline = time.monotonic() + STOP_TIMEOUT_S
+    while True:
+        tracked.update(runtime_processes(record))  # what started since the last look
+        alive = {pid: t for pid, t in tracked.items() if _same_process(pid, t)}
+        for pid in sorted(alive.keys() - signalled):
+            _signal(pid, alive[pid], signal.SIGTERM)
+            signalled.add(pid)
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    for _ in range(3):  # SIGKILL what is left, and what it started meanwhile
+        tracked.update(runtime_processes(record))
+        alive = {pid: t for pid, t in tracked.items() if _same_process(pid, t)}
+        if not alive:
+            break
+        echo(f"{len(alive)} process(es) did not stop within {STOP_TIMEOUT_S}s: killing {sorted(alive)}")
+        for pid, t in alive.items():
+            _signal(pid, t, signal.SIGKILL)
+        _reap(record)
+        time.sleep(0.5)
+    _reap(record)
+    left = sorted(pid for pid, t in tracked.items() if _same_process(pid, t))
     path.unlink(missing_ok=True)
     if left:
-        raise RuntimeFailure(f"processes of {left} are still running after SIGKILL")
+        raise RuntimeFailure(f"processes {left} of the factory runtime are still running after SIGKILL")
     echo("Airflow stopped")
-    return [name for name, _ in pgids]
+    return list(record["pids"])

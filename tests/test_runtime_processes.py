@@ -1,0 +1,232 @@
+"""The runtime's supervisor without Airflow: ``start`` and ``stop`` as they run, with the
+components' command lines replaced by small processes (``_component_argv``), the
+database migration and the health wait left out. What is real: the start lock, the
+runtime record written by ``start``, the environment the components get, the process
+groups and sessions, the signals, ``stop``'s search for what the runtime started."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines import runtime
+from pipelines.config import airflow_home
+from pipelines.runtime import supervisor
+
+
+class Reached(Exception):
+    """``start`` got as far as the database migration."""
+
+
+@pytest.fixture
+def loopback(monkeypatch):
+    for name in ("FACTORY_API_HOST", "FACTORY_ADMIN_PASSWORD", "FACTORY_VIEWER_PASSWORD",
+                 "FACTORY_ADMIN_USER", "FACTORY_VIEWER_USER", "AIRFLOW__API_AUTH__JWT_SECRET"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def _live(pid: int) -> bool:
+    """Alive and not a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1][:1] != "Z"
+    except OSError:
+        return False
+
+
+def _wait_for(predicate, timeout_s: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+# ----------------------------------------------------------------------------- start lock
+
+
+def test_two_starts_at_once_one_is_refused(home, monkeypatch, loopback):
+    """Both starts pass the status check before either writes its record: the second
+    must be refused, not go on to start a second scheduler on the same database."""
+    entered, release = threading.Event(), threading.Event()
+    reached: list[str] = []
+
+    def migrate(env, logs):
+        reached.append(threading.current_thread().name)
+        if len(reached) == 1:
+            entered.set()
+            release.wait(30)
+        raise Reached
+
+    monkeypatch.setattr(supervisor, "_migrate", migrate)
+    first: list[BaseException] = []
+
+    def run_first():
+        try:
+            runtime.start(home)
+        except BaseException as err:  # noqa: BLE001 - looked at below
+            first.append(err)
+
+    thread = threading.Thread(target=run_first, name="first")
+    thread.start()
+    try:
+        assert entered.wait(30)
+        with pytest.raises(runtime.RuntimeFailure, match="in progress"):
+            runtime.start(home)
+    finally:
+        release.set()
+        thread.join(30)
+    assert reached == ["first"]
+    assert len(first) == 1 and isinstance(first[0], Reached)
+    # the lock went with the first start: a later start gets as far as the migration
+    with pytest.raises(Reached):
+        runtime.start(home)
+
+
+# ----------------------------------------------------------------------------- stop
+
+# A component that starts what Airflow's task processes do: a child in its own session
+# (horovodrun starts its ranks so) with a grandchild that ignores SIGTERM, and a
+# process whose parent exits at once (reparented: no longer anyone's descendant).
+TREE = r"""
+import os, signal, subprocess, sys, time
+role, out, code = sys.argv[1], sys.argv[2], sys.argv[3]
+def spawn(child, **kw):
+    subprocess.Popen([sys.executable, "-c", code, child, out, code], **kw)
+if role == "component":
+    spawn("session", start_new_session=True)
+    spawn("parent")
+elif role == "session":
+    spawn("stubborn")
+elif role == "parent":
+    spawn("orphan", start_new_session=True)
+    sys.exit(0)
+elif role == "stubborn":
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+with open(out, "a") as fh:
+    fh.write(f"{role} {os.getpid()}\n")
+time.sleep(600)
+"""
+
+
+def test_stop_ends_every_process_the_runtime_started(home, tmp_path, monkeypatch, loopback):
+    pids_file = tmp_path / "pids"
+    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "scheduler"))
+    monkeypatch.setattr(supervisor, "STOP_TIMEOUT_S", 3)
+    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
+    monkeypatch.setattr(
+        supervisor, "_component_argv",
+        lambda name: [sys.executable, "-c", TREE, "component" if name == "scheduler" else name, str(pids_file), TREE],
+    )
+
+    def seen() -> dict[str, int]:
+        if not pids_file.exists():
+            return {}
+        return {role: int(pid) for role, pid in (ln.split() for ln in pids_file.read_text().splitlines())}
+
+    monkeypatch.setattr(supervisor, "_wait_healthy", lambda record, echo: _wait_for(lambda: len(seen()) == 5))
+    record = runtime.start(home)
+    procs = seen()
+    assert set(procs) == {"api-server", "component", "session", "stubborn", "orphan"}
+    assert procs["component"] == record["pids"]["scheduler"]
+    # the child in its own session and the orphan are outside every component's group
+    assert procs["session"] not in runtime.group_processes(record["pids"].values())
+    try:
+        assert sorted(runtime.stop(home)) == ["api-server", "scheduler"]
+        left = {role: pid for role, pid in procs.items() if _live(pid)}
+        assert left == {}
+        assert runtime.status(home) is None
+    finally:
+        for pid in procs.values():
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_stale_record_does_not_signal_an_unrelated_process(home, monkeypatch, loopback):
+    """After a reboot the record's pids may name other processes: one that holds such a
+    pid (a group leader, as the components were) must survive ``status`` and ``stop``."""
+    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "scheduler"))
+    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
+    monkeypatch.setattr(supervisor, "_wait_healthy", lambda record, echo: None)
+    monkeypatch.setattr(supervisor, "_component_argv", lambda name: ["sleep", "600"])
+    record = runtime.start(home)
+    # the runtime dies without `stop` (a power cut): its record stays
+    for pid in record["pids"].values():
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    path = home / "run" / "runtime.json"
+    assert path.exists()
+    unrelated = subprocess.Popen(["sleep", "600"], start_new_session=True)
+    try:
+        # ... and after the reboot the scheduler's pid is someone else's
+        stale = json.loads(path.read_text())
+        stale["pids"]["scheduler"] = unrelated.pid
+        path.write_text(json.dumps(stale))
+        assert runtime.status(home) is None
+        assert not path.exists()
+        path.write_text(json.dumps(stale))
+        assert runtime.stop(home) == []
+        time.sleep(0.3)
+        assert unrelated.poll() is None, "stop signalled a process it did not start"
+        assert not path.exists()
+    finally:
+        unrelated.kill()
+        unrelated.wait()
+
+
+# ----------------------------------------------------------------------------- credentials
+
+
+def test_default_passwords_are_refused_beyond_loopback(home, monkeypatch, loopback):
+    def migrate(env, logs):
+        raise Reached
+
+    monkeypatch.setattr(supervisor, "_migrate", migrate)
+    monkeypatch.setenv("FACTORY_API_HOST", "0.0.0.0")
+    with pytest.raises(runtime.RuntimeFailure) as info:
+        runtime.start(home)
+    message = str(info.value)
+    assert "FACTORY_ADMIN_PASSWORD" in message and "FACTORY_VIEWER_PASSWORD" in message
+    assert "0.0.0.0" in message
+    assert not (airflow_home(home) / "passwords.json").exists()
+    # a default one is enough to refuse
+    monkeypatch.setenv("FACTORY_ADMIN_PASSWORD", "a-long-password-nobody-guesses-7f3a")
+    monkeypatch.setenv("FACTORY_VIEWER_PASSWORD", "viewer")
+    with pytest.raises(runtime.RuntimeFailure, match="FACTORY_VIEWER_PASSWORD"):
+        runtime.start(home)
+    # both set: it goes on
+    monkeypatch.setenv("FACTORY_VIEWER_PASSWORD", "another-long-one-9c1e")
+    with pytest.raises(Reached):
+        runtime.start(home)
+    # on loopback the local defaults still work
+    for host in ("127.0.0.1", "::1", "localhost"):
+        monkeypatch.setenv("FACTORY_API_HOST", host)
+        monkeypatch.delenv("FACTORY_ADMIN_PASSWORD", raising=False)
+        monkeypatch.delenv("FACTORY_VIEWER_PASSWORD", raising=False)
+        with pytest.raises(Reached):
+            runtime.start(home)
+
+
+def test_runtime_secrets_are_private(home, loopback):
+    runtime.runtime_environment(home)
+    ahome = airflow_home(home)
+    for name in ("passwords.json", "jwt_secret"):
+        assert (ahome / name).stat().st_mode & 0o777 == 0o600, name
+    # kept files made readable to others (a restored backup) are made private again
+    for name in ("passwords.json", "jwt_secret"):
+        os.chmod(ahome / name, 0o644)
+    secret = (ahome / "jwt_secret").read_text()
+    env = runtime.runtime_environment(home)
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secret
+    for name in ("passwords.json", "jwt_secret"):
+        assert (ahome / name).stat().st_mode & 0o777 == 0o600, name
+    assert Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]) == ahome / "passwords.json"
