@@ -165,6 +165,9 @@ def test_stale_record_does_not_signal_an_unrelated_process(home, monkeypatch, lo
         os.waitpid(pid, 0)
     path = home / "run" / "runtime.json"
     assert path.exists()
+    # start times are in clock ticks: let at least one pass, or the stand-in for a process
+    # of the next boot could share its tick with the killed component
+    time.sleep(0.1)
     unrelated = subprocess.Popen(["sleep", "600"], start_new_session=True)
     try:
         # ... and after the reboot the scheduler's pid is someone else's
