@@ -99,8 +99,8 @@ def report_file(line: str, kind: str, name: str, home: Path) -> Path | None:
     report (``kind="drift"``, ``name``: ``<batch>.html``), or None."""
     if not SAFE_NAME.match(line or "") or not SAFE_NAME.match(name or ""):
         return None
-    if kind == "evaluation" and layout.run_folder_name(name) == name:
-        return _inside(layout.evaluation_report_path(layout.run_dir(line, name, home)), layout.training_root(line, home))
+    if kind == "evaluation" and layout.is_run_folder_name(name):
+        return _inside(layout.evaluation_report_path(layout.run_dir_named(line, name, home)), layout.training_root(line, home))
     if kind == "drift" and name.endswith(".html"):
         _, html = layout.drift_report_paths(line, name.removesuffix(".html"), home)
         return _inside(html, layout.drift_reports_dir(line, home)) if html.name == name else None
