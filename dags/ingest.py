@@ -27,7 +27,7 @@ from datetime import datetime, timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, task, task_group
 
-from pipelines.ingest.landing import BATCH_ID_PATTERN
+from pipelines.catalog.layout import BATCH_ID_PATTERN
 from pipelines.ingest.stage import CLEANING_JOB
 from pipelines.runtime.assets import validated_data
 from pipelines.specs import LineSpec, load_specs

@@ -89,7 +89,7 @@ def test_ingest_wiring(dagbag):
     assert announce.trigger_rule == "all_done_min_one_success" and "batch.validate" in announce.upstream_task_ids
 
 
-@pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"]])
+@pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"], "2016\n", "slice-1\n"])
 def test_batch_id_param_rejects_bad_values(dagbag, bad):
     from airflow.exceptions import ParamValidationError
 

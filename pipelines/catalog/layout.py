@@ -50,6 +50,17 @@ DRIFT_PROFILE = "drift_profile.json"
 GATE_LOCK = "gate.lock"
 
 
+# A batch id: the name of its files and folders. Written for JSON Schema (the ingest DAG's
+# ``batch_id`` param) as much as for Python: ``$(?!\n)`` is the end of the text in both,
+# where Python's ``$`` alone also matches before a final newline ("2016\n").
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$(?!\n)"
+
+
+def is_batch_id(batch_id: object) -> bool:
+    """Whether ``batch_id`` is a whole, valid batch id (:data:`BATCH_ID_PATTERN`)."""
+    return isinstance(batch_id, str) and re.fullmatch(BATCH_ID_PATTERN, batch_id) is not None
+
+
 def _home(home: Path | None) -> Path:
     return Path(home) if home is not None else factory_home()
 

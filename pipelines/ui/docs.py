@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pipelines.catalog import layout
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,200}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,200}")  # fullmatch: a whole name
 
 # Data Docs pages reference CDNs (Bootstrap, jQuery, Font Awesome); the policy keeps the
 # browser from fetching anything outside this server, so pages render unstyled offline.
@@ -97,7 +97,7 @@ def _inside(target: Path, base: Path) -> Path | None:
 def report_file(line: str, kind: str, name: str, home: Path) -> Path | None:
     """An evaluation report (``kind="evaluation"``, ``name``: the run folder) or a drift
     report (``kind="drift"``, ``name``: ``<batch>.html``), or None."""
-    if not SAFE_NAME.match(line or "") or not SAFE_NAME.match(name or ""):
+    if not SAFE_NAME.fullmatch(line or "") or not SAFE_NAME.fullmatch(name or ""):
         return None
     if kind == "evaluation" and layout.is_run_folder_name(name):
         return _inside(layout.evaluation_report_path(layout.run_dir_named(line, name, home)), layout.training_root(line, home))
