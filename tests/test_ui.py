@@ -470,6 +470,10 @@ def test_reports_are_served_by_name_only(client, home):
     legacy = write_training_run(home, "manual__2026-11-19T10_00_00_00_00", ["slice-1"], 0.7)
     write_gate_result(home, legacy, "BLESSED", "all thresholds met", {"auc": 0.71})
     assert client.get(f"/reports/{LINE}/evaluation/{legacy.name}", headers=auth).status_code == 200
+    # the longest run id Airflow keeps (250 characters) gets a folder whose report is served
+    long = write_training_run(home, "manual__" + "x" * 220 + ":2026-11-19T10:00:00+00:00"[:22], ["slice-1"], 0.7)
+    write_gate_result(home, long, "BLESSED", "all thresholds met", {"auc": 0.71})
+    assert client.get(f"/reports/{LINE}/evaluation/{long.name}", headers=auth).status_code == 200
     emp = write_training_run(home, RUN1_ID, ["2016"], 0.7, line="employment")
     write_gate_result(home, emp, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.6}, line="employment")
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers={"Authorization": "Bearer credit"}).status_code == 403

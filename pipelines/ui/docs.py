@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pipelines.catalog import layout
 
-SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,200}")  # fullmatch: a whole name
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,239}")  # fullmatch: a whole name (run folders: up to 214)
 
 # Data Docs pages reference CDNs (Bootstrap, jQuery, Font Awesome); the policy keeps the
 # browser from fetching anything outside this server, so pages render unstyled offline.
