@@ -17,7 +17,8 @@ not yet cleaned), a mapped task group runs:
    training (one training run per ingest run, not one per batch).
 4. **verdict**: fails the run when any of its batches failed, so the run shows it.
 
-Trigger with a conf such as `{"batch_id": "2016"}` to (re)process one batch.
+Trigger with a conf such as `{"batch_id": "2016"}` to (re)process one batch. A conf key
+the DAG does not take (a misspelt `batchid`) fails the run in **plan**, naming it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from datetime import datetime, timedelta
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, Param, task, task_group
 
-from pipelines.ingest.landing import BATCH_ID_PATTERN
+from pipelines.catalog.layout import BATCH_ID_PATTERN
 from pipelines.ingest.stage import CLEANING_JOB
 from pipelines.runtime.assets import validated_data
 from pipelines.specs import LineSpec, load_specs
@@ -62,11 +63,13 @@ def build(spec: LineSpec) -> DAG:
     ) as dag:
 
         @task
-        def plan(params: dict | None = None) -> list[str]:
+        def plan(params: dict | None = None, dag_run=None, dag=None) -> list[str]:
             from airflow.sdk.exceptions import AirflowSkipException
 
             from pipelines.ingest.stage import plan_batches
+            from pipelines.runtime.params import check_conf
 
+            check_conf(dag_run, dag)  # a conf key this DAG does not take fails the run here
             batches = plan_batches(line, (params or {}).get("batch_id"))
             if not batches:
                 raise AirflowSkipException(f"no landed batch of {line} is waiting")

@@ -43,11 +43,13 @@ def build(spec: LineSpec) -> DAG:
     ) as dag:
 
         @task
-        def plan() -> dict:
+        def plan(dag_run=None, dag=None) -> dict:
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines.evaluation.stage import RollbackError, plan_rollback
+            from pipelines.runtime.params import check_conf
 
+            check_conf(dag_run, dag)  # a conf key this DAG does not take fails the run here
             try:
                 return plan_rollback(line)
             except RollbackError as err:  # nothing to roll back to: retrying cannot help

@@ -8,7 +8,8 @@ line's `validated_data` Asset gets a new batch, on the line's cron retrain sched
 1. **prepare**: checks the params and the data window (the line's validated batches),
    checks each batch against the spec's schema, splits by a stable hash of the key
    (train / validation / held-out eval) and writes one training shard per worker.
-   Bad input fails here, before any worker starts.
+   Bad input fails here, before any worker starts, and so does a conf key the DAG
+   does not take (a misspelt `wrokers`), which Airflow itself lets through.
 2. **train**: `horovodrun` starts the workers in the ML environment (N processes on this
    machine over Gloo; a host list or GPU hosts at scale, by configuration). Rank 0 writes
    checkpoints each epoch; a retried task resumes from the last one. The SavedModel
@@ -82,15 +83,18 @@ def build(spec: LineSpec) -> DAG:
 
         @task(retries=0)
         def prepare(
-            params: dict | None = None, run_id: str | None = None, triggering_asset_events=None, dag_run=None
+            params: dict | None = None, run_id: str | None = None, triggering_asset_events=None, dag_run=None,
+            dag=None,
         ) -> dict:
             from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
             from pipelines.evaluation.gate import ForceBlessError, check_force_reason
+            from pipelines.runtime.params import check_conf
             from pipelines.training.prepare import EmptyWindow, TrainingInputError
             from pipelines.training.stage import drift_context
             from pipelines.training.stage import prepare as prepare_run
 
+            check_conf(dag_run, dag)  # a conf key this DAG does not take fails the run here
             params = params or {}
             keys = ("workers", "epochs", "batch_size", "learning_rate", "window_batches", "batches")
             overrides = {k: params.get(k) for k in keys}

@@ -28,7 +28,7 @@ def write_training_run(home: Path, run_id: str, batches: list[str], auc: float, 
     with an exported model (a SavedModel's saved_model.pb is all the serving store checks)."""
     run = layout.run_dir(line, run_id, home)
     records.write_manifest(run, {
-        "line": line, "spec_version": 1, "run_id": run.name, "batches": batches, "key": ["id"],
+        "line": line, "spec_version": 1, "run_id": run_id, "batches": batches, "key": ["id"],
         "label": {"name": "bad_loan", "positive": "1", "positive_rate": 0.05},
         "features": [{"name": "int_rate", "type": "double", "kind": "numeric", "categories": None, "log": False,
                       "mean": 13.1, "std": 4.5},

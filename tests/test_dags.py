@@ -89,7 +89,7 @@ def test_ingest_wiring(dagbag):
     assert announce.trigger_rule == "all_done_min_one_success" and "batch.validate" in announce.upstream_task_ids
 
 
-@pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"]])
+@pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"], "2016\n", "slice-1\n"])
 def test_batch_id_param_rejects_bad_values(dagbag, bad):
     from airflow.exceptions import ParamValidationError
 
@@ -145,3 +145,42 @@ def test_monitor_wiring(dagbag):
         assert type(wait).__name__ == "NewBatchesSensor" and wait.soft_fail
         assert [o.name for o in dag.get_task("retrain").outlets] == [f"{line}.drift"]
         assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
+
+
+def test_every_dag_refuses_unknown_conf_keys_in_its_first_task(dagbag, tmp_path, monkeypatch):
+    """Airflow takes a conf key a DAG does not declare; each DAG's first task refuses it
+    before doing anything (an empty factory home: any work would show or fail otherwise)."""
+    from types import SimpleNamespace
+
+    from airflow.sdk.exceptions import AirflowFailException
+
+    monkeypatch.setenv("FACTORY_HOME", str(tmp_path / "factory"))
+    for dag_id, dag in dagbag.dags.items():
+        allowed = sorted(dag.params.keys())
+        conf = {"wrokers": 3, **{k: dag.params[k] for k in allowed}}
+        for task in dag.roots:
+            context = {"dag_run": SimpleNamespace(conf=conf), "dag": dag}
+            with pytest.raises(AirflowFailException) as err:
+                if hasattr(task, "python_callable"):
+                    task.python_callable(**context)
+                else:
+                    task.execute(context)
+            assert str(err.value) == (f"{dag_id}: unknown conf key(s) ['wrokers'] in the run's conf; "
+                                      + (f"the keys it takes: {allowed}" if allowed else "it takes none")), task.task_id
+    assert not (tmp_path / "factory").exists()  # nothing was started
+
+
+def test_unknown_conf_keys_helper():
+    from pipelines.runtime.params import UnknownConfKeys, refuse_unknown_conf, unknown_conf_keys
+
+    assert unknown_conf_keys({"wrokers": 3, "workers": 2, "a": None}, ["workers", "epochs"]) == ["a", "wrokers"]
+    assert unknown_conf_keys(None, ["workers"]) == [] and unknown_conf_keys({}, []) == []
+    refuse_unknown_conf("train_x", {"workers": 2}, ["workers", "epochs"])
+    refuse_unknown_conf("monitor_x", {}, [])
+    with pytest.raises(UnknownConfKeys, match=r"^train_x: unknown conf key\(s\) \['wrokers'\] in the run's conf; "
+                                              r"the keys it takes: \['epochs', 'workers'\]$"):
+        refuse_unknown_conf("train_x", {"wrokers": 3}, ["workers", "epochs"])
+    with pytest.raises(UnknownConfKeys, match=r"monitor_x: unknown conf key\(s\) \['x'\] .*; it takes none"):
+        refuse_unknown_conf("monitor_x", {"x": 1}, [])
+    with pytest.raises(UnknownConfKeys, match="must be a JSON object"):
+        refuse_unknown_conf("train_x", ["workers"], ["workers"])

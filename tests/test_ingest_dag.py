@@ -90,3 +90,16 @@ def test_ingest_dag_cleans_validates_and_announces(dag):
     # Nothing left to do: the next scheduled run plans no batch and skips.
     again = dag.test()
     assert _states(again)[("plan", -1)] == "skipped"
+
+
+def test_an_unknown_conf_key_fails_the_run_in_its_first_task(dag, capfd):
+    """Airflow accepts a conf key the DAG does not declare; the run fails in ``plan``, naming
+    it, instead of going on as if it had not been given (nothing pending: ``plan`` would skip)."""
+    pending = landing.pending(load_spec("credit_risk"), factory_home())
+    run = dag.test(run_conf={"batch_id": None, "batchid": "good"})
+    states = _states(run)
+    assert states[("plan", -1)] == "failed", states
+    assert all(s in ("upstream_failed", None) for (t, _), s in states.items() if t != "plan"), states
+    out, err = capfd.readouterr()
+    assert "ingest_credit_risk: unknown conf key(s) ['batchid'] in the run's conf; the keys it takes: ['batch_id']" in out + err
+    assert landing.pending(load_spec("credit_risk"), factory_home()) == pending  # no batch touched

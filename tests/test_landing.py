@@ -55,7 +55,7 @@ def test_redrop_is_a_no_op_and_copies_are_refused(credit, home, tmp_path):
     assert len(list(line_paths("credit_risk", home).landing.iterdir())) == 1
 
 
-@pytest.mark.parametrize("bad", ["", "../x", "a/b", "-x", "x" * 101, "with space"])
+@pytest.mark.parametrize("bad", ["", "../x", "a/b", "-x", "x" * 101, "with space", "2016\n", "slice-1\n"])
 def test_bad_batch_ids_are_refused(credit, home, tmp_path, bad):
     f = tmp_path / "b.csv"
     f.write_text("a\n1\n")
@@ -78,3 +78,28 @@ def test_unknown_source_batch(credit, home):
 def test_plan_names_a_batch_that_never_landed(home):
     with pytest.raises(BatchNotReady, match="no batch 'nope' has landed"):
         plan_batches("credit_risk", "nope", home)
+
+
+def test_factory_drop_refuses_a_batch_id_with_a_trailing_newline(home, tmp_path, monkeypatch, capsys):
+    from pipelines import cli
+
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    f = tmp_path / "b.csv"
+    f.write_text("a\n1\n")
+    assert cli.main(["drop", "credit_risk", "--file", str(f), "--as", "2016\n"]) == 2
+    assert "invalid batch id '2016\\n'" in capsys.readouterr().err
+    assert not line_paths("credit_risk", home).landing.exists() and not line_paths("credit_risk", home).state.exists()
+
+
+def test_plan_refuses_a_batch_id_with_a_trailing_newline(credit, home):
+    landing.replay(credit, home, only=["slice-1"])
+    with pytest.raises(landing.LandingError, match=r"invalid batch id 'slice-1\\n'"):
+        plan_batches("credit_risk", "slice-1\n", home)
+
+
+def test_the_ledger_refuses_a_batch_id_with_a_trailing_newline(home):
+    paths = line_paths("credit_risk", home)
+    with pytest.raises(ValueError, match=r"invalid batch id '2016\\n'"):
+        ledger.update(paths, "2016\n", "landed", status=ledger.LANDED)
+    assert not paths.state.exists() or list(paths.state.glob("*.json")) == []
+    assert ledger.update(paths, "2016", "landed", status=ledger.LANDED).batch_id == "2016"

@@ -360,6 +360,21 @@ def test_a_rollback_and_a_fresh_line(tmp_path):
     assert m.series("factory_metrics_read_errors") == []
 
 
+def test_a_served_model_finds_its_run_by_folder_or_run_id(tmp_path):
+    """The gate's push names the run folder (hashed for an Airflow run id), the model's info the
+    exact run id; a folder named before run ids were hashed is found by either too."""
+    home, store = tmp_path / "home", tmp_path / "serving"
+    base = layout.serving_base(LINE, home, store)
+    for run_id, auc, push_names_folder in (("manual__2026-11-29T10:00:00+00:00", 0.81, True),
+                                            ("manual__2026-11-29T10_00_00_00_00", 0.62, False)):
+        run = training_run(home, run_id, {"val_auc": auc, "samples_per_s": 1.0, "epochs_run": 1, "workers": 1}, 1e9)
+        evaluation(run, {"line": LINE, "training_run": run.name, "blessing": "BLESSED", "overall": {"auc": auc}}, 1e9)
+        model = saved_model(tmp_path / run.name, {"line": LINE, "run_id": run_id, "metrics": {"val_auc": auc}})
+        serving.publish(model, base, {"training_run": run.name, "blessing": "BLESSED"} if push_names_folder
+                        else {"blessing": "BLESSED"})
+        assert scrape(home, store, lines=[LINE])("factory_serving_model_auc", line=LINE) == auc
+
+
 def test_label_values_and_numbers_survive_the_text_format(factory):
     """Label values with quotes, backslashes and newlines, integers past 2**31 and fractions
     come back from prometheus_client's parser as they went in."""

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
 from bench.realdata import lending_club_frame, make_validated_batch
+from pipelines.catalog import layout, records
+from pipelines.catalog.layout import is_run_folder_name, run_folder_name
 from pipelines.specs import load_spec
+from pipelines.training import stage
 from pipelines.training.prepare import TrainingInputError, prepare_run, resolve_params, split_bucket
 
 
@@ -95,3 +101,72 @@ def test_split_bucket_is_a_function_of_the_key():
     keys = pd.DataFrame({"k": [1, 2, 3, 1]})
     b = split_bucket(keys)
     assert b.iloc[0] == b.iloc[3] and b.between(0, 99).all()
+
+
+# -- run folders: one per run id, and a reused run id is checked --------------------------
+
+
+def test_run_ids_differing_only_in_colon_or_plus_get_different_folders():
+    a, b = "manual__2026-11-29T10:00:00+00:00", "manual__2026-11-29T10_00_00_00_00"
+    assert run_folder_name(a) != run_folder_name(b)
+    assert run_folder_name("x:y") != run_folder_name("x+y") != run_folder_name("x_y")
+    assert run_folder_name(a).startswith("manual__2026-11-29T10_00_00_00_00--")  # still readable
+    assert run_folder_name(b) == b  # a safe id, like every folder named before, is its own name
+
+
+def test_run_folder_name_is_injective_and_safe():
+    alphabet = "a0:+_.-~/ é"
+    ids = {"".join(p) for n in range(4) for p in itertools.product(alphabet, repeat=n)}
+    base = "scheduled__2026-11-22T03:00:00+00:00"
+    ids |= {base, base.replace(":", "_"), base.replace("+", "_"), base.replace(":", "-"), "run", "x" * 300,
+            "x" * 301, "." + "x" * 199}
+    ids |= {run_folder_name(i) for i in list(ids)}  # ids that look like hashed folder names
+    names = {i: run_folder_name(i) for i in ids}
+    assert len(set(names.values())) == len(ids)
+    for run_id, name in names.items():
+        assert re.fullmatch(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*", name) and not name.endswith("."), (run_id, name)
+        assert len(name) <= 214 and is_run_folder_name(name)
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_two_run_ids_differing_only_in_colon_or_plus_prepare_two_folders(home):
+    make_validated_batch(home, "credit_risk", "s1", lending_club_frame(1))
+    a = stage.prepare("credit_risk", "manual__2026-11-29T10:00:00+00:00", {"workers": 1}, home)
+    b = stage.prepare("credit_risk", "manual__2026-11-29T10_00_00_00_00", {"workers": 1}, home)
+    assert a["run_dir"] != b["run_dir"]
+    assert json.loads(Path(a["run_dir"], "manifest.json").read_text())["run_id"] == "manual__2026-11-29T10:00:00+00:00"
+    assert json.loads(Path(b["run_dir"], "manifest.json").read_text())["run_id"] == "manual__2026-11-29T10_00_00_00_00"
+    assert {Path(r.path).name for r in records.training_runs("credit_risk", home)} == {
+        Path(a["run_dir"]).name, Path(b["run_dir"]).name}
+
+
+def test_a_reused_run_id_with_other_params_is_refused_before_writing(home):
+    make_validated_batch(home, "credit_risk", "s1", lending_club_frame(1))
+    run_id = "manual__2026-11-29T10:00:00+00:00"
+    first = stage.prepare("credit_risk", run_id, {"workers": 1, "epochs": 3}, home)
+    before = _snapshot(Path(first["run_dir"]))
+    with pytest.raises(TrainingInputError, match=r"other parameters \(epochs: 3 then, 5 now; workers: 1 then, 2 now\)"):
+        stage.prepare("credit_risk", run_id, {"workers": 2, "epochs": 5}, home)
+    assert _snapshot(Path(first["run_dir"])) == before
+
+
+def test_a_folder_prepared_for_another_run_id_is_refused(home):
+    make_validated_batch(home, "credit_risk", "s1", lending_club_frame(1))
+    folder = layout.run_dir("credit_risk", "nightly", home)
+    prepare_run("credit_risk", folder, {"workers": 1}, home, run_id="nightly:old")
+    before = _snapshot(folder)
+    with pytest.raises(TrainingInputError, match=r"belongs to run 'nightly:old', not 'nightly'"):
+        stage.prepare("credit_risk", "nightly", {"workers": 1}, home)
+    assert _snapshot(folder) == before
+
+
+def test_a_retry_with_the_same_params_reuses_the_folder(home):
+    make_validated_batch(home, "credit_risk", "s1", lending_club_frame(1))
+    run_id = "scheduled__2026-11-29T03:00:00+00:00"
+    first = stage.prepare("credit_risk", run_id, {"workers": 1, "epochs": 3, "batches": None}, home)
+    before = _snapshot(Path(first["run_dir"]))
+    again = stage.prepare("credit_risk", run_id, {"workers": 1, "epochs": 3, "batches": None}, home)
+    assert again == first and _snapshot(Path(first["run_dir"])) == before  # kept as the first try wrote it

@@ -38,8 +38,8 @@ from pipelines.ui.gather import gather
 LINE = "credit_risk"
 RUN1_ID = "manual__2026-11-20T10:00:00+00:00"
 RUN2_ID = "scheduled__2026-11-22T03:00:00+00:00"
-RUN1 = "manual__2026-11-20T10_00_00_00_00"  # the run folders the training stage gives them
-RUN2 = "scheduled__2026-11-22T03_00_00_00_00"
+RUN1 = run_folder_name(RUN1_ID)  # the run folders the training stage gives them
+RUN2 = run_folder_name(RUN2_ID)
 
 
 # -- a factory home, written by the stages' own writers -----------------------------------
@@ -186,7 +186,7 @@ def test_models_have_metrics_blessing_and_serving(home):
 def test_a_run_not_yet_evaluated(home):
     write_training_run(home, "manual__2026-11-23T08:00:00+00:00", ["slice-1"], 0.7)
     newest = gather(home, [LINE]).line(LINE).models[0]
-    assert newest.run == "manual__2026-11-23T08_00_00_00_00" and newest.has_result and newest.trained_at
+    assert newest.run.startswith("manual__2026-11-23T08_00_00_00_00--") and newest.has_result and newest.trained_at
     assert (newest.evaluated, newest.blessing, newest.eval_report, newest.serving_version) == (False, None, None, None)
 
 
@@ -466,6 +466,14 @@ def test_reports_are_served_by_name_only(client, home):
                 f"/reports/{LINE}/evaluation/manual__2026-11-23T08_00_00_00_00", f"/reports/{LINE}/evaluation/{RUN1}.",
                 "/reports/..%2Fstate/drift/x.html"):
         assert client.get(bad, headers=auth).status_code in (403, 404), bad
+    # a folder named before run ids were hashed (its manifest names the folder) is still served
+    legacy = write_training_run(home, "manual__2026-11-19T10_00_00_00_00", ["slice-1"], 0.7)
+    write_gate_result(home, legacy, "BLESSED", "all thresholds met", {"auc": 0.71})
+    assert client.get(f"/reports/{LINE}/evaluation/{legacy.name}", headers=auth).status_code == 200
+    # the longest run id Airflow keeps (250 characters) gets a folder whose report is served
+    long = write_training_run(home, "manual__" + "x" * 220 + ":2026-11-19T10:00:00+00:00"[:22], ["slice-1"], 0.7)
+    write_gate_result(home, long, "BLESSED", "all thresholds met", {"auc": 0.71})
+    assert client.get(f"/reports/{LINE}/evaluation/{long.name}", headers=auth).status_code == 200
     emp = write_training_run(home, RUN1_ID, ["2016"], 0.7, line="employment")
     write_gate_result(home, emp, "NOT_BLESSED", "[Overall] auc below 0.7", {"auc": 0.6}, line="employment")
     assert client.get(f"/reports/employment/evaluation/{RUN1}", headers={"Authorization": "Bearer credit"}).status_code == 403

@@ -9,7 +9,7 @@ variable moves it (shared storage at scale):
 | cleaned rows / quarantine | ``<home>/clean/<line>/batch=<id>/``, ``<home>/quarantine/<line>/batch=<id>/`` | |
 | batch ledger | ``<home>/state/<line>/<batch>.json`` | |
 | Great Expectations project | ``<home>/gx/`` (results, Data Docs) | |
-| training runs | ``<home>/training/<line>/<run>/``: ``manifest.json``, ``result.json``, ``mlflow_run_id``, ``model/`` | |
+| training runs | ``<home>/training/<line>/<run>/`` (:func:`run_folder_name`): ``manifest.json``, ``result.json``, ``mlflow_run_id``, ``model/`` | |
 | evaluations | ``<run>/evaluation/``: ``result.json``, ``report.html`` | |
 | TFX pipeline and ML Metadata | ``<home>/tfx/<line>/root``, ``metadata.db`` | ``FACTORY_TFX_ROOT``, ``FACTORY_MLMD_URI`` |
 | serving store | ``<store>/<line>/<version>/`` (TF Serving's layout), ``.retired/`` | ``FACTORY_SERVING_STORE`` |
@@ -21,6 +21,7 @@ environments and DAG files may import it.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
@@ -49,6 +50,17 @@ DRIFT_PROFILE = "drift_profile.json"
 GATE_LOCK = "gate.lock"
 # Held by the live process tree working on a run folder (training, evaluation).
 RUN_LOCK = "run.lock"
+
+
+# A batch id: the name of its files and folders. Written for JSON Schema (the ingest DAG's
+# ``batch_id`` param) as much as for Python: ``$(?!\n)`` is the end of the text in both,
+# where Python's ``$`` alone also matches before a final newline ("2016\n").
+BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$(?!\n)"
+
+
+def is_batch_id(batch_id: object) -> bool:
+    """Whether ``batch_id`` is a whole, valid batch id (:data:`BATCH_ID_PATTERN`)."""
+    return isinstance(batch_id, str) and re.fullmatch(BATCH_ID_PATTERN, batch_id) is not None
 
 
 def _home(home: Path | None) -> Path:
@@ -123,13 +135,50 @@ def training_root(line: str, home: Path | None = None) -> Path:
     return _home(home) / "training" / line
 
 
+_SAFE_RUN = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_HASHED_RUN = re.compile(r"[A-Za-z0-9_.-]+--[0-9a-f]{12}")
+_STEM_MAX = 200  # a folder name stays well under the 255 bytes file systems allow
+
+
 def run_folder_name(run_id: str) -> str:
-    """A file-system-safe folder name for an Airflow run id."""
+    """The folder of an Airflow run id: one folder per run id, and never one for two.
+
+    A run id that is already a safe, short folder name (and does not end like the names
+    below) is its own folder name, so every folder that exists keeps its name. Any
+    other id gets a readable stem (what is not ``[A-Za-z0-9_.-]`` becomes ``_``) and
+    ``--`` plus 12 hex digits of the SHA-256 of the exact id, e.g.
+    ``manual__2026-11-29T10_00_00_00_00--3f9a1c0b2d4e``. Ids differing only in ``:``
+    or ``+`` thus get different folders; a kept id never ends like a hashed one.
+    """
+    if _SAFE_RUN.fullmatch(run_id) and not run_id.endswith(".") and len(run_id) <= _STEM_MAX \
+            and not _HASHED_RUN.fullmatch(run_id):
+        return run_id
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._")[:_STEM_MAX].rstrip(".") or "run"
+    digest = hashlib.sha256(run_id.encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{stem}--{digest}"
+
+
+def is_run_folder_name(name: str) -> bool:
+    """Whether ``name`` is a name :func:`run_folder_name` gives (kept or hashed)."""
+    return run_folder_name(name) == name or bool(
+        _HASHED_RUN.fullmatch(name) and _SAFE_RUN.fullmatch(name) and len(name) <= _STEM_MAX + 14
+    )
+
+
+def legacy_run_folder_name(run_id: str) -> str:
+    """The folder older versions gave a run id (lossy: ``:`` and ``+`` both became ``_``).
+    Only for linking runs recorded before, never to choose a run's folder."""
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id).strip("._") or "run"
 
 
 def run_dir(line: str, run_id: str, home: Path | None = None) -> Path:
+    """The folder of a run id (:func:`run_folder_name`)."""
     return training_root(line, home) / run_folder_name(run_id)
+
+
+def run_dir_named(line: str, folder: str, home: Path | None = None) -> Path:
+    """A run folder by its name (what :func:`training_runs` lists and pages link to)."""
+    return training_root(line, home) / folder
 
 
 def training_runs(line: str, home: Path | None = None) -> list[Path]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines import storage
-from pipelines.catalog.layout import LinePaths
+from pipelines.catalog.layout import LinePaths, is_batch_id
 from pipelines.catalog.records import BatchRecord, RecordError, _load, _pass_over
 
 LANDED, CLEANED, VALIDATED, FAILED = "landed", "cleaned", "validated", "failed"
@@ -35,6 +35,8 @@ def read(paths: LinePaths, batch_id: str) -> BatchRecord | None:
 
 def update(paths: LinePaths, batch_id: str, event: str, **fields: Any) -> BatchRecord:
     """Merge ``fields`` into the batch's record and append ``event`` to its history."""
+    if not is_batch_id(batch_id):  # it names the record's file: never "2016\n" beside "2016"
+        raise ValueError(f"invalid batch id {batch_id!r}")
     if "status" in fields and fields["status"] not in STATUSES:
         raise ValueError(f"unknown batch status {fields['status']!r}")
     with storage.exclusive_lock(paths.state):

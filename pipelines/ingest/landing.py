@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -19,13 +18,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.catalog import ledger
-from pipelines.catalog.layout import LinePaths, line_paths
+from pipelines.catalog.layout import LinePaths, is_batch_id, line_paths
 from pipelines.specs import LineSpec
 
 if TYPE_CHECKING:
     import pandas as pd
 
-BATCH_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$"
 FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
 
 
@@ -43,7 +41,7 @@ class Landed:
 
 
 def check_batch_id(batch_id: str) -> str:
-    if not re.match(BATCH_ID_PATTERN, batch_id or ""):
+    if not is_batch_id(batch_id):
         raise LandingError(
             f"invalid batch id {batch_id!r}: use letters, digits, '.', '_' or '-' (at most 100, not starting with a symbol)"
         )

@@ -73,6 +73,9 @@ class NewBatchesSensor(BaseSensorOperator):
         return _ready(pending_work(self.line))
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from pipelines.runtime.params import check_conf
+
+        check_conf(context.get("dag_run"), context.get("dag"))  # the monitor DAG takes no conf keys
         work = pending_work(self.line)
         if _ready(work):
             return work

@@ -417,7 +417,9 @@ class _Serving:
         _put(self.val_auc, _number(metrics.get("val_auc")), line)
         run = served.training_run or _text(model.get("run_id"))
         if run:
-            found = {r.run: r for r in scrape.runs(line)}.get(layout.run_folder_name(run))
+            # a push names the run's folder, a model's info its run id
+            by_folder = {r.run: r for r in scrape.runs(line)}
+            found = by_folder.get(run) or by_folder.get(layout.run_folder_name(run))
             if found is not None and found.evaluation is not None:
                 _put(self.eval_auc, found.evaluation.overall.get("auc"), line)
         _put(self.info, 1, line, served.version, run, _text(push.blessing))

@@ -3,7 +3,9 @@
 - :mod:`~pipelines.runtime.supervisor`: ``factory start`` / ``stop`` / ``status`` (the
   Airflow components as local processes, their credentials and environment);
 - :mod:`~pipelines.runtime.api`: the factory's calls to Airflow's REST API;
-- :mod:`~pipelines.runtime.assets`: the Assets that link the DAGs of a line.
+- :mod:`~pipelines.runtime.assets`: the Assets that link the DAGs of a line;
+- :mod:`~pipelines.runtime.params`: a run's conf against its DAG's params (every DAG's
+  first task refuses keys the DAG does not declare).
 
 ``from pipelines import runtime`` gives the supervisor's functions directly
 (``runtime.start()``, ``runtime.admin()``), the way the CLI and tests use them.

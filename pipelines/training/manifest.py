@@ -191,7 +191,7 @@ class _ManifestFile(_Section):
 
     line: _String
     spec_version: _Integer
-    run_id: _String
+    run_id: _String  # the exact run id (runs prepared before kept their folder's name)
     batches: list[Any]
     key: list[Any]
     features: Annotated[list[Feature], Field(min_length=1)]

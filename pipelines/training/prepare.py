@@ -177,10 +177,12 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
 
 
 def prepare_run(
-    line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None
+    line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None,
+    *, run_id: str | None = None,
 ) -> dict[str, Any]:
     """Write the run's data and manifest; return the manifest. Idempotent for one
-    run folder: a retried task rewrites the same files (and keeps its checkpoints)."""
+    run folder: a retried task rewrites the same files (and keeps its checkpoints).
+    ``run_id``: the exact run id the manifest records (default: the folder's name)."""
     import numpy as np
     import pandas as pd
 
@@ -261,7 +263,7 @@ def prepare_run(
     manifest = {
         "line": line,
         "spec_version": spec.version,
-        "run_id": run_dir.name,
+        "run_id": run_id if run_id is not None else run_dir.name,  # exact: the folder name may be hashed
         "batches": [r["batch_id"] for r in records],
         "key": list(spec.schema.key),
         "label": {"name": label, "positive": str(spec.schema.label.positive), "positive_rate": float(train[label].mean())},

@@ -17,7 +17,7 @@ from pipelines import tracking
 from pipelines.catalog import layout, records
 from pipelines.specs import load_spec
 from pipelines.training import launch
-from pipelines.training.prepare import prepare_run, read_manifest, resolve_params
+from pipelines.training.prepare import TrainingInputError, prepare_run, read_manifest, resolve_params
 
 
 def run_folder(line: str, run_id: str, home: Path | None = None) -> Path:
@@ -30,14 +30,37 @@ def check_params(line: str, overrides: dict[str, Any] | None) -> dict[str, Any]:
     return resolve_params(load_spec(line), overrides).to_dict()
 
 
+def _check_same_run(line: str, run_dir: Path, run_id: str, manifest: dict, overrides: dict[str, Any] | None) -> None:
+    """A run folder that already has a manifest is this run's only when the manifest names
+    this exact run id and was prepared with the same parameters (a retry); anything else
+    is refused before it can reuse another run's data, checkpoints and MLflow run."""
+    recorded = manifest.get("run_id")
+    if recorded != run_id:
+        raise TrainingInputError(
+            f"{line}: run folder {run_dir} belongs to run {recorded!r}, not {run_id!r}; nothing was written"
+        )
+    wanted = resolve_params(load_spec(line), overrides).to_dict()
+    before = manifest.get("params") or {}
+    differ = {k: (before.get(k), wanted[k]) for k in wanted if before.get(k) != wanted[k]}
+    if differ:
+        listed = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in sorted(differ.items()))
+        raise TrainingInputError(
+            f"{line}: run id {run_id!r} was already prepared with other parameters ({listed}); "
+            "a retry must ask for the same ones, a new run needs a new run id"
+        )
+
+
 def prepare(line: str, run_id: str, overrides: dict[str, Any] | None = None, home: Path | None = None) -> dict:
-    """Write the run's data and manifest (once per run: a retry keeps what the first
-    try trained on, so its checkpoints stay valid)."""
+    """Write the run's data and manifest (once per run: a retry, the same run id with the
+    same parameters, keeps what the first try trained on, so its checkpoints stay valid).
+    A folder prepared for another run id, or for this one with other parameters, is
+    refused (:class:`TrainingInputError`)."""
     run_dir = run_folder(line, run_id, home)
     if layout.manifest_path(run_dir).exists():
         manifest = read_manifest(run_dir)
+        _check_same_run(line, run_dir, run_id, manifest, overrides)
     else:
-        manifest = prepare_run(line, run_dir, overrides, home)
+        manifest = prepare_run(line, run_dir, overrides, home, run_id=run_id)
     return {
         "line": line,
         "run_dir": str(run_dir),

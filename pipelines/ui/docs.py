@@ -19,7 +19,7 @@ from pathlib import Path, PurePosixPath
 
 from pipelines.catalog import layout
 
-SAFE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.=-]{0,200}$")
+SAFE_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.=-]{0,239}")  # fullmatch: a whole name (run folders: up to 214)
 
 # Data Docs pages reference CDNs (Bootstrap, jQuery, Font Awesome); the policy keeps the
 # browser from fetching anything outside this server, so pages render unstyled offline.
@@ -97,10 +97,10 @@ def _inside(target: Path, base: Path) -> Path | None:
 def report_file(line: str, kind: str, name: str, home: Path) -> Path | None:
     """An evaluation report (``kind="evaluation"``, ``name``: the run folder) or a drift
     report (``kind="drift"``, ``name``: ``<batch>.html``), or None."""
-    if not SAFE_NAME.match(line or "") or not SAFE_NAME.match(name or ""):
+    if not SAFE_NAME.fullmatch(line or "") or not SAFE_NAME.fullmatch(name or ""):
         return None
-    if kind == "evaluation" and layout.run_folder_name(name) == name:
-        return _inside(layout.evaluation_report_path(layout.run_dir(line, name, home)), layout.training_root(line, home))
+    if kind == "evaluation" and layout.is_run_folder_name(name):
+        return _inside(layout.evaluation_report_path(layout.run_dir_named(line, name, home)), layout.training_root(line, home))
     if kind == "drift" and name.endswith(".html"):
         _, html = layout.drift_report_paths(line, name.removesuffix(".html"), home)
         return _inside(html, layout.drift_reports_dir(line, home)) if html.name == name else None

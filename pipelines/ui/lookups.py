@@ -12,7 +12,7 @@ import concurrent.futures
 from pathlib import Path
 from typing import Any
 
-from pipelines.catalog.layout import registered_model_name, run_folder_name
+from pipelines.catalog.layout import legacy_run_folder_name, registered_model_name, run_folder_name
 from pipelines.ui.data import MlflowLine, RunRef
 
 RECENT_RUNS = 500
@@ -79,6 +79,8 @@ class AirflowDbRuns:
         with create_session() as session:
             runs = self._runs(session, dag_id)
         out: dict[str, RunRef] = {}
+        for r in reversed(runs):  # folders named before run ids were hashed; a run's own folder wins
+            out[legacy_run_folder_name(r.run_id)] = RunRef(dag_id, r.run_id, r._state)
         for r in reversed(runs):
             out[run_folder_name(r.run_id)] = RunRef(dag_id, r.run_id, r._state)
         return out
