@@ -303,6 +303,34 @@ def test_a_profile_without_reference_positives_is_noted(reference, features):
     assert "uncertainty is not counted" in perf["note"]
 
 
+def test_a_runs_reference_auc_keeps_the_held_out_rows_and_positives(home, monkeypatch):
+    """The reference AUC of a run's profile is measured on its held-out split; the rows and
+    positives kept beside it must be that split's, not the training rows', or the
+    reference's standard error would be computed on the wrong set."""
+    from factory_records import write_training_run
+
+    from pipelines.catalog import layout
+    from pipelines.monitoring import stage
+
+    run = write_training_run(home, "run-auc", ["slice-1"], 0.8)
+    loans = lending_club_frame(1).assign(bad_loan=lambda f: (f["Class"] == "bad").astype("int64"))
+    train, held_out = loans.iloc[:1500], loans.iloc[1500:2100]
+    for rank, part in enumerate((train.iloc[:750], train.iloc[750:])):
+        path = layout.train_shard_path(run, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part[["int_rate", "term", "bad_loan"]].to_parquet(path, index=False)
+    held_out[["int_rate", "term", "bad_loan"]].to_parquet(layout.eval_data_path(run), index=False)
+    # the model: the interest rate, read from the files it is asked to score
+    monkeypatch.setattr(stage, "model_scores", lambda model, inputs: list(toy_score(
+        pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True))))
+
+    performance = load_profile(stage.write_reference_profile(run))["performance"]
+    assert performance["source"] == "held-out evaluation split"
+    assert performance["auc"] == pytest.approx(roc_auc_score(held_out["bad_loan"], toy_score(held_out)))
+    assert performance["n"] == len(held_out) and performance["positives"] == int(held_out["bad_loan"].sum())
+    assert performance["labelled_rows"] == len(train)  # the label's rate stays the training rows'
+
+
 # -- settings -----------------------------------------------------------------------------
 
 
