@@ -228,6 +228,109 @@ def test_auc_drop_alarms_only_when_configured(reference, features):
     assert report["performance"]["drifted"] is True and report["drifted"] is True
 
 
+def graded_scores(rows: int, positives: int, auc: float) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and scores whose ROC AUC is ``auc`` (to about 1e-4): both classes' scores
+    are evenly spaced normal quantiles, the positives' shifted by ``sqrt(2) z(auc)``."""
+    from statistics import NormalDist
+
+    normal = NormalDist()
+
+    def quantiles(k: int) -> np.ndarray:
+        return np.array([normal.inv_cdf((i + 0.5) / k) for i in range(k)])
+
+    shift = normal.inv_cdf(auc) * 2**0.5
+    return np.arange(rows) < positives, np.concatenate([shift + quantiles(positives), quantiles(rows - positives)])
+
+
+def test_auc_rule_is_a_test_at_the_familys_level(reference, features):
+    """A 1,000-row batch whose AUC is 0.058 under the reference's with a standard error
+    of 0.018: three standard errors, which the old "two standard errors" rule flagged,
+    is p ~ 6e-4 one-sided, over the per-test level every feature test is held to."""
+    from statistics import NormalDist
+
+    y_ref, s_ref = graded_scores(len(reference), 2_500, 0.758)
+    profile = build_profile(reference, features, scores=s_ref, labels=y_ref)
+    assert profile["performance"]["n"] == len(reference) and profile["performance"]["positives"] == 2_500
+    batch = lending_club_frame(4).head(1_000)
+    y, s = graded_scores(1_000, 340, 0.700)
+    cfg = {"performance": {"max_auc_drop": 0.05, "min_labelled_rows": 1_000}}
+    report = score_batch(profile, batch, scores=s, labels=y, config=cfg)
+    perf = report["performance"]
+    assert perf["auc_drop"] == pytest.approx(0.058, abs=0.001)
+    assert perf["auc_se_batch"] == pytest.approx(0.018, abs=0.0005)
+    assert perf["auc_drop"] >= max(0.05, 2 * perf["auc_se_batch"])  # what used to alarm
+    # the reference AUC is an estimate too (7,395 loans): its variance adds
+    assert 0.005 < perf["auc_se_ref"] < 0.007
+    assert perf["auc_se"] == pytest.approx(np.hypot(perf["auc_se_batch"], perf["auc_se_ref"]))
+    # one family: the AUC rule is one more test, at the level each feature test gets
+    without_labels = score_batch(profile, batch, scores=s, config=cfg)
+    assert report["tests"] == without_labels["tests"] + 1
+    assert perf["auc_alpha"] == report["alpha_per_test"] == pytest.approx(0.01 / report["tests"])
+    assert report["features"]["int_rate"]["alpha"] == report["alpha_per_test"]
+    z = NormalDist().inv_cdf(1 - report["alpha_per_test"])
+    assert perf["auc_threshold"] == pytest.approx(max(0.05, z * perf["auc_se"]))
+    assert perf["auc_pvalue"] > report["alpha_per_test"]
+    assert perf["auc_drifted"] is False and perf["drifted"] is False
+    page = render_html(report)  # the page shows the threshold the drop was held to
+    assert "auc_threshold" in page and f"{perf['auc_threshold']:.4f}" in page
+
+    # a large drop (a model that lost its signal) still alarms
+    lost = score_batch(profile, batch, scores=np.random.default_rng(0).random(1_000), labels=y, config=cfg)
+    assert lost["performance"]["auc_drop"] > 0.2
+    assert lost["performance"]["auc_drifted"] is True and lost["drifted"] is True
+
+    # the threshold follows the configured level: at a family-wise 0.5 the same drop alarms
+    loose = score_batch(profile, batch, scores=s, labels=y, config={**cfg, "alpha": 0.5})["performance"]
+    assert loose["auc_alpha"] == pytest.approx(0.5 / report["tests"])
+    assert loose["auc_threshold"] < perf["auc_threshold"]
+    assert loose["auc_drifted"] is True
+
+    # without a max_auc_drop the AUC is reported only: no test, nothing spent on it
+    off = score_batch(profile, batch, scores=s, labels=y)
+    assert off["tests"] == without_labels["tests"] and "auc_drifted" not in off["performance"]
+
+
+def test_a_profile_without_reference_positives_is_noted(reference, features):
+    y_ref, s_ref = graded_scores(len(reference), 2_500, 0.758)
+    profile = build_profile(reference, features, scores=s_ref, labels=y_ref)
+    del profile["performance"]["positives"]  # as profiles written before it was kept
+    y, s = graded_scores(1_000, 340, 0.700)
+    batch = lending_club_frame(4).head(1_000)
+    perf = score_batch(profile, batch, scores=s, labels=y, config={"performance": {"max_auc_drop": 0.05}})[
+        "performance"
+    ]
+    assert perf["auc_se_ref"] is None and perf["auc_se"] == perf["auc_se_batch"]
+    assert "uncertainty is not counted" in perf["note"]
+
+
+def test_a_runs_reference_auc_keeps_the_held_out_rows_and_positives(home, monkeypatch):
+    """The reference AUC of a run's profile is measured on its held-out split; the rows and
+    positives kept beside it must be that split's, not the training rows', or the
+    reference's standard error would be computed on the wrong set."""
+    from factory_records import write_training_run
+
+    from pipelines.catalog import layout
+    from pipelines.monitoring import stage
+
+    run = write_training_run(home, "run-auc", ["slice-1"], 0.8)
+    loans = lending_club_frame(1).assign(bad_loan=lambda f: (f["Class"] == "bad").astype("int64"))
+    train, held_out = loans.iloc[:1500], loans.iloc[1500:2100]
+    for rank, part in enumerate((train.iloc[:750], train.iloc[750:])):
+        path = layout.train_shard_path(run, rank)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        part[["int_rate", "term", "bad_loan"]].to_parquet(path, index=False)
+    held_out[["int_rate", "term", "bad_loan"]].to_parquet(layout.eval_data_path(run), index=False)
+    # the model: the interest rate, read from the files it is asked to score
+    monkeypatch.setattr(stage, "model_scores", lambda model, inputs: list(toy_score(
+        pd.concat([pd.read_parquet(p) for p in inputs], ignore_index=True))))
+
+    performance = load_profile(stage.write_reference_profile(run))["performance"]
+    assert performance["source"] == "held-out evaluation split"
+    assert performance["auc"] == pytest.approx(roc_auc_score(held_out["bad_loan"], toy_score(held_out)))
+    assert performance["n"] == len(held_out) and performance["positives"] == int(held_out["bad_loan"].sum())
+    assert performance["labelled_rows"] == len(train)  # the label's rate stays the training rows'
+
+
 # -- settings -----------------------------------------------------------------------------
 
 

@@ -20,6 +20,16 @@ at least ``performance.max_label_rate_change`` (five points by default) that a t
 two-proportion z-test also finds significant at ``alpha`` is drift named ``__label__``
 (a prior shift moves no feature and may not move the scores).
 
+The AUC rule (only with ``performance.max_auc_drop`` set and at least
+``min_labelled_rows`` labelled rows) is one more test of the family: a one-sided test at
+the same ``alpha / m`` as each feature test. The batch is drifted when the drop
+``auc_ref - auc`` reaches ``max(max_auc_drop, z(1 - alpha / m) * se)``, where ``se``
+combines the batch AUC's standard error and the reference AUC's (Hanley & McNeil 1982;
+the reference is measured on a finite, disjoint set, so the variances add). The report's
+``performance`` shows ``auc_se`` (with ``auc_se_batch`` and ``auc_se_ref``),
+``auc_threshold``, ``auc_pvalue`` and ``auc_drifted``. A profile that does not store the
+reference's ``positives`` counts the batch's error only, and says so in a ``note``.
+
 When a feature alarms
 ---------------------
 A feature is ``drifted`` only when BOTH hold:
@@ -30,7 +40,7 @@ A feature is ``drifted`` only when BOTH hold:
 2. significance: the feature's p-value is below ``alpha / m`` (Bonferroni), where
    ``alpha`` is the line's family-wise level (default 0.01) and ``m`` the number of tests
    in the batch (two per numeric feature, KS and chi-square, whose smaller p-value
-   counts; one per categorical feature).
+   counts; one per categorical feature; one for the AUC rule when it runs).
 
 Why both. The effect size alone depends on the sample size: between two samples of ONE
 distribution the expected PSI is about ``(buckets - 1) * (1/n_ref + 1/n_cur)``, so a batch
@@ -71,6 +81,7 @@ from __future__ import annotations
 
 import math
 from datetime import UTC, datetime
+from statistics import NormalDist
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -303,15 +314,18 @@ def score_batch(
             values = score_values if name == SCORE_FEATURE else frame[name]
             findings[name] = {"status": "ok", **_compare(feature, values, cfg.epsilon)}
 
-    tests = sum(f.get("tests", 0) for f in findings.values())
+    performance = None
+    if label_values is not None:
+        performance = _performance(profile, score_values, label_values, positive, cfg)
+
+    # the family: every feature test, and the AUC rule when it runs
+    tests = sum(f.get("tests", 0) for f in findings.values()) + (performance["tests"] if performance else 0)
     alpha_test = cfg.alpha / tests if tests else cfg.alpha
     for name, finding in findings.items():
         if finding["status"] == "ok":
             _decide(finding, cfg.thresholds_for(name), alpha_test)
-
-    performance = None
-    if label_values is not None:
-        performance = _performance(profile, score_values, label_values, positive, cfg)
+    if performance:
+        _decide_auc(performance, alpha_test)
 
     drifted = [
         _why(name, f)
@@ -349,29 +363,58 @@ def score_batch(
 def _performance(
     profile: dict[str, Any], scores: Any, labels: Any, positive: Any, cfg: DriftSpec
 ) -> dict[str, Any]:
+    """AUC and positive rate of a labelled batch against the reference's. The AUC's
+    verdict waits for the family's per-test level (:func:`_decide_auc`); ``tests`` says
+    whether the AUC rule is one of the batch's tests (1) or not (0)."""
     ref = profile.get("performance") or {}
     out: dict[str, Any] = {"auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False}
     y = _labels01(labels, positive)
     out.update(_label_rate(y, ref, cfg))
+    limit = cfg.performance.max_auc_drop
+    out["max_auc_drop"] = limit
+    out["tests"] = 0
     if scores is None:
         out["note"] = "labels without scores: no AUC"
-        out["drifted"] = out["label_rate_drifted"]
         return out
     s = numeric_values(scores)
     ok = ~np.isnan(s)
     y, s = y[ok], s[ok]
     out.update(n=int(len(y)), positives=int(y.sum()), auc=metrics.roc_auc(y, s))
-    limit = cfg.performance.max_auc_drop
-    if out["auc"] is not None and out["auc_ref"] is not None:
-        out["auc_drop"] = out["auc_ref"] - out["auc"]
-        # A drop is news only when it is also beyond noise at this batch's size: twice the
-        # AUC's standard error (Hanley & McNeil 1982). With ~130 positives that is ~0.05.
-        out["auc_se"] = _auc_standard_error(out["auc"], out["positives"], out["n"] - out["positives"])
-        if limit is not None and out["n"] >= cfg.performance.min_labelled_rows:
-            out["auc_drifted"] = out["auc_drop"] >= max(limit, 2 * out["auc_se"])
-    out["max_auc_drop"] = limit
-    out["drifted"] = bool(out.get("auc_drifted")) or out["label_rate_drifted"]
+    if out["auc"] is None or out["auc_ref"] is None:
+        return out
+    out["auc_drop"] = out["auc_ref"] - out["auc"]
+    # The drop's noise is the batch AUC's (Hanley & McNeil 1982) and, when the reference
+    # AUC is itself measured on a finite set, the reference's too: the two sets are
+    # disjoint, so the variances add.
+    se_batch = _auc_standard_error(out["auc"], out["positives"], out["n"] - out["positives"])
+    ref_n, ref_pos = ref.get("n"), ref.get("positives")
+    se_ref = None
+    if isinstance(ref_n, int) and isinstance(ref_pos, int):
+        se_ref = _auc_standard_error(out["auc_ref"], ref_pos, ref_n - ref_pos)
+    else:
+        out["note"] = "the profile does not store the reference AUC's positives: its own uncertainty is not counted"
+    out["auc_se_batch"], out["auc_se_ref"] = se_batch, se_ref
+    out["auc_se"] = math.hypot(se_batch, se_ref or 0.0)
+    if limit is not None and out["n"] >= cfg.performance.min_labelled_rows:
+        out["tests"] = 1
     return out
+
+
+def _decide_auc(perf: dict[str, Any], alpha_test: float) -> None:
+    """The AUC rule, a one-sided test at the family's per-test level: drifted when the
+    drop reaches both ``max_auc_drop`` and ``z(1 - alpha_test)`` standard errors."""
+    if perf["tests"]:
+        z = NormalDist().inv_cdf(1 - alpha_test)
+        se, drop = perf["auc_se"], perf["auc_drop"]
+        perf["auc_alpha"] = alpha_test
+        perf["auc_z"] = z
+        if 0 < se < math.inf:
+            perf["auc_pvalue"] = 0.5 * math.erfc(drop / se / math.sqrt(2))
+        else:
+            perf["auc_pvalue"] = 0.0 if se == 0 and drop > 0 else 1.0
+        perf["auc_threshold"] = max(perf["max_auc_drop"], z * se)
+        perf["auc_drifted"] = drop >= perf["auc_threshold"]
+    perf["drifted"] = bool(perf.get("auc_drifted")) or perf["label_rate_drifted"]
 
 
 def _label_rate(y: np.ndarray, ref: dict[str, Any], cfg: DriftSpec) -> dict[str, Any]:

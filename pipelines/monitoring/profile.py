@@ -18,7 +18,9 @@ categorical
     (``1``, ``1.0`` and ``"1"`` are the same category).
 
 The model's scores on the reference data, when given, are profiled as the numeric
-feature ``__score__`` (prediction drift); with labels too, the reference ROC AUC is kept.
+feature ``__score__`` (prediction drift); with labels too, the reference ROC AUC is kept
+with the rows (``n``) and ``positives`` it was measured on, so a drift check can count
+the reference's own sampling error.
 """
 
 from __future__ import annotations
@@ -268,7 +270,9 @@ def build_profile(
         ok = ~np.isnan(score_values)
         performance = {
             "auc": roc_auc(y[ok].astype(bool), score_values[ok]),
+            # the rows and positives the AUC was measured on: its own standard error
             "n": int(ok.sum()),
+            "positives": int(y[ok].astype(bool).sum()),
             "positive_rate": float(y.astype(bool).mean()) if len(y) else None,
             "labelled_rows": int(len(y)),
         }

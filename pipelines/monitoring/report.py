@@ -25,7 +25,8 @@ from pipelines.templating import environment
 
 MAX_BARS = 30
 PERFORMANCE_KEYS = (
-    "auc", "auc_ref", "auc_drop", "n", "positives", "positive_rate", "positive_rate_ref", "positive_rate_change",
+    "auc", "auc_ref", "auc_drop", "auc_se", "auc_threshold", "auc_pvalue", "n", "positives",
+    "positive_rate", "positive_rate_ref", "positive_rate_change",
 )
 
 

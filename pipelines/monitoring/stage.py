@@ -83,10 +83,12 @@ def write_reference_profile(run_dir: Path) -> Path:
     import numpy as np
 
     # (the label's rate stays the training rows': a property of the data, not the model)
+    eval_y = eval_labels.to_numpy().astype(bool)
     profile["performance"] = {
         **profile["performance"],
-        "auc": roc_auc(eval_labels.to_numpy().astype(bool), np.asarray(eval_scores, dtype=float)),
-        "n": int(len(eval_labels)),
+        "auc": roc_auc(eval_y, np.asarray(eval_scores, dtype=float)),
+        "n": int(len(eval_y)),
+        "positives": int(eval_y.sum()),
         "source": "held-out evaluation split",
     }
     save_profile(profile, layout.drift_profile_path(run_dir))

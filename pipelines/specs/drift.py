@@ -59,7 +59,9 @@ class RetrainPolicy(_Strict):
 
 class PerformanceSpec(_Strict):
     """Labelled batches: ROC AUC on the batch against the reference's. ``max_auc_drop``
-    (absolute) makes a drop an alarm of its own; ``null``: reported only.
+    (absolute) makes a drop an alarm of its own when a one-sided test also finds it
+    beyond noise at ``alpha`` per test (the AUC rule counts as one test of the
+    family); ``null``: reported only.
 
     ``max_label_rate_change``: an absolute change of the positive-class share (0.05: five
     points) that, when also beyond noise at ``alpha``, is drift of its own. A prior shift
