@@ -47,6 +47,7 @@ DRIFT_EPISODES = "episodes.json"
 DRIFT_REPORTS = "reports"
 DRIFT_PROFILE = "drift_profile.json"
 GATE_LOCK = "gate.lock"
+LANDING_LOCK = "landing.lock"  # <home>/state/<line>/: one drop at a time checks and lands
 
 
 def _home(home: Path | None) -> Path:
