@@ -140,7 +140,7 @@ def test_dirty_batch(spark, credit, dirty_batch, real_rows, home, tmp_path):
     }
     clean_again = pd.read_parquet(again["clean_path"]).set_index("loan_id").sort_index()
     pd.testing.assert_frame_equal(clean_again, clean.sort_index())
-    assert not list(line_paths("credit_risk", home).clean.glob(".staging/*"))
+    assert not _staged_files(home)
 
 
 def _expect_batch_failure(home, line, batch_id, match):
@@ -223,3 +223,93 @@ def test_parquet_batch_with_wrong_types(spark, home):
     assert len(clean) == 47
     assert str(clean["AGEP"].dtype) == "float64" and str(clean["employed"].dtype) == "int64"
     assert set(clean["employed"]) <= {0, 1}
+
+
+# A re-clean killed at the swap: the process exchanges the first staged folder into
+# place, then dies by SIGKILL (no handler, no finally), as a killed Spark driver would.
+_KILLED_RECLEAN = """
+import os, signal, sys
+from pathlib import Path
+from pipelines import storage
+from pipelines.catalog.layout import line_paths
+from pipelines.ingest.cleaning import job
+from pipelines.specs import LineSpec, load_spec
+
+real_exchange = storage._exchange
+
+def exchange_then_die(a, b):
+    real_exchange(a, b)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+storage._exchange = exchange_then_die
+data = load_spec("credit_risk").model_dump(by_alias=True)
+data["cleaning"]["key_duplicates"] = "quarantine"
+spark = job.spark_session("factory-killed-reclean")
+job.clean_one(spark, LineSpec.model_validate(data), line_paths("credit_risk", Path(sys.argv[1])), sys.argv[2])
+"""
+
+
+class _Killed(BaseException):
+    """Stands for a kill in the middle of the job (not an error the job handles)."""
+
+
+def _on_disk(home, batch_id) -> tuple[int, int]:
+    """What a reader finds for a cleaned batch: rows of its clean and quarantine output."""
+    record = ledger.read(line_paths("credit_risk", home), batch_id)
+    return (
+        len(pd.read_parquet(record["cleaning"]["clean_path"])),
+        len(pd.read_parquet(record["cleaning"]["quarantine_path"])),
+    )
+
+
+def _staged_files(home) -> list:
+    """Files left in any staging folder of the home (a lock file is not output)."""
+    return [p for s in home.rglob(".staging") for p in s.rglob("*") if p.is_file() and p.name != ".lock"]
+
+
+def test_reclean_killed_at_the_swap_leaves_one_whole_output(spark, credit, real_rows, home, tmp_path, monkeypatch):
+    """A re-clean killed while it puts its output in place leaves the batch's clean rows
+    and quarantine from one run (never new rows beside the old quarantine, never no
+    data); its staged leftovers are removed by the next run, whose counts add up."""
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rows = list(real_rows[:6])
+    rows.append(_variant(rows[0], int(rows[0]["loan_id"]), int_rate="9.99"))  # a key conflict
+    rows.append(_variant(real_rows[8], 9001, int_rate="abc"))  # quarantined either way
+    _land_text(credit, home, tmp_path, "redo", _csv(rows, credit.schema.names))
+    first = job.run("credit_risk", ["redo"], home)["redo"]
+    before = (first["rows_clean"], first["rows_quarantined"])
+    assert before == (6, 1) and _on_disk(home, "redo") == before
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _KILLED_RECLEAN, str(home), "redo"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    after_kill = _on_disk(home, "redo")  # the ledger still points where it did: readable
+
+    # The next run (same spec as the killed one) tidies up and publishes.
+    data = credit.model_dump(by_alias=True)
+    data["cleaning"]["key_duplicates"] = "quarantine"
+    second = job.clean_one(spark, LineSpec.model_validate(data), line_paths("credit_risk", home), "redo")
+    after = (second["rows_clean"], second["rows_quarantined"])
+    assert after == (5, 3)
+    assert after_kill in (before, after), f"the kill left clean and quarantine of different runs: {after_kill}"
+    assert not _staged_files(home)
+    assert _on_disk(home, "redo") == after
+    assert second["rows_in"] == sum(after) + second["duplicates_removed"]
+
+    # Killed before its output is in place: the previous output stays, whole.
+    def killed_at_the_swap(*args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(job, "swap_directory", killed_at_the_swap)
+    with pytest.raises(_Killed):
+        job.clean_one(spark, credit, line_paths("credit_risk", home), "redo")
+    assert _on_disk(home, "redo") == after

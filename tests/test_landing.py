@@ -103,3 +103,81 @@ def test_the_ledger_refuses_a_batch_id_with_a_trailing_newline(home):
         ledger.update(paths, "2016\n", "landed", status=ledger.LANDED)
     assert not paths.state.exists() or list(paths.state.glob("*.json")) == []
     assert ledger.update(paths, "2016", "landed", status=ledger.LANDED).batch_id == "2016"
+
+
+def _race_at_the_replace(monkeypatch, landing_dir, wait_s: float = 2.0):
+    """Hold every thread that is about to put a file into ``landing_dir`` until a second
+    one gets there too (or ``wait_s`` passes): two drops meet exactly between the checks
+    and the replace, the window process start-up staggers away."""
+    import os
+    import threading
+
+    barrier = threading.Barrier(2)
+    real_replace = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.dirname(os.fspath(dst)) == str(landing_dir) and not os.path.basename(dst).startswith("."):
+            try:
+                barrier.wait(timeout=wait_s)
+            except threading.BrokenBarrierError:
+                pass  # the other drop never got this far while this one was here
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def _drop_together(credit, home, drops):
+    import threading
+
+    outcomes: dict[str, object] = {}
+
+    def drop(name, source, batch_id):
+        try:
+            outcomes[name] = landing.land_file(credit, source, batch_id, home)
+        except landing.LandingError as err:
+            outcomes[name] = err
+
+    threads = [threading.Thread(target=drop, args=d) for d in drops]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    return outcomes
+
+
+def test_concurrent_drops_of_one_batch_id_land_one_file(credit, home, tmp_path, monkeypatch):
+    """Two drops of batch 'b1' with different files, both past the checks at once: one
+    lands, the other is refused, and the landed file is the one the ledger hashed."""
+    paths = line_paths("credit_risk", home)
+    header = ",".join(credit.schema.names)
+    a, b = tmp_path / "a.csv", tmp_path / "b.csv"
+    a.write_text(header + "\n" + ",".join("1" for _ in credit.schema.names) + "\n")
+    b.write_text(header + "\n" + ",".join("2" for _ in credit.schema.names) + "\n")
+    _race_at_the_replace(monkeypatch, paths.landing)
+    outcomes = _drop_together(credit, home, [("a", a, "b1"), ("b", b, "b1")])
+
+    landed = [o for o in outcomes.values() if isinstance(o, landing.Landed)]
+    refused = [o for o in outcomes.values() if isinstance(o, landing.LandingError)]
+    assert len(landed) == 1 and len(refused) == 1, outcomes
+    assert "already landed with other content" in str(refused[0])
+    record = ledger.read(paths, "b1")
+    assert record["sha256"] == landed[0].sha256
+    assert landing.sha256_file(landing.batch_file(paths, "b1")) == record["sha256"]
+
+
+def test_concurrent_drops_of_one_content_land_it_once(credit, home, tmp_path, monkeypatch):
+    """The same file dropped as two batch ids at once: landed once, the copy refused."""
+    paths = line_paths("credit_risk", home)
+    f = tmp_path / "same.csv"
+    f.write_text(",".join(credit.schema.names) + "\n" + ",".join("3" for _ in credit.schema.names) + "\n")
+    _race_at_the_replace(monkeypatch, paths.landing)
+    outcomes = _drop_together(credit, home, [("x", f, "x1"), ("y", f, "y1")])
+
+    landed = [o for o in outcomes.values() if isinstance(o, landing.Landed)]
+    refused = [o for o in outcomes.values() if isinstance(o, landing.LandingError)]
+    assert len(landed) == 1 and len(refused) == 1, outcomes
+    assert "same content as batch" in str(refused[0])
+    assert [r["batch_id"] for r in ledger.all_records(paths)] == [landed[0].batch_id]
+    assert sorted(p.name for p in paths.landing.iterdir() if not p.name.startswith(".")) == [
+        landed[0].path.name
+    ]

@@ -6,7 +6,7 @@ variable moves it (shared storage at scale):
 | what | path | variable |
 |---|---|---|
 | landed batches | ``<home>/landing/<line>/<batch>.<csv|parquet>`` | |
-| cleaned rows / quarantine | ``<home>/clean/<line>/batch=<id>/``, ``<home>/quarantine/<line>/batch=<id>/`` | |
+| cleaned batch | ``<home>/cleaned/<line>/batch=<id>/``: ``clean/`` (rows), ``quarantine/`` (rows set aside); attempts staged in ``.staging/batch=<id>/`` | |
 | batch ledger | ``<home>/state/<line>/<batch>.json`` | |
 | Great Expectations project | ``<home>/gx/`` (results, Data Docs) | |
 | training runs | ``<home>/training/<line>/<run>/`` (:func:`run_folder_name`): ``manifest.json``, ``result.json``, ``mlflow_run_id``, ``model/`` | |
@@ -50,6 +50,10 @@ DRIFT_PROFILE = "drift_profile.json"
 GATE_LOCK = "gate.lock"
 # Held by the live process tree working on a run folder (training, evaluation).
 RUN_LOCK = "run.lock"
+CLEAN_ROWS = "clean"  # <cleaned batch>/: the rows that passed
+QUARANTINE_ROWS = "quarantine"  # <cleaned batch>/: the rows set aside, with reasons
+STAGING = ".staging"  # cleaned/<line>/: hidden from readers (Spark and Arrow skip '.' names)
+LANDING_LOCK = "landing.lock"  # <home>/state/<line>/: one drop at a time checks and lands
 
 
 # A batch id: the name of its files and folders. Written for JSON Schema (the ingest DAG's
@@ -79,23 +83,30 @@ class LinePaths:
         return self.home / "landing" / self.line
 
     @property
-    def clean(self) -> Path:
-        return self.home / "clean" / self.line
-
-    @property
-    def quarantine(self) -> Path:
-        return self.home / "quarantine" / self.line
+    def cleaned(self) -> Path:
+        """The cleaning job's output, one folder per batch (:meth:`cleaned_batch`)."""
+        return self.home / "cleaned" / self.line
 
     @property
     def state(self) -> Path:
         """The batch ledger's folder."""
         return self.home / "state" / self.line
 
+    def cleaned_batch(self, batch_id: str) -> Path:
+        """A batch's cleaning output: its clean rows and its quarantine, in one folder that
+        is put in place whole, so a reader never finds one without the other or neither."""
+        return self.cleaned / f"batch={batch_id}"
+
     def clean_batch(self, batch_id: str) -> Path:
-        return self.clean / f"batch={batch_id}"
+        return self.cleaned_batch(batch_id) / CLEAN_ROWS
 
     def quarantine_batch(self, batch_id: str) -> Path:
-        return self.quarantine / f"batch={batch_id}"
+        return self.cleaned_batch(batch_id) / QUARANTINE_ROWS
+
+    def cleaning_staging(self, batch_id: str) -> Path:
+        """Where attempts at cleaning a batch stage their output (one folder each), beside
+        the batch's cleaning lock."""
+        return self.cleaned / STAGING / f"batch={batch_id}"
 
     def ledger_record(self, batch_id: str) -> Path:
         return self.state / f"{batch_id}.json"

@@ -4,7 +4,9 @@ A batch is landed atomically (copied beside its final name, then renamed), its
 content hashed, and recorded in the ledger as ``landed``. The same content
 landed twice is refused by hash, whatever its name, so a re-sent file never
 doubles the data; the same batch id with other content is refused too (a batch
-is immutable once landed; land a correction under a new id).
+is immutable once landed; land a correction under a new id). These checks, the
+rename and the ledger record happen under the line's landing lock, so concurrent
+drops take turns and a check always sees every batch landed before it.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines import storage
 from pipelines.catalog import ledger
-from pipelines.catalog.layout import LinePaths, is_batch_id, line_paths
+from pipelines.catalog.layout import LANDING_LOCK, LinePaths, is_batch_id, line_paths
 from pipelines.specs import LineSpec
 
 if TYPE_CHECKING:
@@ -63,16 +66,9 @@ def batch_file(paths: LinePaths, batch_id: str) -> Path | None:
     return None
 
 
-def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = None) -> Landed:
-    """Copy ``source`` into the line's landing zone as batch ``batch_id``."""
-    check_batch_id(batch_id)
-    source = Path(source)
-    if source.suffix not in FORMATS:
-        raise LandingError(f"{source.name}: batches are .csv or .parquet files")
-    if not source.is_file():
-        raise LandingError(f"{source}: no such file")
-    paths = line_paths(spec.name, home)
-    digest = sha256_file(source)
+def _check_new(spec: LineSpec, paths: LinePaths, source: Path, batch_id: str, digest: str) -> Landed | None:
+    """Refuse a batch id landed with other content, or content landed under another id;
+    the identical batch already landed is returned. The caller holds the landing lock."""
     existing = ledger.read(paths, batch_id)
     if existing is not None:
         if existing.get("sha256") == digest:
@@ -87,28 +83,47 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
                 f"{source.name} has the same content as batch {record['batch_id']!r} of {spec.name}, "
                 "landed at " + str(record.get("landed_at")) + "; not landed again"
             )
+    return None
+
+
+def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = None) -> Landed:
+    """Copy ``source`` into the line's landing zone as batch ``batch_id``."""
+    check_batch_id(batch_id)
+    source = Path(source)
+    if source.suffix not in FORMATS:
+        raise LandingError(f"{source.name}: batches are .csv or .parquet files")
+    if not source.is_file():
+        raise LandingError(f"{source}: no such file")
+    paths = line_paths(spec.name, home)
     paths.landing.mkdir(parents=True, exist_ok=True)
     target = paths.landing / f"{batch_id}{'.csv' if FORMATS[source.suffix] == 'csv' else '.parquet'}"
+    # The copy is made (and hashed: what lands is what the ledger records) before the
+    # lock; the checks, the rename and the ledger record happen under it, so two drops
+    # of one batch id, or of one content, cannot both pass the checks.
     fd, tmp = tempfile.mkstemp(dir=paths.landing, prefix=f".{batch_id}.", suffix=".partial")
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
         os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
+        digest = sha256_file(Path(tmp))
+        with storage.exclusive_lock(paths.state, LANDING_LOCK):
+            existing = _check_new(spec, paths, source, batch_id, digest)
+            if existing is not None:
+                return existing
+            os.replace(tmp, target)
+            ledger.update(
+                paths,
+                batch_id,
+                "landed",
+                status=ledger.LANDED,
+                file=str(target),
+                format=FORMATS[target.suffix],
+                sha256=digest,
+                bytes=target.stat().st_size,
+                landed_at=ledger.now(),
+            )
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    ledger.update(
-        paths,
-        batch_id,
-        "landed",
-        status=ledger.LANDED,
-        file=str(target),
-        format=FORMATS[target.suffix],
-        sha256=digest,
-        bytes=target.stat().st_size,
-        landed_at=ledger.now(),
-    )
     return Landed(spec.name, batch_id, target, digest, created=True)
 
 

@@ -5,8 +5,12 @@ Submitted by ``SparkSubmitOperator`` (the master comes from the
 
     spark-submit pipelines/ingest/cleaning/job.py --line employment --batch 2016
 
-Outputs replace earlier ones for the same batch in one rename, so re-running a
-batch is idempotent and a reader never sees half a batch. The counts reconcile
+The clean rows and the quarantine are staged together in one folder and put in
+place of the batch's earlier output with one atomic exchange, so re-running a
+batch is idempotent and a reader finds the old output or the new, whole, never
+half a batch, new rows beside an old quarantine, or no data. One attempt at a
+batch runs at a time (a lock per batch); an attempt that was killed leaves its
+staging folder, which the next attempt removes before it starts. The counts reconcile
 (rows in = clean + quarantined + duplicates removed) or the job fails. The batch
 ledger records the outcome either way: ``cleaned`` with counts, or ``failed``
 with the reason.
@@ -15,17 +19,20 @@ with the reason.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from pipelines.catalog import ledger
-from pipelines.catalog.layout import LinePaths, line_paths
+from pipelines.catalog.layout import CLEAN_ROWS, LOCK, QUARANTINE_ROWS, LinePaths, line_paths
 from pipelines.specs import LineSpec, load_spec
-from pipelines.storage import swap_directory
+from pipelines.storage import exclusive_lock, swap_directory
 
 
 class CleaningError(RuntimeError):
@@ -110,8 +117,39 @@ def _replace_dir(spark, staging: str, final: str) -> None:
         raise CleaningError(f"could not move {staging} to {final}")
 
 
+@contextlib.contextmanager
+def staging_area(paths: LinePaths, batch_id: str) -> Iterator[Path]:
+    """A fresh folder for one attempt at cleaning ``batch_id``, removed when it ends.
+
+    The batch's cleaning lock is held throughout, so two attempts at one batch take
+    turns. Anything else in the batch's staging folder was therefore left by an attempt
+    that was killed (its lock died with it) and is removed first; other batches'
+    folders, and a live attempt's, are never touched.
+    """
+    root = paths.cleaning_staging(batch_id)
+    with exclusive_lock(root):
+        for stale in root.iterdir():
+            if stale.name == LOCK:
+                continue
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale)
+            else:
+                stale.unlink()
+        attempt = root / uuid.uuid4().hex[:8]
+        attempt.mkdir()
+        try:
+            yield attempt
+        finally:
+            shutil.rmtree(attempt, ignore_errors=True)
+
+
 def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[str, Any]:
     """Clean one landed batch; return the run report (counts, repairs, outputs)."""
+    with staging_area(paths, batch_id) as staging:
+        return _clean_staged(spark, spec, paths, batch_id, staging)
+
+
+def _clean_staged(spark, spec: LineSpec, paths: LinePaths, batch_id: str, staging: Path) -> dict[str, Any]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
@@ -143,11 +181,11 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
         raise CleaningError("the batch has a header but no rows")
     repairs = {name: n for name, n in totals.items() if n}
 
-    run = uuid.uuid4().hex[:8]
-    # Spark skips inputs whose own name starts with "." or "_", so the hidden
-    # part is the parent folder; readers of clean/<line>/ skip it too.
-    staging_clean = str(paths.clean / ".staging" / f"{batch_id}-{run}")
-    staging_quarantine = str(paths.quarantine / ".staging" / f"{batch_id}-{run}")
+    # Both outputs are staged in one folder laid out as the batch's output folder. Spark
+    # skips inputs whose own name starts with "." or "_", so the hidden part is an
+    # ancestor (cleaned/<line>/.staging/); readers of cleaned/<line>/ skip it too.
+    staging_clean = str(staging / CLEAN_ROWS)
+    staging_quarantine = str(staging / QUARANTINE_ROWS)
     clean = result.clean(spec.schema.names)
     clean.sortWithinPartitions(*spec.schema.key).write.mode("overwrite").parquet(staging_clean)
     result.quarantine.write.mode("overwrite").parquet(staging_quarantine)
@@ -176,8 +214,7 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
             f"quarantined={quarantined} duplicates={duplicates}"
         )
     result.checked.unpersist()
-    _replace_dir(spark, staging_clean, str(paths.clean_batch(batch_id)))
-    _replace_dir(spark, staging_quarantine, str(paths.quarantine_batch(batch_id)))
+    _replace_dir(spark, str(staging), str(paths.cleaned_batch(batch_id)))
     return {
         "rows_in": rows_in,
         "rows_clean": clean_rows,
