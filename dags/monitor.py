@@ -10,9 +10,12 @@ One DAG per product line, generated from `include/lines/*.yaml`. Runs when the l
    for numeric features, Jensen-Shannon and L-infinity for categoricals, prediction
    drift on the serving model's scores, ROC AUC when the batch has labels). Every score
    is kept in the line's drift history; a report per batch (JSON and HTML) is written.
-3. **retrain**: when a drift episode is open and the spec's policy allows (one retrain per
-   episode, a cooldown between retrains), emits an event on the line's `drift` Asset with
-   what drifted and by how much; the line's training DAG is scheduled on it.
+3. **retrain**: links an open drift episode to its retrain. With the line's
+   `training.retrain_on: new_data` the drifted batch has already set off a training that
+   includes it: the episode adopts that one (no second training). With `drift`, when the
+   spec's policy allows (one retrain per episode, a cooldown between retrains), it emits
+   an event on the line's `drift` Asset with what drifted and by how much; the line's
+   training DAG is scheduled on it.
 """
 
 from __future__ import annotations
@@ -63,10 +66,11 @@ def build(spec: LineSpec) -> DAG:
             from pipelines.monitoring.stage import retrain_decision
 
             event = retrain_decision(line, run_id or "manual")
-            if event is None:
+            if not event.get("retrain"):
                 drifted = [b["batch_id"] for b in scored.get("batches", []) if b.get("drifted")]
                 raise AirflowSkipException(
-                    f"no retrain due for {line} (drifted batches in this run: {drifted or 'none'})"
+                    f"no drift event for {line}: {event.get('reason')} (drifted batches in this run: "
+                    f"{drifted or 'none'})"
                 )
             outlet_events[drift].extra = event
             return event

@@ -20,8 +20,15 @@ line's `validated_data` Asset gets a new batch, on the line's cron retrain sched
    candidate is registered in MLflow, and `champion` follows the version in serving. A
    rejected candidate is pushed only with `force_bless` and a written reason.
 
-A run set off by a drift event records its outcome (blessed or not) against the drift
-episode that caused it.
+4. **finish** (a teardown: it runs whatever happened before it, and the run's state
+   stays that of the work): records how the run ended (`blessed`, `not_blessed`, or
+   `failed` when prepare, train or the gate failed) in the run folder and against the
+   drift episode whose retrain this run is.
+
+What starts it besides the cron and a person is the spec's `training.retrain_on`:
+`new_data` (every validated batch; a drift episode adopts the training that includes its
+drifted batch, so a drifted batch trains once) or `drift` (only a drift episode's
+retrain, through the line's `drift` Asset).
 """
 
 from __future__ import annotations
@@ -37,8 +44,9 @@ from pipelines.specs import LineSpec, load_specs
 def build(spec: LineSpec) -> DAG:
     line = spec.name
     t = spec.training
-    # new validated data or a drift episode's retrain, and the periodic retrain
-    assets = validated_data(line) | drift_asset(line)
+    # new validated data or a drift episode's retrain (never both: one training per
+    # drifted batch), and the periodic retrain
+    assets = validated_data(line) if t.retrain_on == "new_data" else drift_asset(line)
     schedule = (
         AssetOrTimeSchedule(timetable=CronTriggerTimetable(t.schedule, timezone="UTC"), assets=assets)
         if t.schedule
@@ -94,6 +102,8 @@ def build(spec: LineSpec) -> DAG:
             from pipelines.training.stage import drift_context
             from pipelines.training.stage import prepare as prepare_run
 
+            # a drift event's claimed retrain is running from here on, whatever happens next
+            drift = drift_context(line, run_id or "manual", triggering_asset_events)
             check_conf(dag_run, dag)  # a conf key this DAG does not take fails the run here
             params = params or {}
             keys = ("workers", "epochs", "batch_size", "learning_rate", "window_batches", "batches")
@@ -108,7 +118,8 @@ def build(spec: LineSpec) -> DAG:
                 raise AirflowFailException(str(err)) from None
             except (TrainingInputError, ForceBlessError) as err:  # bad data or params: a retry cannot help
                 raise AirflowFailException(str(err)) from None
-            prepared["drift"] = drift_context(line, triggering_asset_events)
+            # retrain_on: new_data: this training includes a drifted batch -> the episode's retrain
+            prepared["drift"] = drift or drift_context(line, run_id or "manual", None, batches=prepared["batches"])
             return prepared
 
         # One retry: the workers resume from the last epoch's checkpoint.
@@ -129,7 +140,6 @@ def build(spec: LineSpec) -> DAG:
             from airflow.sdk.exceptions import AirflowFailException
 
             from pipelines.evaluation.stage import GateInputError, evaluate_and_push
-            from pipelines.training.stage import record_drift_outcome
 
             log = logging.getLogger("airflow.task")
             params = params or {}
@@ -141,14 +151,21 @@ def build(spec: LineSpec) -> DAG:
                     tags=tags, echo=log.info,
                 )
             except GateInputError as err:  # the candidate cannot be judged: nothing pushed
-                record_drift_outcome(line, prepared.get("drift"), "failed")
                 raise AirflowFailException(str(err)) from None
             log.info("evaluation report: %s", result.get("report_html"))
-            record_drift_outcome(line, prepared.get("drift"), result["blessing"], result.get("serving_version"))
             return result
 
+        @task(retries=2, retry_delay=timedelta(seconds=5))
+        def finish(run_id: str | None = None, ti=None) -> dict:
+            from pipelines.training.stage import record_outcome, run_folder
+
+            prepared = ti.xcom_pull(task_ids="prepare") or {}
+            evaluation = ti.xcom_pull(task_ids="evaluate")
+            run_dir = prepared.get("run_dir") or run_folder(line, run_id or "manual")
+            return record_outcome(line, run_id or "manual", run_dir, evaluation)
+
         prepared = prepare()
-        evaluate(prepared, train(prepared))
+        evaluate(prepared, train(prepared)) >> finish().as_teardown()
     return dag
 
 

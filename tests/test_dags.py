@@ -105,16 +105,36 @@ def test_train_wiring(dagbag):
 
     for line in ("credit_risk", "employment"):
         dag = dagbag.dags[f"train_{line}"]
-        assert {t.task_id for t in dag.tasks} == {"prepare", "train", "evaluate"}
+        assert {t.task_id for t in dag.tasks} == {"prepare", "train", "evaluate", "finish"}
         assert dag.get_task("train").upstream_task_ids == {"prepare"}
         assert dag.get_task("evaluate").upstream_task_ids == {"prepare", "train"}
-        # scheduled on the line's validated data and on the spec's cron retrain
+        # finish records how the run ended, whatever happened; the run's state is the work's
+        finish = dag.get_task("finish")
+        assert finish.is_teardown and finish.upstream_task_ids == {"evaluate"}
+        # retrain_on: new_data: scheduled on the line's validated data (not on drift: a
+        # drifted batch trains once) and on the spec's cron retrain
+        assert load_spec(line).training.retrain_on == "new_data"
         timetable = dag.timetable
         assert type(timetable).__name__ == "AssetOrTimeSchedule", line
         assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
-        assert f"{line}.drift" in str(dag.timetable.asset_condition)
+        assert f"{line}.drift" not in str(dag.timetable.asset_condition)
         assert timetable.timetable.expression == load_spec(line).training.schedule
         assert dag.get_task("train").execution_timeout is not None
+
+
+def test_train_on_drift_only_is_scheduled_on_the_drift_asset():
+    import importlib.util
+
+    from pipelines.config import REPO_ROOT
+    from pipelines.specs import load_spec
+
+    spec = load_spec("credit_risk")
+    spec = spec.model_copy(update={"training": spec.training.model_copy(update={"retrain_on": "drift"})})
+    loader = importlib.util.spec_from_file_location("factory_train_dags", REPO_ROOT / "dags" / "train.py")
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    condition = str(module.build(spec).timetable.asset_condition)
+    assert "credit_risk.drift" in condition and "validated_data" not in condition
 
 
 @pytest.mark.parametrize(

@@ -256,3 +256,92 @@ def test_monitor_batch_scores_reports_and_records(home, tmp_path):
     assert json.loads(open(loud["report_path"]).read())["drifted"] is True
     assert [h["drifted"] for h in read_drift_history("credit_risk", home)] == [False, True]
     json.dumps(loud)  # a plain XCom value
+
+
+def test_a_record_cut_short_after_an_inner_brace_is_skipped_and_the_monitor_reads_on(home):
+    """A writer that died after an inner object's ``}``: the fragment looks closed, but
+    the record is cut short; later appends start on lines of their own."""
+    ep.record_batch("l", report(True), model_version="1", batch_id="a", home=home, now=T0)
+    path = drift_history_path("l", home)
+    whole = path.read_text().splitlines()[0]
+    cut = whole[: whole.index("}") + 1]  # up to the end of the first inner object
+    assert cut.endswith("}") and cut.startswith("{")
+    with open(path, "a") as fh:
+        fh.write(cut)
+    ep.record_batch("l", report(False), model_version="1", batch_id="b", home=home, now=T0 + HOUR)
+    assert [r["batch_id"] for r in read_drift_history("l", home, kind="batch")] == ["a", "b"]
+
+
+def test_a_retried_scoring_task_counts_each_batch_once(home, tmp_path):
+    features = features_from_spec(load_spec("credit_risk"))
+    reference = pd.concat([lending_club_frame(i) for i in (1, 2, 3)], ignore_index=True)
+    model_dir = tmp_path / "models" / "3"
+    model_dir.mkdir(parents=True)
+    save_profile(build_profile(reference, features, meta={"model_version": "3"}), model_dir)
+    shifted = lending_club_frame(4).assign(annual_inc=lambda f: f["annual_inc"] * 1.5)
+    loud = monitor_batch("credit_risk", shifted, model_dir, batch_id="4b", home=home, now=T0)
+    # the scoring task of the next batch fails after recording and is retried, three times
+    for attempt in range(3):
+        quiet = monitor_batch("credit_risk", lending_club_frame(4), model_dir, batch_id="4", home=home,
+                              now=T0 + (attempt + 1) * HOUR)
+    assert quiet["episode_id"] == loud["episode_id"]
+    assert [r["batch_id"] for r in read_drift_history("credit_risk", home, kind="batch")] == ["4b", "4"]
+    episode = ep.load_state("credit_risk", home)["episodes"][0]
+    # one clean batch, not three: the episode stays open (it closes after 3 clean batches)
+    assert episode["status"] == "open" and episode["clean_streak"] == 1
+
+
+def test_a_training_that_includes_the_drifted_batch_becomes_the_episodes_retrain(home):
+    """retrain_on: new_data: the training the drifted batch set off is the episode's
+    retrain, whoever links them first; its outcome is the episode's."""
+    first = ep.record_batch("l", report(True), model_version="1", batch_id="b2", home=home, now=T0)
+    assert ep.adopt_at_prepare("l", "run-0", ["b1"], home=home, now=T0) is None  # not on the drifted batch
+    context = ep.adopt_at_prepare("l", "run-1", ["b1", "b2"], home=home, now=T0)
+    assert context["episode_id"] == first["episode_id"] and "b2" in context["reason"]
+    # a retried prepare finds its own attempt; another training meanwhile is not a second retrain
+    assert ep.adopt_at_prepare("l", "run-1", ["b1", "b2"], home=home, now=T0)["episode_id"] == first["episode_id"]
+    assert ep.adopt_at_prepare("l", "run-2", ["b1", "b2"], home=home, now=T0) is None
+    assert ep.record_training_outcome("l", "run-1", "not_blessed", home=home, now=T0 + HOUR) == [first["episode_id"]]
+    assert ep.record_training_outcome("l", "run-2", "blessed", home=home, now=T0 + HOUR) == []  # not a retrain
+    # the monitor links an episode to a training that had started (and ended) before it looked
+    adopted = ep.adopt_existing_training(
+        "l", [{"run_id": "run-3", "batches": ["b1", "b2"], "outcome": "blessed", "model_version": "2"},
+              {"run_id": "run-1", "batches": ["b1", "b2"], "outcome": "not_blessed"}],
+        home=home, now=T0 + 2 * HOUR,
+    )
+    assert adopted == {"episode_id": first["episode_id"], "run_id": "run-3", "outcome": "blessed"}
+    episode = ep.load_state("l", home)["episodes"][0]
+    assert [(a["run_id"], a["status"], a["adopted_by"]) for a in episode["attempts"]] == [
+        ("run-1", "not_blessed", "prepare"), ("run-3", "blessed", "monitor")]
+    assert episode["status"] == "resolved" and episode["attempts"][1]["model_version"] == "2"
+
+
+class _Event:
+    """What Airflow hands a task for a triggering asset event: an object with ``extra``."""
+
+    def __init__(self, extra: dict):
+        self.extra = extra
+
+
+def test_a_drift_retrain_that_fails_before_the_gate_is_recorded_at_once(home, monkeypatch):
+    from pipelines.runtime.assets import drift_asset
+    from pipelines.training import stage
+
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    ep.record_batch("credit_risk", report(True), model_version="1", batch_id="b", home=home, now=T0)
+    claim = ep.claim_retrain("credit_risk", "monitor-run", home=home)
+    events = {drift_asset("credit_risk"): [_Event({"episode_id": claim.episode_id, "claimed_by": "monitor-run"})]}
+    context = stage.drift_context("credit_risk", "train-run", events, home=home)
+    assert context["episode_id"] == claim.episode_id and "note" not in context
+    # a retried prepare marks it running again: no error, no second record
+    assert "note" not in stage.drift_context("credit_risk", "train-run", events, home=home)
+    # prepare or train failed: the run's last task records it (no evaluation), the episode is free again
+    ended = stage.record_outcome("credit_risk", "train-run", None, None, home=home)
+    assert ended["outcome"] == "failed" and ended["episodes"] == [claim.episode_id]
+    attempt = ep.load_state("credit_risk", home)["episodes"][0]["attempts"][0]
+    assert attempt["status"] == "failed" and attempt["train_run_id"] == "train-run"
+    # a late duplicate of the drift event does not fail the run: it is noted
+    late = stage.drift_context("credit_risk", "train-run-2", events, home=home)
+    assert "not recorded as the episode's retrain" in late["note"]
+    events_run = [(r["event"], r.get("train_run_id")) for r in read_drift_history("credit_risk", home, kind="retrain")]
+    assert events_run == [("pending", None), ("running", "train-run"), ("failed", None)]

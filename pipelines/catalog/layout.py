@@ -33,6 +33,7 @@ from pipelines.config import factory_home
 LOCK = ".lock"
 TRAINING_MANIFEST = "manifest.json"
 TRAINING_RESULT = "result.json"
+TRAINING_OUTCOME = "outcome.json"
 TRAINING_MLFLOW_RUN = "mlflow_run_id"
 TRAINING_MODEL = "model"  # <run>/model/Format-Serving: the exported SavedModel
 EXPORT_DIR = "Format-Serving"  # the folder name TFX expects under a model root
@@ -256,6 +257,11 @@ def manifest_path(run: Path) -> Path:
 
 def training_result_path(run: Path) -> Path:
     return Path(run) / TRAINING_RESULT
+
+
+def training_outcome_path(run: Path) -> Path:
+    """How the training DAG run ended (blessed, not blessed, failed), written by its last task."""
+    return Path(run) / TRAINING_OUTCOME
 
 
 def mlflow_run_file(run: Path) -> Path:

@@ -150,6 +150,23 @@ def read_training_result(run: Path) -> TrainingResult | None:
     return _load(layout.training_result_path(run), TrainingResult)
 
 
+class TrainingOutcome(Record):
+    """How a training DAG run ended: ``blessed``, ``not_blessed`` or ``failed``."""
+
+    run_id: str
+    outcome: str
+    model_version: str | None = None
+    at: str | None = None
+
+
+def write_training_outcome(run: Path, outcome: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(layout.training_outcome_path(run), TrainingOutcome.model_validate(outcome).to_json())
+
+
+def read_training_outcome(run: Path) -> TrainingOutcome | None:
+    return _load(layout.training_outcome_path(run), TrainingOutcome)
+
+
 def write_manifest(run: Path, manifest: dict[str, Any]) -> Path:
     return storage.write_json_atomic(layout.manifest_path(run), manifest)
 
@@ -382,6 +399,15 @@ def append_drift_record(line: str, record: dict[str, Any], home: Path | None = N
         return append_drift_record_unlocked(line, record, home)
 
 
+def _cut_short(raw: str, err: Exception) -> bool:
+    """A line that is the start of a JSON record whose writer died mid-line: the parser
+    ran out of text (it may end in a ``}`` of an inner object), not into a wrong character."""
+    text = raw.rstrip()
+    return (text.startswith("{") and isinstance(err, json.JSONDecodeError) and err.pos >= len(text)) or (
+        text.startswith("{") and not text.endswith("}")
+    )
+
+
 def read_drift_history(line: str, home: Path | None = None, kind: str | None = None,
                        skipped: list[str] | None = None) -> list[DriftRecord]:
     """The line's history, oldest first (``kind``: only ``"batch"`` or ``"retrain"``).
@@ -403,7 +429,7 @@ def read_drift_history(line: str, home: Path | None = None, kind: str | None = N
             data = json.loads(raw)
             record = DriftRecord.model_validate(data)
         except (ValueError, ValidationError) as err:
-            if i == len(lines) - 1 or (raw.startswith("{") and not raw.rstrip().endswith("}")):
+            if i == len(lines) - 1 or _cut_short(raw, err):
                 continue  # an append in progress, or one a crash cut short
             _pass_over(DriftHistoryError(f"{path}: line {i + 1} is not a JSON record: {err}"), skipped)
             continue

@@ -18,11 +18,26 @@ A claimed or running retrain with no outcome after ``stale_after`` is treated as
 A retrain that ends not blessed (or failed) leaves the episode open: another may start
 after the cooldown. Empty batches neither open episodes nor count as clean.
 
+Which training is an episode's retrain depends on the line's ``training.retrain_on``:
+
+- ``new_data`` (the default): every validated batch already starts a training that
+  includes it, so drift starts no second one. The episode *adopts* the training that
+  includes its drifted batch (:func:`apply_adoption`): the training's ``prepare`` adopts
+  an episode that is open when it starts (:func:`adopt_at_prepare`), and the monitor adopts
+  a training that had started before the episode opened (:func:`adopt_existing_training`),
+  with its outcome at once when it has already ended. Exactly one training per drifted
+  batch, and its outcome is the episode's.
+- ``drift``: a new batch alone trains nothing; the monitor claims a retrain
+  (:func:`claim_retrain`), the drift Asset starts it, its ``prepare`` marks it running.
+
+Either way the training DAG's last task records how the run ended, failed included
+(:func:`record_training_outcome`), against whichever attempt names that run.
+
 The logic is pure functions of a state dict (:func:`apply_batch`, :func:`should_retrain`,
 :func:`apply_claim`, :func:`apply_outcome`), tested without files or Airflow. The state
 lives in ``<FACTORY_HOME>/drift/<line>/episodes.json``; the wrappers
 (:func:`record_batch`, :func:`claim_retrain`, :func:`mark_retrain_running`,
-:func:`record_retrain_outcome`) read-modify-write it under the line's lock and append
+:func:`record_retrain_outcome`, the adoptions) read-modify-write it under the line's lock and append
 the matching record to the drift history (:mod:`pipelines.catalog.records`), which
 carries the episode id of every batch.
 
@@ -248,6 +263,37 @@ def apply_claim(state: dict[str, Any], decision: RetrainDecision, run_id: str, n
     return state
 
 
+def adoptable(state: dict[str, Any], batches: list[str] | tuple[str, ...], now: datetime,
+              stale_after: timedelta | None = None) -> dict[str, Any] | None:
+    """The open episode a training on ``batches`` would be the retrain of: one with a
+    drifted batch among them and no retrain in flight (a stale one does not count)."""
+    episode = open_episode(state)
+    if episode is None or not set(episode["drifted_batches"]) & set(batches):
+        return None
+    for a in episode["attempts"]:
+        if a["status"] in IN_FLIGHT and not _is_stale(a, now, stale_after):
+            return None
+    return episode
+
+
+def apply_adoption(state: dict[str, Any], episode_id: str, run_id: str, now: datetime,
+                   by: str) -> dict[str, Any]:
+    """The state after training run ``run_id`` becomes a retrain of the episode
+    (``running``; ``by`` says who linked them: the training's prepare or the monitor)."""
+    state = copy.deepcopy(state)
+    episode = find_episode(state, episode_id)
+    for a in episode["attempts"]:
+        if a["status"] in IN_FLIGHT:
+            a.update(status=STALE, finished_at=_iso(now))
+        if a.get("train_run_id", a["run_id"]) == run_id:
+            raise EpisodeError(f"training {run_id!r} already is a retrain of episode {episode_id}")
+    episode["attempts"].append(
+        {"run_id": run_id, "train_run_id": run_id, "status": RUNNING, "adopted_by": by, "claimed_at": _iso(now),
+         "started_at": _iso(now), "finished_at": None, "model_version": None}
+    )
+    return state
+
+
 def _attempt(state: dict[str, Any], episode_id: str, run_id: str) -> tuple[dict[str, Any], dict[str, Any]]:
     episode = find_episode(state, episode_id)
     for a in episode["attempts"]:
@@ -256,12 +302,17 @@ def _attempt(state: dict[str, Any], episode_id: str, run_id: str) -> tuple[dict[
     raise EpisodeError(f"episode {episode_id} has no retrain {run_id!r}")
 
 
-def apply_running(state: dict[str, Any], episode_id: str, run_id: str, now: datetime) -> dict[str, Any]:
+def apply_running(state: dict[str, Any], episode_id: str, run_id: str, now: datetime,
+                  train_run_id: str | None = None) -> dict[str, Any]:
+    """The state after a claimed retrain's training started (``train_run_id``: its DAG
+    run). Starting again (a retried ``prepare``) is no change."""
     state = copy.deepcopy(state)
     _, attempt = _attempt(state, episode_id, run_id)
+    if attempt["status"] == RUNNING and attempt.get("train_run_id") in (None, train_run_id):
+        return state
     if attempt["status"] != PENDING:
         raise EpisodeError(f"retrain {run_id!r} is {attempt['status']}, not pending")
-    attempt.update(status=RUNNING, started_at=_iso(now))
+    attempt.update(status=RUNNING, started_at=_iso(now), train_run_id=train_run_id)
     return state
 
 
@@ -371,6 +422,9 @@ def record_batch(
     )
     record["recorded_at"] = _iso(now)
     with records.drift_lock(line, home):
+        for earlier in records.read_drift_history(line, home, kind="batch"):
+            if earlier.get("batch_id") == record["batch_id"] and earlier.get("model_version") == model_version:
+                return earlier.to_json()  # a retried scoring task: the batch counts once
         state, episode_id = apply_batch(load_state(line, home), record, now, policy)
         record["episode_id"] = episode_id
         episode = find_episode(state, episode_id) if episode_id else None
@@ -415,16 +469,123 @@ def claim_retrain(
 
 
 def mark_retrain_running(
-    line: str, episode_id: str, run_id: str, *, home: Path | None = None, now: datetime | None = None
+    line: str, episode_id: str, run_id: str, *, train_run_id: str | None = None, home: Path | None = None,
+    now: datetime | None = None,
 ) -> None:
-    """A claimed retrain has started (its training DAG run began)."""
+    """A claimed retrain has started (its training DAG run ``train_run_id`` began)."""
     now = _now(now)
     with records.drift_lock(line, home):
-        _save(line, apply_running(load_state(line, home), episode_id, run_id, now), home)
+        before = load_state(line, home)
+        after = apply_running(before, episode_id, run_id, now, train_run_id)
+        if after == before:
+            return
+        _save(line, after, home)
         records.append_drift_record_unlocked(line, {"kind": "retrain", "line": line, "event": RUNNING, "episode_id": episode_id, "run_id": run_id,
-             "at": _iso(now)},
+             "train_run_id": train_run_id, "at": _iso(now)},
             home,
         )
+
+
+def _adopt_unlocked(line: str, state: dict[str, Any], episode: dict[str, Any], run_id: str, now: datetime,
+                    by: str, home: Path | None) -> dict[str, Any]:
+    state = apply_adoption(state, episode["id"], run_id, now, by)
+    _save(line, state, home)
+    records.append_drift_record_unlocked(
+        line,
+        {"kind": "retrain", "line": line, "event": RUNNING, "episode_id": episode["id"], "run_id": run_id,
+         "train_run_id": run_id, "adopted_by": by, "at": _iso(now)},
+        home,
+    )
+    return state
+
+
+def _context(episode: dict[str, Any], run_id: str, reason: str) -> dict[str, Any]:
+    return {"episode_id": episode["id"], "claimed_by": run_id, "drifted": dict(episode["features"]),
+            "batches": list(episode["batches"]), "reason": reason}
+
+
+def adopt_at_prepare(
+    line: str, run_id: str, batches: list[str], *, policy: RetrainPolicy | None = None, home: Path | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """A training starting on ``batches`` becomes the retrain of the open episode whose
+    drifted batch it includes (``retrain_on: new_data``); returns the drift context, or
+    None. A retried ``prepare`` finds its own attempt and returns the same context."""
+    policy = policy or RetrainPolicy()
+    now = _now(now)
+    with records.drift_lock(line, home):
+        state = load_state(line, home)
+        for episode in state["episodes"]:
+            for a in episode["attempts"]:
+                if a.get("train_run_id") == run_id:
+                    return _context(episode, run_id, f"retrain of episode {episode['id']} (adopted before)")
+        episode = adoptable(state, batches, now, timedelta(hours=policy.stale_after_hours))
+        if episode is None:
+            return None
+        _adopt_unlocked(line, state, episode, run_id, now, "prepare", home)
+    drifted = sorted(set(episode["drifted_batches"]) & set(batches))
+    return _context(episode, run_id, f"this training includes the drifted batch(es) {drifted} of episode {episode['id']}")
+
+
+def adopt_existing_training(
+    line: str, runs: list[dict[str, Any]], *, policy: RetrainPolicy | None = None, home: Path | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any] | None:
+    """The monitor's side of ``retrain_on: new_data``: the open episode adopts the newest
+    training in ``runs`` (``{"run_id", "batches", "outcome", "model_version"}``, newest
+    first) that includes its drifted batch, and takes its outcome at once if it has ended.
+    Returns ``{"episode_id", "run_id", "outcome"}``, or None (nothing open, a retrain in
+    flight, or no such training yet: then the one the batch set off adopts it)."""
+    policy = policy or RetrainPolicy()
+    now = _now(now)
+    with records.drift_lock(line, home):
+        state = load_state(line, home)
+        for run in runs:
+            episode = adoptable(state, run["batches"], now, timedelta(hours=policy.stale_after_hours))
+            if episode is None:
+                continue
+            if any(a.get("train_run_id") == run["run_id"] for a in episode["attempts"]):
+                continue  # this one ended before; a newer training will adopt it
+            state = _adopt_unlocked(line, state, episode, run["run_id"], now, "monitor", home)
+            if run.get("outcome"):
+                _outcome_unlocked(line, state, episode["id"], run["run_id"], run["outcome"], now,
+                                  run.get("model_version"), home)
+            return {"episode_id": episode["id"], "run_id": run["run_id"], "outcome": run.get("outcome")}
+    return None
+
+
+def record_training_outcome(
+    line: str, train_run_id: str, outcome: str, *, model_version: str | None = None, home: Path | None = None,
+    now: datetime | None = None,
+) -> list[str]:
+    """How training run ``train_run_id`` ended, recorded against every in-flight retrain
+    that names it (claimed or adopted); returns their episode ids. A run that is no
+    episode's retrain changes nothing."""
+    now = _now(now)
+    done = []
+    with records.drift_lock(line, home):
+        state = load_state(line, home)
+        for episode in state["episodes"]:
+            for a in episode["attempts"]:
+                if a.get("train_run_id") == train_run_id and a["status"] in (*IN_FLIGHT, STALE):
+                    state = _outcome_unlocked(line, state, episode["id"], a["run_id"], outcome, now, model_version,
+                                              home)
+                    done.append(episode["id"])
+    return done
+
+
+def _outcome_unlocked(line: str, state: dict[str, Any], episode_id: str, run_id: str, outcome: str, now: datetime,
+                      model_version: str | None, home: Path | None) -> dict[str, Any]:
+    state = apply_outcome(state, episode_id, run_id, outcome, now, model_version)
+    _save(line, state, home)
+    episode = find_episode(state, episode_id)
+    records.append_drift_record_unlocked(
+        line,
+        {"kind": "retrain", "line": line, "event": outcome, "episode_id": episode_id, "run_id": run_id,
+         "at": _iso(now), "model_version": model_version, "episode_status": episode["status"]},
+        home,
+    )
+    return state
 
 
 def record_retrain_outcome(
@@ -441,11 +602,5 @@ def record_retrain_outcome(
     returns the episode after the change."""
     now = _now(now)
     with records.drift_lock(line, home):
-        state = apply_outcome(load_state(line, home), episode_id, run_id, outcome, now, model_version)
-        _save(line, state, home)
-        episode = find_episode(state, episode_id)
-        records.append_drift_record_unlocked(line, {"kind": "retrain", "line": line, "event": outcome, "episode_id": episode_id, "run_id": run_id,
-             "at": _iso(now), "model_version": model_version, "episode_status": episode["status"]},
-            home,
-        )
-    return episode
+        state = _outcome_unlocked(line, load_state(line, home), episode_id, run_id, outcome, now, model_version, home)
+    return find_episode(state, episode_id)

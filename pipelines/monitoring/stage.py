@@ -9,8 +9,10 @@
   :func:`score_new_batches` scores each against the serving model's profile, with
   the serving model's predictions (prediction drift) and, where the batch has labels,
   its ROC AUC; every score is kept in the line's drift history.
-- :func:`retrain_decision` opens or continues a drift episode and claims at most one
-  retrain per episode, after the spec's cooldown.
+- :func:`retrain_decision` links an open drift episode to its retrain: with the line's
+  ``training.retrain_on: new_data`` it adopts the training the drifted batch already set
+  off (no second training); with ``drift`` it claims at most one retrain per episode,
+  after the spec's cooldown, for the drift Asset to start.
 """
 
 from __future__ import annotations
@@ -154,17 +156,44 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     return {"line": line, "status": "scored", "model_version": version, "batches": summaries}
 
 
-def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[str, Any] | None:
-    """Claim a retrain for the line's open drift episode if the policy allows one now
-    (one per episode, after the cooldown); returns what the drift event carries: the
-    episode, its batches and what drifted by how much. None when no retrain is due."""
+def _trainings(line: str, home: Path | None) -> list[dict[str, Any]]:
+    """The line's training runs, newest first, as episode adoption reads them."""
+    out = []
+    for run in records.training_runs(line, home, errors=[]):
+        manifest = run.manifest or {}
+        if not manifest.get("run_id"):
+            continue
+        try:
+            ended = records.read_training_outcome(Path(run.path))
+        except records.RecordError:
+            ended = None
+        out.append({"run_id": manifest["run_id"], "batches": list(manifest.get("batches") or []),
+                    "outcome": ended.outcome if ended else None, "model_version": ended.model_version if ended else None})
+    return out
+
+
+def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[str, Any]:
+    """Link the line's open drift episode to its retrain; returns ``{"retrain": bool,
+    "reason": ...}``. With ``retrain: True`` (``retrain_on: drift``, a retrain claimed:
+    at most one per episode, after the cooldown) it is what the drift event carries: the
+    episode, its batches and what drifted by how much."""
     from pipelines.catalog.records import read_drift_history
     from pipelines.monitoring.batch import line_drift_spec
-    from pipelines.monitoring.episodes import claim_retrain
+    from pipelines.monitoring.episodes import adopt_existing_training, claim_retrain
 
-    decision = claim_retrain(line, run_id, policy=line_drift_spec(line).retrain, home=home)
+    policy = line_drift_spec(line).retrain
+    if load_spec(line).training.retrain_on == "new_data":
+        adopted = adopt_existing_training(line, _trainings(line, home), policy=policy, home=home)
+        if adopted is None:
+            why = ("no open drift episode without a retrain, or the training the drifted batch set off has not "
+                   "started yet (it becomes the retrain when it does)")
+        else:
+            why = (f"episode {adopted['episode_id']} adopted training {adopted['run_id']!r}, which includes its "
+                   f"drifted batch" + (f" and ended {adopted['outcome']}" if adopted["outcome"] else ""))
+        return {"retrain": False, "reason": f"retrain_on: new_data: {why}", "adopted": adopted}
+    decision = claim_retrain(line, run_id, policy=policy, home=home)
     if not decision.retrain:
-        return None
+        return decision.to_dict()
     event = decision.to_dict()
     drifted: dict[str, str] = {}
     for record in read_drift_history(line, home, kind="batch"):

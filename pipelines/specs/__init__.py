@@ -216,8 +216,14 @@ class SplitSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    # Periodic retrain (cron); training also runs on every validated-data event.
+    # Periodic retrain (cron), besides what ``retrain_on`` sets off.
     schedule: str | None = None
+    # What starts a training besides the cron and a person:
+    #   new_data: every validated batch (the validated-data Asset). A drift episode adopts
+    #             the training that includes its drifted batch: no second training.
+    #   drift:    only a drift episode's retrain (the drift Asset); new batches alone train
+    #             nothing (the first model then comes from the cron or a manual run).
+    retrain_on: Literal["new_data", "drift"] = "new_data"
     workers: Annotated[int, Field(ge=1, le=64)] = 2
     epochs: Annotated[int, Field(ge=1, le=1000)] = 20
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256

@@ -160,35 +160,55 @@ def train(
     }
 
 
-def drift_context(line: str, triggering_asset_events: Any) -> dict[str, Any] | None:
-    """The drift episode behind this run, when a drift event set it off (marks the
-    episode's retrain as running)."""
+def drift_context(line: str, run_id: str, triggering_asset_events: Any,
+                  batches: list[str] | None = None, home: Path | None = None) -> dict[str, Any] | None:
+    """The drift episode this training is the retrain of, if any.
+
+    A run set off by a drift event (``retrain_on: drift``) marks that episode's claimed
+    retrain running; a run on ``batches`` that include an open episode's drifted batch
+    (``retrain_on: new_data``) becomes its retrain (see :mod:`pipelines.monitoring.episodes`).
+    A drift record that no longer fits (the claim was given up as stale meanwhile) is
+    noted in the context and does not stop the training."""
+    from pipelines.monitoring.episodes import EpisodeError, adopt_at_prepare, mark_retrain_running
     from pipelines.runtime.assets import drift_asset
 
-    if not triggering_asset_events:
-        return None
     try:
-        events = triggering_asset_events[drift_asset(line)]
+        events = list((triggering_asset_events or {})[drift_asset(line)] or [])
     except (KeyError, TypeError):
-        return None
-    for event in reversed(list(events or [])):
+        events = []
+    for event in reversed(events):
         extra = dict(getattr(event, "extra", None) or {})
         if extra.get("episode_id"):
-            from pipelines.monitoring.episodes import mark_retrain_running
+            context = {k: extra.get(k) for k in ("episode_id", "claimed_by", "drifted", "batches", "reason")}
+            try:
+                mark_retrain_running(line, extra["episode_id"], extra.get("claimed_by") or "unknown",
+                                     train_run_id=run_id, home=home)
+            except EpisodeError as err:
+                context["note"] = f"not recorded as the episode's retrain: {err}"
+            return context
+    if batches is None or load_spec(line).training.retrain_on != "new_data":
+        return None
+    from pipelines.monitoring.batch import line_drift_spec
 
-            mark_retrain_running(line, extra["episode_id"], extra.get("claimed_by") or "unknown")
-            return {k: extra.get(k) for k in ("episode_id", "claimed_by", "drifted", "batches", "reason")}
-    return None
+    return adopt_at_prepare(line, run_id, batches, policy=line_drift_spec(line).retrain, home=home)
 
 
-def record_drift_outcome(line: str, drift: dict[str, Any] | None, blessing: str, version: Any = None) -> None:
-    """Record a drift retrain's result against its episode (blessed, not blessed, failed)."""
-    if not drift:
-        return
-    from pipelines.monitoring.episodes import record_retrain_outcome
+def record_outcome(line: str, run_id: str, run_dir: str | Path | None, evaluation: dict[str, Any] | None,
+                   home: Path | None = None) -> dict[str, Any]:
+    """The training DAG run's end, whatever it was: ``blessed`` (or force-blessed),
+    ``not_blessed``, or ``failed`` (no verdict: prepare, train or the gate failed). Kept
+    in the run folder and recorded against the drift retrain that names this run."""
+    from datetime import UTC, datetime
 
+    from pipelines.monitoring.episodes import record_training_outcome
+
+    blessing = (evaluation or {}).get("blessing")
     outcome = {"BLESSED": "blessed", "FORCED": "blessed", "NOT_BLESSED": "not_blessed"}.get(blessing, "failed")
-    record_retrain_outcome(
-        line, drift["episode_id"], drift.get("claimed_by") or "unknown", outcome,
-        model_version=None if version is None else str(version),
-    )
+    version = (evaluation or {}).get("serving_version")
+    version = None if version is None else str(version)
+    record = {"run_id": run_id, "outcome": outcome, "model_version": version,
+              "at": datetime.now(UTC).isoformat(timespec="seconds")}
+    if run_dir is not None and Path(run_dir).is_dir():
+        records.write_training_outcome(Path(run_dir), record)
+    record["episodes"] = record_training_outcome(line, run_id, outcome, model_version=version, home=home)
+    return record
