@@ -1,6 +1,8 @@
-"""The retraining loop end to end on the real runtime: a drifted batch lands, the
-monitor detects it, exactly one retrain runs for the drift episode, the candidate goes
-through the evaluation gate, and the outcome is recorded against the episode."""
+"""The retraining loop end to end on the real runtime: a drifted batch is validated,
+its validated-data Asset event starts a training and the monitor, the monitor finds
+the drift, and exactly one training runs: the one the batch set off becomes the drift
+episode's retrain (``training.retrain_on: new_data``), and its outcome is recorded
+against the episode."""
 
 from __future__ import annotations
 
@@ -27,7 +29,29 @@ PORT = "18480"
 
 
 @pytest.fixture(scope="module")
-def dagbag(airflow_db):
+def without_cron(tmp_path_factory):
+    """The line without its cron retrain: the scheduler would start the cron's latest
+    retrain when the DAG is unpaused, a training of its own beside the one under test."""
+    import shutil
+
+    import yaml
+
+    from pipelines.config import include_dir
+
+    include = tmp_path_factory.mktemp("loop") / "include"
+    shutil.copytree(include_dir(), include)
+    path = include / "lines" / f"{LINE}.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["training"]["schedule"] = None
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FACTORY_INCLUDE", str(include))
+    yield include
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def dagbag(airflow_db, without_cron):
     from airflow.dag_processing.dagbag import DagBag
 
     return DagBag(dag_folder=str(REPO_ROOT / "dags"))
@@ -54,19 +78,21 @@ def served_and_drifted(dagbag) -> str:
         )
         assert {ti.task_id: ti.state for ti in run.get_task_instances()}["evaluate"] == "success"
     assert serving_model(LINE) is not None
-    # Real loans whose incomes moved up by half: within the suite's bounds, far from the profile.
-    drifted = source.iloc[3000:5000].copy()
-    drifted["annual_inc"] = drifted["annual_inc"] * 1.5
-    landing.land_frame(spec, drifted, "loop-drift", factory_home())
-    dagbag.dags[f"ingest_{LINE}"].test(run_conf={"batch_id": "loop-drift"})
-    assert _validated("loop-drift")
     # Asset events of the dag.test runs above must not set off runs of their own once the
-    # scheduler starts: this test is about the drift event only.
+    # scheduler starts: this test is about the drifted batch only.
     from airflow.models.asset import AssetDagRunQueue
     from airflow.utils.session import create_session
 
     with create_session() as session:
         session.query(AssetDagRunQueue).delete()
+    # Real loans whose incomes moved up by half: within the suite's bounds, far from the profile.
+    drifted = source.iloc[3000:5000].copy()
+    drifted["annual_inc"] = drifted["annual_inc"] * 1.5
+    landing.land_frame(spec, drifted, "loop-drift", factory_home())
+    # Ingested and validated: its validated-data event waits for the training and the
+    # monitor DAGs, which are paused until the test unpauses them.
+    dagbag.dags[f"ingest_{LINE}"].test(run_conf={"batch_id": "loop-drift"})
+    assert _validated("loop-drift")
     return "loop-drift"
 
 
@@ -88,18 +114,6 @@ def admin(served_and_drifted):
                 os.environ[k] = v
 
 
-def _drift_runs(client: api.Client, episode_id: str) -> list[dict]:
-    runs = []
-    for run in client.runs(f"train_{LINE}", limit=50):
-        try:
-            prepared = client.xcom(f"train_{LINE}", run["dag_run_id"], "prepare")
-        except api.ApiError:
-            continue
-        if (prepared or {}).get("drift") and prepared["drift"]["episode_id"] == episode_id:
-            runs.append(run)
-    return runs
-
-
 def _wait_for(what: str, probe, timeout_s: float, poll_s: float = 5.0):
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -110,49 +124,45 @@ def _wait_for(what: str, probe, timeout_s: float, poll_s: float = 5.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_drift_sets_off_exactly_one_retrain_recorded_against_its_episode(admin, served_and_drifted):
+def test_a_drifted_batch_trains_once_and_that_training_is_the_episodes_retrain(admin, served_and_drifted):
     from pipelines.catalog.records import read_drift_history
     from pipelines.monitoring.episodes import load_state
-
-    # Unpaused, the monitor runs on its own schedule: its sensor sees the new batch and a
-    # serving model, scores, and claims the episode's retrain.
-    admin.unpause(f"train_{LINE}")
-    admin.unpause(f"monitor_{LINE}")
-
-    def claimed():
-        return next((r for r in read_drift_history(LINE, kind="retrain") if r.get("event") == "pending"), None)
-
-    claim = _wait_for("the monitor to claim a retrain", claimed, timeout_s=900)
-    episode_id, monitor_run = claim["episode_id"], claim["run_id"]
-    scored = {r["batch_id"]: r for r in read_drift_history(LINE, kind="batch")}
-    assert scored[served_and_drifted]["drifted"] is True
-    assert [d["feature"] for d in scored[served_and_drifted]["drifted_features"]] == ["annual_inc"]
-    assert scored[served_and_drifted]["episode_id"] == episode_id
-    event = _wait_for(
-        "the monitor's retrain task", lambda: admin.xcom(f"monitor_{LINE}", monitor_run, "retrain"), 120
-    )
-    assert event["episode_id"] == episode_id and "annual_inc" in event["drifted"]
-
-    # The drift event schedules the training DAG; the candidate goes through the gate and
-    # its verdict is recorded against the episode.
-    def outcome():
-        return [
-            r for r in read_drift_history(LINE, kind="retrain")
-            if r.get("episode_id") == episode_id and r.get("event") in ("blessed", "not_blessed", "failed")
-        ]
-
-    outcomes = _wait_for("the retrain's outcome", outcome, timeout_s=1200, poll_s=10)
-    runs = _drift_runs(admin, episode_id)
-    assert len(runs) == 1, runs  # exactly one retrain for the episode
-    train = admin.wait(f"train_{LINE}", runs[0]["dag_run_id"], timeout_s=300)
-    assert train["state"] == "success"
-    evaluation = admin.xcom(f"train_{LINE}", runs[0]["dag_run_id"], "evaluate")
-    assert [o["event"] for o in outcomes] == [evaluation["blessing"].lower()]
-    episode = next(e for e in load_state(LINE)["episodes"] if e["id"] == episode_id)
-    assert len(episode["attempts"]) == 1
-
-    # one retrain per episode: another look now starts nothing
     from pipelines.monitoring.stage import retrain_decision
 
-    assert retrain_decision(LINE, "second-look") is None
-    assert len(_drift_runs(admin, episode_id)) == 1
+    assert load_spec(LINE).training.retrain_on == "new_data"
+    before = {r["dag_run_id"] for r in admin.runs(f"train_{LINE}", limit=50)}
+    # the batch's validated-data event sets off the training and the monitor together
+    for dag in ("train", "monitor"):
+        admin.unpause(f"{dag}_{LINE}")
+
+    # the monitor scores the batch against the serving model and opens an episode
+    def scored():
+        return {r["batch_id"]: r for r in read_drift_history(LINE, kind="batch")}.get(served_and_drifted)
+
+    record = _wait_for("the monitor to score the drifted batch", scored, timeout_s=600)
+    assert record["drifted"] is True and [d["feature"] for d in record["drifted_features"]] == ["annual_inc"]
+    episode_id = record["episode_id"]
+
+    def outcome():
+        return [r for r in read_drift_history(LINE, kind="retrain")
+                if r.get("episode_id") == episode_id and r.get("event") in ("blessed", "not_blessed", "failed")]
+
+    outcomes = _wait_for("the retrain's outcome", outcome, timeout_s=1200, poll_s=10)
+    new_runs = [r for r in admin.runs(f"train_{LINE}", limit=50) if r["dag_run_id"] not in before]
+    assert len(new_runs) == 1, new_runs  # exactly one training for the drifted batch
+    run_id = new_runs[0]["dag_run_id"]
+    assert admin.wait(f"train_{LINE}", run_id, timeout_s=300)["state"] == "success"
+    evaluation = admin.xcom(f"train_{LINE}", run_id, "evaluate")
+    assert [o["event"] for o in outcomes] == [evaluation["blessing"].lower().replace("forced", "blessed")]
+    episode = next(e for e in load_state(LINE)["episodes"] if e["id"] == episode_id)
+    assert [a["train_run_id"] for a in episode["attempts"]] == [run_id]
+    # no drift event was emitted: nothing was claimed for a second training
+    assert not [r for r in read_drift_history(LINE, kind="retrain") if r.get("event") == "pending"]
+    assert admin.xcom(f"train_{LINE}", run_id, "finish")["outcome"] == outcomes[0]["event"]
+
+    # the monitor's own run ends without a drift event, and another look starts nothing
+    for monitor in admin.runs(f"monitor_{LINE}", limit=5):
+        admin.wait(f"monitor_{LINE}", monitor["dag_run_id"], timeout_s=600)
+    assert retrain_decision(LINE, "second-look")["retrain"] is False
+    time.sleep(20)
+    assert [r for r in admin.runs(f"train_{LINE}", limit=50) if r["dag_run_id"] not in before] == new_runs
