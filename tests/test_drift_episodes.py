@@ -240,12 +240,18 @@ def test_concurrent_appends_and_claims(home):
 # -- end to end ---------------------------------------------------------------------------
 
 
-def test_monitor_batch_scores_reports_and_records(home, tmp_path):
+def _served_model(tmp_path):
+    """A serving model folder holding the reference profile of loans slices 1-3."""
     features = features_from_spec(load_spec("credit_risk"))
     reference = pd.concat([lending_club_frame(i) for i in (1, 2, 3)], ignore_index=True)
     model_dir = tmp_path / "models" / "3"
     model_dir.mkdir(parents=True)
     save_profile(build_profile(reference, features, meta={"model_version": "3"}), model_dir)
+    return model_dir
+
+
+def test_monitor_batch_scores_reports_and_records(home, tmp_path):
+    model_dir = _served_model(tmp_path)
 
     quiet = monitor_batch("credit_risk", lending_club_frame(4), model_dir, batch_id="4", home=home, now=T0)
     assert quiet["drifted"] is False and quiet["episode_id"] is None and quiet["model_version"] == "3"
@@ -273,11 +279,7 @@ def test_a_record_cut_short_after_an_inner_brace_is_skipped_and_the_monitor_read
 
 
 def test_a_retried_scoring_task_counts_each_batch_once(home, tmp_path):
-    features = features_from_spec(load_spec("credit_risk"))
-    reference = pd.concat([lending_club_frame(i) for i in (1, 2, 3)], ignore_index=True)
-    model_dir = tmp_path / "models" / "3"
-    model_dir.mkdir(parents=True)
-    save_profile(build_profile(reference, features, meta={"model_version": "3"}), model_dir)
+    model_dir = _served_model(tmp_path)
     shifted = lending_club_frame(4).assign(annual_inc=lambda f: f["annual_inc"] * 1.5)
     loud = monitor_batch("credit_risk", shifted, model_dir, batch_id="4b", home=home, now=T0)
     # the scoring task of the next batch fails after recording and is retried, three times

@@ -475,16 +475,9 @@ def _gate(run: Path, home: Path) -> tuple[int, str, str]:
 
 
 def _gates_of(run: Path) -> set[int]:
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if b"pipelines.evaluation.gate" in cmdline and str(run).encode() in cmdline:
-                found.add(int(proc.name))
-    return found
+    from processes import processes
+
+    return processes(lambda argv: b"pipelines.evaluation.gate" in argv and str(run).encode() in argv)
 
 
 def test_a_gate_that_died_after_its_push_is_retried_into_the_same_single_version(world, tmp_path):

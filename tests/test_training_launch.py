@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import processes
 
 from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines.config import REPO_ROOT, ml_python
@@ -129,16 +130,8 @@ launch.run_workers(run, 2, timeout_s=900, log_path=run / "logs" / "h.log")
 
 
 def _horovodrun(run_dir: Path) -> set[int]:
-    found = set()
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().split(b"\0")
-            except OSError:
-                continue
-            if any(part.endswith(b"horovodrun") for part in cmdline[:2]) and str(run_dir).encode() in cmdline:
-                found.add(int(proc.name))
-    return found
+    return processes(lambda argv: any(part.endswith(b"horovodrun") for part in argv[:2])
+                     and str(run_dir).encode() in argv)
 
 
 def _task(run_dir: Path) -> subprocess.Popen:
