@@ -831,10 +831,10 @@ def _stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def compose_postgres():
+def compose_postgres(compose):
     """A throw-away PostgreSQL on loopback, initialised by the compose file's init script
-    with the compose file's postgres environment (defaults)."""
-    env = load_compose()["services"]["postgres"]["environment"]
+    with the compose file's postgres environment (secrets from deploy/make_env.py)."""
+    env = compose["services"]["postgres"]["environment"]
     with postgres_server(env["POSTGRES_USER"]) as port:
         pg = {**os.environ, **env, "PGHOST": "127.0.0.1", "PGPORT": str(port)}
         subprocess.run(["psql", "-U", env["POSTGRES_USER"], "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c",
@@ -846,11 +846,11 @@ def compose_postgres():
 
 
 @pytest.mark.integration
-def test_mlflow_server_runs_with_the_compose_command(compose_postgres, tmp_path):
+def test_mlflow_server_runs_with_the_compose_command(compose_postgres, compose, tmp_path):
     """The mlflow service's command line (PostgreSQL backend made by the init script,
     proxied artifacts, allowed hosts) on loopback; its health check; a client run whose
     artifact goes through the server into the artifact store."""
-    svc = load_compose()["services"]["mlflow"]
+    svc = compose["services"]["mlflow"]
     port = free_port()
     artifacts = tmp_path / "artifacts"
     argv = [str(Path(sys.executable).parent / "mlflow")]
@@ -886,7 +886,7 @@ def test_mlflow_server_runs_with_the_compose_command(compose_postgres, tmp_path)
             """
         )
         env = {**os.environ, "MLFLOW_TRACKING_URI": f"http://127.0.0.1:{port}",
-               "FACTORY_MLFLOW_ARTIFACTS": load_compose()["services"]["airflow-worker"]["environment"]["FACTORY_MLFLOW_ARTIFACTS"]}
+               "FACTORY_MLFLOW_ARTIFACTS": compose["services"]["airflow-worker"]["environment"]["FACTORY_MLFLOW_ARTIFACTS"]}
         done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "result.json")], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr[-3000:]
@@ -897,10 +897,10 @@ def test_mlflow_server_runs_with_the_compose_command(compose_postgres, tmp_path)
 
 
 @pytest.mark.integration
-def test_spark_cluster_runs_with_the_compose_commands(tmp_path):
+def test_spark_cluster_runs_with_the_compose_commands(compose, tmp_path):
     """spark-master and a spark-worker with the compose command lines (host names on
     loopback), their health checks, and a job submitted to the master."""
-    svcs = load_compose()["services"]
+    svcs = compose["services"]
     spark_class = Path(sys.executable).parent / "spark-class"
     if not spark_class.exists():
         pytest.skip("pyspark's spark-class is not installed")

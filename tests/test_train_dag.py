@@ -47,7 +47,10 @@ def test_train_dag_end_to_end(dagbag, validated_credit_risk):
     dag = dagbag.dags["train_credit_risk"]
     run = dag.test(run_conf={"epochs": 4, "workers": 2, "batch_size": 64})
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"prepare": "success", "train": "success", "evaluate": "success"}, states
+    assert states == {"prepare": "success", "train": "success", "evaluate": "success", "finish": "success"}, states
+    ended = run.get_task_instance("finish").xcom_pull(task_ids="finish")
+    blessing = run.get_task_instance("evaluate").xcom_pull(task_ids="evaluate")["blessing"]
+    assert ended["outcome"] == {"BLESSED": "blessed", "FORCED": "blessed", "NOT_BLESSED": "not_blessed"}[blessing]
 
     result = run.get_task_instance("train").xcom_pull(task_ids="train")
     run_dir = Path(result["run_dir"])
