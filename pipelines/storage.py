@@ -36,32 +36,21 @@ from typing import Any
 LOCK_FILE = ".lock"
 
 
-@contextlib.contextmanager
-def exclusive_lock(folder: Path, name: str = LOCK_FILE, *, wait: bool = True) -> Iterator[Path]:
-    """Hold an exclusive ``flock`` on ``<folder>/<name>`` (created if missing); yields ``folder``.
-
-    ``wait=False``: raise :class:`BlockingIOError` at once if another holder has it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / name, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        try:
-            yield folder
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 class Busy(RuntimeError):
     """A lock is still held by someone else after waiting for it."""
 
 
-def hold_lock(path: Path, wait_s: float) -> int:
+def hold_lock(path: Path, wait_s: float | None) -> int:
     """Take an exclusive ``flock`` on ``path`` (created if missing), waiting up to
-    ``wait_s``; return the open descriptor that holds it (close it to release, or hand it
-    to a child process, which then holds the lock for as long as it keeps it open).
-    Raises :class:`Busy` if it is still held by another after ``wait_s``."""
+    ``wait_s`` (None: as long as it takes); return the open descriptor that holds it
+    (close it to release, or hand it to a child process, which then holds the lock for
+    as long as it keeps it open). Raises :class:`Busy` if it is still held by another
+    after ``wait_s``."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    if wait_s is None:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
     deadline = time.monotonic() + wait_s
     while True:
         try:
@@ -72,6 +61,19 @@ def hold_lock(path: Path, wait_s: float) -> int:
                 os.close(fd)
                 raise Busy(f"{path} is held by another process") from None
             time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: Path, name: str = LOCK_FILE, *, wait: bool = True) -> Iterator[Path]:
+    """Hold an exclusive ``flock`` on ``<folder>/<name>`` (created if missing) for the
+    ``with`` block; yields ``folder``. ``wait=False``: raise :class:`Busy` at once if
+    another holder has it."""
+    fd = hold_lock(Path(folder) / name, None if wait else 0)
+    try:
+        yield Path(folder)
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

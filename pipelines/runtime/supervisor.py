@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import airflow_environment, airflow_home, factory_home
-from pipelines.storage import exclusive_lock, write_json_atomic
+from pipelines.storage import Busy, exclusive_lock, write_json_atomic
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 START_TIMEOUT_S = 240
@@ -327,7 +327,7 @@ def _lock(home: Path, *, wait: bool) -> Iterator[None]:
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(_pidfile(home).parent, LOCK_FILE, wait=wait))
-        except BlockingIOError:
+        except Busy:
             raise RuntimeFailure(
                 f"another `factory start` or `factory stop` is in progress for {home}; "
                 "wait for it, then check with `factory start` again"
