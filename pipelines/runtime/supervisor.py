@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import airflow_environment, airflow_home, factory_home
+from pipelines.runtime.tether import proc_stat
 from pipelines.storage import Busy, exclusive_lock, write_json_atomic
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -190,29 +191,19 @@ def _boot_id() -> str:
         return ""
 
 
-def _stat(pid: int) -> list[str] | None:
-    """The fields of /proc/<pid>/stat after the command name (index 0 is field 3, the
-    state; 1 the parent; 2 the process group; 19 the start time), or None."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
 def _start_time(pid: int) -> int | None:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return int(fields[19]) if fields else None
 
 
 def _same_process(pid: int, start: int | None) -> bool:
     """``pid`` is alive (not a zombie) and is the process that started at ``start``."""
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z" and start is not None and int(fields[19]) == start
 
 
 def _alive(pid: int) -> bool:
-    fields = _stat(pid)
+    fields = proc_stat(pid)
     return fields is not None and fields[0] != "Z"
 
 
@@ -220,7 +211,7 @@ def _processes() -> dict[int, list[str]]:
     procs = {}
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
-            fields = _stat(int(proc.name))
+            fields = proc_stat(int(proc.name))
             if fields is not None and fields[0] != "Z":
                 procs[int(proc.name)] = fields
     return procs

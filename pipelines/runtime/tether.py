@@ -76,19 +76,22 @@ def release(proc: subprocess.Popen) -> None:
 # --------------------------------------------------------------------------- the tether
 
 
+def proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (index 0 is field 3,
+    the state; 1 the parent; 2 the process group; 19 the start time), or None when the
+    process is gone. The command name is in parentheses and may hold spaces and ``)``."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
 def _children_map() -> dict[int, list[int]]:
     kids: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        # the command name is in parentheses and may contain spaces: split after it
-        fields = stat[stat.rfind(b")") + 2:].split()
-        kids.setdefault(int(fields[1]), []).append(int(entry))
+        if entry.isdigit() and (fields := proc_stat(int(entry))) is not None:
+            kids.setdefault(int(fields[1]), []).append(int(entry))
     return kids
 
 
@@ -148,12 +151,8 @@ def _stop_tree(why: str) -> None:
 
 
 def _is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            stat = fh.read()
-    except OSError:
-        return True
-    return stat[stat.rfind(b")") + 2:].split()[0] == b"Z"
+    fields = proc_stat(pid)
+    return fields is None or fields[0] == "Z"
 
 
 def main(argv: list[str]) -> int:
