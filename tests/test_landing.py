@@ -127,6 +127,7 @@ def _race_at_the_replace(monkeypatch, landing_dir, wait_s: float = 2.0):
 
 
 def _drop_together(credit, home, drops):
+    """Run the drops in threads at once; returns (what landed, what was refused)."""
     import threading
 
     outcomes: dict[str, object] = {}
@@ -142,7 +143,10 @@ def _drop_together(credit, home, drops):
         t.start()
     for t in threads:
         t.join(timeout=30)
-    return outcomes
+    landed = [o for o in outcomes.values() if isinstance(o, landing.Landed)]
+    refused = [o for o in outcomes.values() if isinstance(o, landing.LandingError)]
+    assert len(landed) + len(refused) == len(drops), outcomes
+    return landed, refused
 
 
 def test_concurrent_drops_of_one_batch_id_land_one_file(credit, home, tmp_path, monkeypatch):
@@ -154,11 +158,8 @@ def test_concurrent_drops_of_one_batch_id_land_one_file(credit, home, tmp_path, 
     a.write_text(header + "\n" + ",".join("1" for _ in credit.schema.names) + "\n")
     b.write_text(header + "\n" + ",".join("2" for _ in credit.schema.names) + "\n")
     _race_at_the_replace(monkeypatch, paths.landing)
-    outcomes = _drop_together(credit, home, [("a", a, "b1"), ("b", b, "b1")])
-
-    landed = [o for o in outcomes.values() if isinstance(o, landing.Landed)]
-    refused = [o for o in outcomes.values() if isinstance(o, landing.LandingError)]
-    assert len(landed) == 1 and len(refused) == 1, outcomes
+    landed, refused = _drop_together(credit, home, [("a", a, "b1"), ("b", b, "b1")])
+    assert len(landed) == 1 and len(refused) == 1, (landed, refused)
     assert "already landed with other content" in str(refused[0])
     record = ledger.read(paths, "b1")
     assert record["sha256"] == landed[0].sha256
@@ -171,11 +172,8 @@ def test_concurrent_drops_of_one_content_land_it_once(credit, home, tmp_path, mo
     f = tmp_path / "same.csv"
     f.write_text(",".join(credit.schema.names) + "\n" + ",".join("3" for _ in credit.schema.names) + "\n")
     _race_at_the_replace(monkeypatch, paths.landing)
-    outcomes = _drop_together(credit, home, [("x", f, "x1"), ("y", f, "y1")])
-
-    landed = [o for o in outcomes.values() if isinstance(o, landing.Landed)]
-    refused = [o for o in outcomes.values() if isinstance(o, landing.LandingError)]
-    assert len(landed) == 1 and len(refused) == 1, outcomes
+    landed, refused = _drop_together(credit, home, [("x", f, "x1"), ("y", f, "y1")])
+    assert len(landed) == 1 and len(refused) == 1, (landed, refused)
     assert "same content as batch" in str(refused[0])
     assert [r["batch_id"] for r in ledger.all_records(paths)] == [landed[0].batch_id]
     assert sorted(p.name for p in paths.landing.iterdir() if not p.name.startswith(".")) == [
