@@ -16,7 +16,7 @@ REAL = {p.stem: yaml.safe_load(p.read_text()) for p in (include_dir() / "lines")
 
 def test_real_lines_load():
     specs = {s.name: s for s in load_specs()}
-    assert set(specs) == {"credit_risk", "employment"}
+    assert set(specs) == {"credit_risk", "employment", "fashion"}
     credit = specs["credit_risk"]
     assert credit.schema.key == ["loan_id"]
     assert credit.schema.label.positive == "bad"
@@ -24,6 +24,10 @@ def test_real_lines_load():
     employment = specs["employment"]
     assert "year" not in [f.name for f in employment.schema.features]
     assert employment.source.batching.by == "year"
+    fashion = specs["fashion"]
+    assert fashion.modality == "image" and fashion.training.model.kind == "cnn"
+    assert [f.name for f in fashion.schema.features] == ["image"]
+    assert fashion.training.split.eval_batches == ["test"] and "test" in fashion.source.holdout
     for spec in specs.values():
         assert (include_dir() / spec.expectations).exists(), spec.expectations
 
@@ -88,20 +92,32 @@ def test_image_line_fits_the_same_mechanism():
         "owner": "vision",
         "modality": "image",
         "task": "multiclass_classification",
-        "source": {"kind": "files", "options": {"path": "x.parquet"}, "batching": {"slices": 6}, "format": "parquet"},
+        "source": {"kind": "files", "options": {"path": "x.zip"}, "batching": {"slices": 6}, "format": "images"},
         "schema": {
             "key": ["image_id"],
             "label": {"name": "label"},
             "fields": [
                 {"name": "image_id", "type": "integer"},
-                {"name": "image", "type": "image", "shape": [28, 28]},
+                {"name": "image", "type": "image", "shape": [28, 28, 1]},
                 {"name": "label", "type": "integer", "categories": list(range(10))},
             ],
         },
         "expectations": "expectations/fashion.json",
+        "training": {"model": {"kind": "cnn"}},
+        "evaluation": {"thresholds": {"accuracy": {"min": 0.5}}},
     }
     spec = parse_spec(data, Path("fashion.yaml"))
     assert [f.name for f in spec.schema.features] == ["image"]
-    data["modality"] = "tabular"
-    with pytest.raises(SpecError, match="image fields need modality: image"):
-        parse_spec(data, Path("fashion.yaml"))
+    for mutate, message in [
+        (lambda d: d.update(modality="tabular"), "image fields need modality: image"),
+        (lambda d: d["source"].update(format="parquet"), "an image line lands images"),
+        (lambda d: d["training"]["model"].update(kind="tabular_dnn"), "does not fit modality: image"),
+        (lambda d: d["schema"]["fields"].append({"name": "extra", "type": "double"}), "exactly one feature"),
+        (lambda d: d["schema"]["label"].update(names=["a", "b"]), "one display name per category"),
+        (lambda d: d.update(training={"model": {"kind": "cnn"}, "split": {"eval_batches": ["test"]}}),
+         "not source.holdout batches"),
+    ]:
+        broken = copy.deepcopy(data)
+        mutate(broken)
+        with pytest.raises(SpecError, match=message):
+            parse_spec(broken, Path("fashion.yaml"))

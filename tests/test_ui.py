@@ -420,7 +420,7 @@ def test_page_with_a_token(client):
     cookie = client.get("/", cookies={"_token": "admin"})
     assert cookie.status_code == 200
     data = client.get("/api/overview", headers={"Authorization": "Bearer admin"}).json()
-    assert [lv["name"] for lv in data["lines"]] == ["credit_risk", "employment"]
+    assert [lv["name"] for lv in data["lines"]] == ["credit_risk", "employment", "fashion"]
     assert data["lines"][0]["batches"][2]["rows_clean"] == 2460
 
 
