@@ -101,8 +101,8 @@ def write_plot(result: dict[str, Any], path: Path) -> Path | None:
         return None
     metrics = result.get("metrics") or {}
     names = [s["slice"] for s in result.get("slices", []) if s["slice"] in metrics]
-    if not names:
-        return None
+    if not names or not any("auc" in metrics[n]["candidate"] for n in names):
+        return None  # a line without AUC (multi-class): the report's tables show its metrics
     cand = [metrics[n]["candidate"].get("auc") or 0.0 for n in names]
     base = [((metrics[n].get("baseline") or {}).get("auc") or 0.0) for n in names]
     gated = {s["slice"]: s.get("gated") for s in result.get("slices", [])}
