@@ -303,6 +303,7 @@ def evaluate(
         "line": line,
         "spec_version": spec.version,
         "task": task,
+        "label": label,
         "run_dir": str(run_dir),
         "training_run": run_dir.name,
         "mlflow_run_id": mlflow_run,
