@@ -246,3 +246,68 @@ def test_report_has_a_table_per_slice_and_says_why():
     page = render(result)
     assert "NOT_BLESSED" in page and "<h2>Overall</h2>" in page and "<h2>term:term_60</h2>" in page
     assert "FAIL" in page and "reported only (too small to gate)" in page
+
+
+# --------------------------------------------------------------------------- multi-class lines
+
+
+def test_the_fashion_spec_gates_accuracy_per_class_slices_and_precision():
+    settings = load_settings(load_spec("fashion"))
+    assert settings.thresholds["accuracy"].min == 0.85 and settings.thresholds["accuracy"].max_drop == 0.01
+    assert settings.thresholds["precision"].min == 0.5
+    assert settings.slice_features == [("label",)]
+    assert settings.slice_thresholds.thresholds["accuracy"].min == 0.5
+
+
+def _image_fields() -> tuple[dict[str, str], set[str]]:
+    spec = load_spec("fashion")
+    return {f.name: f.type for f in spec.schema.fields}, set(spec.schema.key)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"thresholds": {"auc": {"min": 0.8}}},
+         r"fashion\.yaml: evaluation\.thresholds\.auc: unknown metric 'auc' for task multiclass_classification"),
+        ({"thresholds": {"accuracy": {"min": 0.8}}, "slice_thresholds": {"thresholds": {"pr_auc": {"min": 0.5}}}},
+         r"evaluation\.slice_thresholds\.thresholds\.pr_auc: unknown metric 'pr_auc'"),
+        ({}, r"evaluation\.thresholds: at least one overall threshold"),
+        ({"thresholds": {"accuracy": {"min": 0.8}}, "slices": ["image"]}, r"'image' is an image: not a slice"),
+        ({"thresholds": {"accuracy": {"min": 0.8}}, "slices": ["image_id"]}, r"'image_id' is the key or the label"),
+    ],
+)
+def test_multiclass_settings_refuse_what_the_task_does_not_measure(data, message):
+    fields, not_sliceable = _image_fields()
+    with pytest.raises(EvaluationSettingsError, match=message):
+        parse_settings("fashion", data, fields, not_sliceable, task="multiclass_classification")
+
+
+def test_a_multiclass_metric_is_refused_on_a_binary_line():
+    fields, not_sliceable = _fields("credit_risk")
+    with pytest.raises(EvaluationSettingsError, match=r"unknown metric 'recall' for task binary_classification"):
+        parse_settings("credit_risk", {"thresholds": {"recall": {"min": 0.5}}}, fields, not_sliceable)
+
+
+def test_an_unknown_multiclass_metric_fails_at_spec_load(tmp_path, monkeypatch):
+    from pipelines.config import include_dir
+    from pipelines.specs import SpecError
+
+    include = tmp_path / "include"
+    (include / "lines").mkdir(parents=True)
+    data = yaml.safe_load((include_dir() / "lines" / "fashion.yaml").read_text())
+    data["evaluation"]["thresholds"]["auc"] = {"min": 0.9}
+    (include / "lines" / "fashion.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    monkeypatch.setenv("FACTORY_INCLUDE", str(include))
+    with pytest.raises((SpecError, EvaluationSettingsError), match=r"unknown metric 'auc' for task multiclass"):
+        load_spec("fashion")
+
+
+def test_multiclass_slices_are_gated_on_their_rows_and_smallest_class():
+    fields, not_sliceable = _image_fields()
+    settings = parse_settings("fashion", {
+        "slices": ["label"], "thresholds": {"accuracy": {"min": 0.8}},
+        "slice_thresholds": {"min_examples": 100, "min_per_class": 100, "thresholds": {"accuracy": {"min": 0.5}}},
+    }, fields, not_sliceable, task="multiclass_classification")
+    # a class slice holds one class: [rows, rows of its smallest class]
+    counts = {"label": {"0": [120, 120], "6": [80, 80]}}
+    assert gated_slices(settings, counts, task="multiclass_classification") == [{"label": "0"}]

@@ -10,7 +10,7 @@ variable moves it (shared storage at scale):
 | batch ledger | ``<home>/state/<line>/<batch>.json`` | |
 | Great Expectations project | ``<home>/gx/`` (results, Data Docs) | |
 | training runs | ``<home>/training/<line>/<run>/`` (:func:`run_folder_name`): ``manifest.json``, ``result.json``, ``mlflow_run_id``, ``model/`` | |
-| evaluations | ``<run>/evaluation/``: ``result.json``, ``report.html`` | |
+| evaluations | ``<run>/evaluation/``: ``result.json``, ``report.html``; multi-class lines also ``confusion_matrix.json``, ``misclassified/`` (``index.json`` + PNGs) | |
 | TFX pipeline and ML Metadata | ``<home>/tfx/<line>/root``, ``metadata.db`` | ``FACTORY_TFX_ROOT``, ``FACTORY_MLMD_URI`` |
 | serving store | ``<store>/<line>/<version>/`` (TF Serving's layout), ``.retired/`` | ``FACTORY_SERVING_STORE`` |
 | drift | ``<home>/drift/<line>/``: ``history.jsonl``, ``episodes.json``, ``reports/`` | |
@@ -41,6 +41,9 @@ MODEL_INFO = "factory_model.json"  # <SavedModel>/assets.extra/
 EVALUATION_DIR = "evaluation"
 EVALUATION_RESULT = "result.json"
 EVALUATION_REPORT = "report.html"
+CONFUSION_MATRIX = "confusion_matrix.json"
+MISCLASSIFIED = "misclassified"  # <run>/evaluation/: index.json and the images it names
+MISCLASSIFIED_INDEX = "index.json"
 PUSH_INFO = "factory_push.json"  # <store>/<line>/<version>/assets.extra/
 RETIRED = ".retired"
 INCOMING_PREFIX = ".incoming-"
@@ -296,6 +299,16 @@ def evaluation_examples_dir(run: Path) -> Path:
 
 def gate_log_path(run: Path) -> Path:
     return evaluation_dir(run) / "gate.log"
+
+
+def confusion_matrix_path(run: Path) -> Path:
+    """The candidate's confusion matrix on the evaluation split (multi-class lines)."""
+    return evaluation_dir(run) / CONFUSION_MATRIX
+
+
+def misclassified_dir(run: Path) -> Path:
+    """Misclassified evaluation images: ``index.json`` and one PNG per entry."""
+    return evaluation_dir(run) / MISCLASSIFIED
 
 
 # ---------------------------------------------------------------- evaluation gate (TFX, ML Metadata)

@@ -14,6 +14,8 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | training manifest | (:class:`pipelines.training.manifest.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
 | MLflow run of a training run | ``mlflow_run_id`` text | :func:`write_mlflow_run_id` | :func:`read_mlflow_run_id` |
 | evaluation result | :class:`EvaluationResult` | :func:`write_evaluation_result` (the gate) | :func:`read_evaluation_result` |
+| confusion matrix (multi-class) | :class:`ConfusionMatrix` | :func:`write_confusion_matrix` (the gate) | :func:`read_confusion_matrix` |
+| misclassified images (multi-class) | :class:`Misclassified` | :func:`write_misclassified` (the gate) | :func:`read_misclassified` |
 | push | :class:`PushInfo` | :func:`pipelines.evaluation.serving.publish` | :func:`read_push_info` |
 | retirement (rollback) | :class:`RetiredInfo` | :func:`pipelines.evaluation.serving.retire_latest` | :func:`read_retired_info` |
 | drift history | :class:`DriftRecord` | :func:`append_drift_record` | :func:`read_drift_history` |
@@ -29,6 +31,8 @@ catalog, and a reader finds every format in one file.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -216,6 +220,64 @@ def write_evaluation_result(run: Path, result: dict[str, Any]) -> Path:
 
 def read_evaluation_result(run: Path) -> EvaluationResult | None:
     return _load(layout.evaluation_result_path(run), EvaluationResult)
+
+
+class ConfusionMatrix(Record):
+    """``matrix[i][j]``: evaluation rows of class ``classes[i]`` predicted as ``classes[j]``
+    (the argmax of the probabilities); rows the model gave no class are ``unpredicted``."""
+
+    classes: list[int] = []
+    class_names: list[str] | None = None
+    matrix: list[list[int]] = []
+    unpredicted: list[int] | None = None
+    source: str | None = None
+
+
+def write_confusion_matrix(run: Path, data: dict[str, Any]) -> Path:
+    record = ConfusionMatrix.model_validate(data)
+    n = len(record.classes)
+    if len(record.matrix) != n or any(len(row) != n for row in record.matrix):
+        raise RecordError(f"a confusion matrix of {n} classes must be {n} x {n}")
+    return storage.write_json_atomic(layout.confusion_matrix_path(run), record.to_json())
+
+
+def read_confusion_matrix(run: Path) -> ConfusionMatrix | None:
+    return _load(layout.confusion_matrix_path(run), ConfusionMatrix)
+
+
+class Misclassified(Record):
+    """Evaluation images the candidate got wrong, most confident first: each entry has
+    ``image_id``, ``label`` / ``label_name`` (true), ``predicted`` / ``predicted_name``,
+    ``confidence`` (the predicted class's probability) and ``file`` (the PNG, in the folder)."""
+
+    entries: list[dict[str, Any]] = []
+    misclassified: int | None = None  # all of them, of which ``entries`` are the first
+    rows: int | None = None
+
+
+def write_misclassified(run: Path, data: dict[str, Any], images: list[bytes]) -> Path:
+    """The folder (index and PNGs, ``images[i]`` for ``entries[i]``) replaces the old one whole."""
+    record = Misclassified.model_validate(data)
+    if len(images) != len(record.entries):
+        raise RecordError(f"{len(record.entries)} entries but {len(images)} images")
+    final = layout.misclassified_dir(run)
+    staged = final.with_name(f".{final.name}.staging-{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    entries = []
+    for i, (entry, png) in enumerate(zip(record.entries, images, strict=True)):
+        name = f"{i:03d}.png"
+        (staged / name).write_bytes(png)
+        entries.append({**entry, "file": name})
+    storage.write_json_atomic(staged / layout.MISCLASSIFIED_INDEX, {**record.to_json(), "entries": entries})
+    storage.fsync_tree(staged)
+    storage.swap_directory(staged, final)
+    return final
+
+
+def read_misclassified(run: Path) -> Misclassified | None:
+    """The index; an entry's image is ``layout.misclassified_dir(run) / entry["file"]``."""
+    return _load(layout.misclassified_dir(run) / layout.MISCLASSIFIED_INDEX, Misclassified)
 
 
 # ---------------------------------------------------------------- serving store

@@ -14,6 +14,14 @@ Where thresholds apply (decided here, not left to TFMA's defaults):
   ``min_examples`` rows and ``min_per_class`` rows of each class in this evaluation split;
   the gate counts them before it builds the config and lists each slice as gated or not
   in its result. Smaller slices are still computed and reported, never gated.
+
+The config is built by the line's ``task`` (:data:`BUILDERS`, keyed by task). A
+multi-class line (``multiclass_classification``: ``probabilities`` [N, C], an integer
+label) gets two metric specs: top-1 ``accuracy`` (Keras' SparseCategoricalAccuracy),
+the example count and TFMA's ``MultiClassConfusionMatrixPlot``; and ``precision`` /
+``recall`` binarized by class id (one value per class, a threshold on them holds for
+every class). A slice's "smallest class" there is the rows of its least frequent class
+(a slice on the label holds one class: all its rows).
 """
 
 from __future__ import annotations
@@ -21,16 +29,35 @@ from __future__ import annotations
 from typing import Any
 
 from pipelines.evaluation.inputs import PREDICTION_KEY, SEP, SIGNATURE
-from pipelines.specs.evaluation import METRICS, Bound, EvaluationSettings
+from pipelines.specs.evaluation import (
+    BINARY,
+    CONFUSION_PLOT,
+    METRICS,
+    MULTICLASS,
+    MULTICLASS_METRICS,
+    PER_CLASS_METRICS,
+    Bound,
+    EvaluationSettings,
+)
+
+# How a slice's counts [rows, n] give the rows of its smallest class, by task: binary
+# lines count positives; multi-class lines count the smallest class itself.
+SMALLEST_CLASS = {
+    BINARY: lambda rows, positives: min(positives, rows - positives),
+    MULTICLASS: lambda rows, smallest: smallest,
+}
 
 
-def gated_slices(settings: EvaluationSettings, counts: dict[str, dict[str, list[int]]]) -> list[dict[str, str]]:
+def gated_slices(
+    settings: EvaluationSettings, counts: dict[str, dict[str, list[int]]], task: str = BINARY
+) -> list[dict[str, str]]:
     """The slice values held to the per-slice thresholds: feature -> value mappings."""
     st = settings.slice_thresholds
+    smallest = SMALLEST_CLASS[task]
     out = []
     for s in settings.slice_features:
-        for value, (rows, positives) in counts.get(" x ".join(s), {}).items():
-            if rows >= st.min_examples and min(positives, rows - positives) >= st.min_per_class:
+        for value, (rows, n) in counts.get(" x ".join(s), {}).items():
+            if rows >= st.min_examples and smallest(rows, n) >= st.min_per_class:
                 out.append(dict(zip(s, value.split(SEP), strict=True)))
     return out
 
@@ -51,12 +78,10 @@ def _threshold(tfma, bound: Bound):
     return t
 
 
-def build_eval_config(settings: EvaluationSettings, label: str, counts: dict[str, dict[str, list[int]]]) -> Any:
-    import tensorflow_model_analysis as tfma
-
-    gated = gated_slices(settings, counts)
+def _metric_configs(tfma, table: dict, settings: EvaluationSettings, gated: list[dict[str, str]]) -> list:
+    """One MetricConfig per metric of ``table``, with the overall and per-slice thresholds."""
     metrics = []
-    for name, (cls, _, _) in METRICS.items():
+    for name, (cls, _, _) in table.items():
         config = tfma.MetricConfig(class_name=cls)
         if name in settings.thresholds:
             config.per_slice_thresholds.append(
@@ -73,6 +98,42 @@ def build_eval_config(settings: EvaluationSettings, label: str, counts: dict[str
                 )
             )
         metrics.append(config)
+    return metrics
+
+
+def _binary_specs(tfma, settings: EvaluationSettings, gated: list[dict[str, str]], classes: list[int] | None) -> list:
+    return [tfma.MetricsSpec(metrics=_metric_configs(tfma, METRICS, settings, gated))]
+
+
+def _multiclass_specs(
+    tfma, settings: EvaluationSettings, gated: list[dict[str, str]], classes: list[int] | None
+) -> list:
+    if not classes:
+        raise ValueError("a multi-class evaluation needs the label's classes")
+    overall = _metric_configs(tfma, MULTICLASS_METRICS, settings, gated)
+    overall.append(tfma.MetricConfig(class_name=CONFUSION_PLOT[0]))
+    per_class = tfma.MetricsSpec(
+        metrics=_metric_configs(tfma, PER_CLASS_METRICS, settings, gated),
+        binarize=tfma.BinarizationOptions(class_ids={"values": [int(c) for c in classes]}),
+    )
+    return [tfma.MetricsSpec(metrics=overall), per_class]
+
+
+# The metric specs of each task
+BUILDERS = {BINARY: _binary_specs, MULTICLASS: _multiclass_specs}
+
+
+def build_eval_config(
+    settings: EvaluationSettings,
+    label: str,
+    counts: dict[str, dict[str, list[int]]],
+    task: str = BINARY,
+    classes: list[int] | None = None,
+) -> Any:
+    """The EvalConfig of a line's gate; ``classes``: the label's class ids (multi-class)."""
+    import tensorflow_model_analysis as tfma
+
+    gated = gated_slices(settings, counts, task)
     return tfma.EvalConfig(
         model_specs=[
             tfma.ModelSpec(
@@ -82,7 +143,7 @@ def build_eval_config(settings: EvaluationSettings, label: str, counts: dict[str
                 model_type="tf_generic",
             )
         ],
-        metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
+        metrics_specs=BUILDERS[task](tfma, settings, gated, classes),
         slicing_specs=[tfma.SlicingSpec()]
         + [tfma.SlicingSpec(feature_keys=list(s)) for s in settings.slice_features],
     )

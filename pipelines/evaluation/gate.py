@@ -9,7 +9,13 @@
    lock: ImportExampleGen, Importer (candidate), Resolver (baseline: latest blessed),
    Evaluator, Pusher (into the serving store, atomically);
 4. writes ``<run>/evaluation/result.json`` (per-slice metrics of candidate and baseline,
-   the verdict and why, what was pushed) and ``report.html``, and prints the result.
+   the verdict and why, what was pushed) and ``report.html``, and prints the result;
+   a multi-class line also gets its confusion matrix and misclassified images
+   (:mod:`pipelines.evaluation.artefacts`).
+
+Which inputs, metrics and artefacts apply is looked up by the spec's ``task``
+(:data:`pipelines.evaluation.inputs.PARTS`, :data:`pipelines.evaluation.eval_config.BUILDERS`,
+:data:`pipelines.evaluation.artefacts.ARTEFACTS`).
 
 Exit status: 0 with a verdict (BLESSED, NOT_BLESSED or FORCED: all are results), 2 for
 bad input (one line ``factory-eval: error: ...`` on stderr), 1 for anything else.
@@ -68,6 +74,14 @@ def _slice_name(slice_key_proto) -> str:
     return tfma.slicer.stringify_slice_key(tfma.slicer.deserialize_slice_key(slice_key_proto))
 
 
+def metric_name(key) -> str | None:
+    """A TFMA MetricKey as the spec names it; a per-class value: ``recall/class_6``."""
+    name = TFMA_TO_SPEC.get(key.name)
+    if name is not None and key.HasField("sub_key") and key.sub_key.HasField("class_id"):
+        name = f"{name}/class_{key.sub_key.class_id.value}"
+    return name
+
+
 def read_metrics(evaluation_uri: str) -> dict[str, dict[str, dict[str, float]]]:
     """slice -> {"candidate": {...}, "baseline": {...}, "diff": {...}} with spec metric names."""
     import math
@@ -78,7 +92,7 @@ def read_metrics(evaluation_uri: str) -> dict[str, dict[str, dict[str, float]]]:
     for m in tfma.load_metrics(evaluation_uri):
         entry = out.setdefault(_slice_name(m.slice_key), {"candidate": {}, "baseline": {}, "diff": {}})
         for kv in m.metric_keys_and_values:
-            name = TFMA_TO_SPEC.get(kv.key.name)
+            name = metric_name(kv.key)
             if name is None or kv.value.WhichOneof("type") != "double_value":
                 continue
             value = kv.value.double_value.value
@@ -112,7 +126,7 @@ def read_failures(evaluation_uri: str) -> tuple[bool, list[dict[str, Any]]]:
     for per_slice in result.metric_validations_per_slice:
         where = _slice_name(per_slice.slice_key)
         for f in per_slice.failures:
-            name = TFMA_TO_SPEC.get(f.metric_key.name, f.metric_key.name)
+            name = metric_name(f.metric_key) or f.metric_key.name
             value = f.metric_value.double_value.value if f.HasField("metric_value") else None
             value = None if value is None or math.isnan(value) else value
             kind = "change" if f.metric_threshold.HasField("change_threshold") else "value"
@@ -132,15 +146,15 @@ def _run_of_model_uri(uri: str) -> Path:
     return Path(uri).parent
 
 
-def _slices(settings, counts: dict, gated: list[dict[str, str]]) -> list[dict[str, Any]]:
+def _slices(settings, counts: dict, gated: list[dict[str, str]], second: str = "positives") -> list[dict[str, Any]]:
     from pipelines.evaluation.inputs import SEP, slice_name
 
     gated_names = {slice_name(g) for g in gated}
-    out = [{"slice": "Overall", "examples": None, "positives": None, "gated": True}]
+    out = [{"slice": "Overall", "examples": None, second: None, "gated": True}]
     for s in settings.slice_features:
-        for value, (rows, positives) in counts.get(" x ".join(s), {}).items():
+        for value, (rows, n) in counts.get(" x ".join(s), {}).items():
             name = slice_name(dict(zip(s, value.split(SEP), strict=True)))
-            out.append({"slice": name, "examples": rows, "positives": positives, "gated": name in gated_names})
+            out.append({"slice": name, "examples": rows, second: n, "gated": name in gated_names})
     return out
 
 
@@ -179,6 +193,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the gate on one training run; return the result (also written to result.json)."""
     from pipelines.evaluation import inputs
+    from pipelines.evaluation.artefacts import ARTEFACTS
     from pipelines.evaluation.eval_config import build_eval_config, gated_slices
     from pipelines.evaluation.report import PLOT, write_plot, write_report
     from pipelines.specs import SpecError, load_spec
@@ -202,20 +217,24 @@ def evaluate(
         prior["reused"] = True
         return prior
 
-    manifest, frame = inputs.load_eval_frame(run_dir, settings)
-    if manifest.line != line:
-        raise GateInputError(f"{run_dir}: the run belongs to line {manifest.line!r}, not {line!r}")
+    task = spec.task
+    part = inputs.PARTS[task]
+    ev = part.load(run_dir, settings, spec)
+    if ev.line != line:
+        raise GateInputError(f"{run_dir}: the run belongs to line {ev.line!r}, not {line!r}")
+    frame, label = ev.frame, ev.label
     inputs.check_model(layout.model_root(run_dir))
     orders = {f.name: [str(c) for c in f.categories] for f in spec.schema.fields if f.categories}
-    counts = inputs.slice_counts(frame, manifest.label, settings, orders)
+    counts = part.counts(ev, settings, orders)
     timings["checks_s"] = time.monotonic() - started
 
     t = time.monotonic()
-    inputs.write_examples(frame, manifest, layout.evaluation_examples_dir(run_dir))
+    inputs.write_records(frame, ev.kinds, layout.evaluation_examples_dir(run_dir))
     timings["examples_s"] = time.monotonic() - t
 
-    eval_config = build_eval_config(settings, manifest.label, counts)
-    gated = gated_slices(settings, counts)
+    classes = inputs.classes_of(spec) if task != "binary_classification" else None
+    eval_config = build_eval_config(settings, label, counts, task, classes)
+    gated = gated_slices(settings, counts, task)
     mlflow_run = _training_mlflow_run(run_dir)
     info = {"line": line, "run_dir": str(run_dir), "training_run": run_dir.name, "mlflow_run_id": mlflow_run}
 
@@ -274,14 +293,17 @@ def evaluate(
             "path": pushed_props["pushed_destination"],
             "base": str(layout.serving_base(line, home)),
         }
-    slices = _slices(settings, counts, gated)
-    slices[0]["examples"], slices[0]["positives"] = len(frame), int(frame[manifest.label].sum())
+    second = "positives" if task == "binary_classification" else "smallest_class"
+    slices = _slices(settings, counts, gated, second)
+    slices[0]["examples"], slices[0][second] = part.overall(ev)
     timings["results_s"] = time.monotonic() - t
     timings["total_s"] = time.monotonic() - started
 
     result = {
         "line": line,
         "spec_version": spec.version,
+        "task": task,
+        "label": label,
         "run_dir": str(run_dir),
         "training_run": run_dir.name,
         "mlflow_run_id": mlflow_run,
@@ -314,6 +336,10 @@ def evaluate(
         "report": {"json": str(out_dir / layout.EVALUATION_RESULT), "html": str(out_dir / layout.EVALUATION_REPORT)},
     }
     t = time.monotonic()
+    if task in ARTEFACTS:
+        result.update(ARTEFACTS[task](run_dir, evaluation_uri, ev, spec))
+        result["timings"]["artefacts_s"] = round(time.monotonic() - t, 3)
+        t = time.monotonic()
     png = write_plot(result, out_dir / PLOT)
     if png is not None:
         result["report"]["png"] = str(png)
@@ -346,7 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     sys.stdout.write(
         f"factory-eval: {result['blessing']} {result['line']}/{result['training_run']} "
-        f"auc={result['overall'].get('auc')} serving={result['serving']} report={result['report']['html']}\n"
+        f"{' '.join(f'{k}={v}' for k, v in result['overall'].items() if '/' not in k)} serving={result['serving']} report={result['report']['html']}\n"
     )
     sys.stdout.write(json.dumps(result, default=str) + "\n")
     return 0

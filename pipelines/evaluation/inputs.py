@@ -18,6 +18,13 @@ integer -> int64, double -> float, string -> bytes; other columns by their Parqu
 plus the derived slicing features (e.g. ``age_band``), which the model's parser ignores.
 A missing value becomes an empty feature (the model's parser then uses its default).
 Encoding is tfx-bsl's Arrow -> tf.Example coder (C++), not a Python loop.
+
+A multi-class image line (:data:`PARTS`, keyed by the spec's ``task``) reads its split
+differently: ``data/eval.parquet`` has ``image_id``, ``image`` (PNG bytes) and ``label``
+(an integer class of the spec's label categories, none missing); the run's manifest is
+read as JSON for its ``line`` only (the tabular manifest's feature checks do not apply),
+and the label is the spec's. Its tf.Examples carry ``image`` (bytes), ``label`` (int64)
+and ``image_id`` (bytes), plus any slicing column.
 """
 
 from __future__ import annotations
@@ -112,19 +119,23 @@ def _bands(values, bins: list[float], labels: list[str]):
     return out
 
 
-def load_eval_frame(run_dir: Path, settings: EvaluationSettings):
-    """The evaluation split, checked, with the derived slicing features added."""
+def _read_split(run_dir: Path):
     import pyarrow.parquet as pq
 
-    run_dir = Path(run_dir)
-    manifest = load_manifest(run_dir)
     path = layout.eval_data_path(run_dir)
     if not path.is_file():
         raise GateInputError(f"evaluation split not found: {path}")
     try:
-        frame = pq.read_table(path).to_pandas()
+        return path, pq.read_table(path).to_pandas()
     except Exception as err:  # noqa: BLE001
         raise GateInputError(f"{path}: cannot be read as Parquet: {err}") from None
+
+
+def load_eval_frame(run_dir: Path, settings: EvaluationSettings):
+    """The evaluation split, checked, with the derived slicing features added."""
+    run_dir = Path(run_dir)
+    manifest = load_manifest(run_dir)
+    path, frame = _read_split(run_dir)
     label = manifest.label
     if label not in frame.columns:
         raise GateInputError(f"{path}: the label column {label!r} is missing (columns: {list(frame.columns)})")
@@ -199,6 +210,8 @@ def _arrow_column(series, kind: str):
     try:
         if kind == "integer":
             values = values.cast(pa.int64())
+        elif kind == "bytes":
+            values = values.cast(pa.binary())
         elif kind == "double":
             values = values.cast(pa.float32())
         else:
@@ -240,6 +253,12 @@ def serialize(frame, kinds: dict[str, str]) -> list[bytes]:
 
 def write_examples(frame, manifest, out_dir: Path) -> Path:
     """``<out_dir>/eval/data_tfrecord-00000-of-00001.gz`` (gzipped TFRecord), rewritten whole."""
+    return write_records(frame, column_kinds(frame, manifest), out_dir)
+
+
+def write_records(frame, kinds: dict[str, str], out_dir: Path) -> Path:
+    """The rows as tf.Example (``kinds``: column -> integer/double/string/bytes) in
+    ``<out_dir>/eval/data_tfrecord-00000-of-00001.gz`` (gzipped TFRecord), rewritten whole."""
     import shutil
 
     import tensorflow as tf
@@ -248,8 +267,115 @@ def write_examples(frame, manifest, out_dir: Path) -> Path:
     shutil.rmtree(out_dir, ignore_errors=True)
     (out_dir / "eval").mkdir(parents=True)
     path = out_dir / "eval" / EXAMPLES_FILE
-    records = serialize(frame, column_kinds(frame, manifest))
+    records = serialize(frame, kinds)
     with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
         for r in records:
             w.write(r)
     return path
+
+
+# --------------------------------------------------------------------------- by task
+
+
+@dataclass(frozen=True)
+class EvalFrame:
+    """A checked evaluation split: the run's line, the label column, the rows, how each
+    column is written into the tf.Examples, and the manifest (tabular lines)."""
+
+    line: str
+    label: str
+    frame: Any
+    kinds: dict[str, str]
+    manifest: Any = None
+
+
+class BinaryInputs:
+    """Tabular binary lines: the manifest's features and label (0/1)."""
+
+    def load(self, run_dir: Path, settings: EvaluationSettings, spec) -> EvalFrame:
+        manifest, frame = load_eval_frame(run_dir, settings)
+        return EvalFrame(manifest.line, manifest.label, frame, column_kinds(frame, manifest), manifest)
+
+    def counts(self, ev: EvalFrame, settings: EvaluationSettings, orders: dict[str, list[str]]):
+        return slice_counts(ev.frame, ev.label, settings, orders)
+
+    def overall(self, ev: EvalFrame) -> tuple[int, int | None]:
+        """Rows and positives of the whole split."""
+        return len(ev.frame), int(ev.frame[ev.label].sum())
+
+
+IMAGE_COLUMNS = {"image_id": "string", "image": "bytes", "label": "integer"}
+
+
+def classes_of(spec) -> list[int]:
+    """The label's class ids, from the spec's label field."""
+    [field] = [f for f in spec.schema.fields if f.name == spec.schema.label.name]
+    return [int(c) for c in field.categories or []]
+
+
+class MulticlassInputs:
+    """Multi-class image lines (contract: image bytes, integer label, image_id)."""
+
+    def load(self, run_dir: Path, settings: EvaluationSettings, spec) -> EvalFrame:
+        from pipelines.catalog import records
+
+        run_dir = Path(run_dir)
+        try:
+            raw = records.read_manifest_data(run_dir)
+        except records.RecordError as err:
+            raise GateInputError(f"{run_dir}: {err}") from None
+        if not isinstance(raw, dict) or not isinstance(raw.get("line"), str):
+            raise GateInputError(f"{layout.manifest_path(run_dir)}: not found or names no line")
+        path, frame = _read_split(run_dir)
+        label = spec.schema.label.name
+        missing = [c for c in ("image_id", "image", label) if c not in frame.columns]
+        if missing:
+            raise GateInputError(f"{path}: column(s) {missing} are missing (columns: {list(frame.columns)})")
+        y = frame[label]
+        if y.isna().any():
+            raise GateInputError(f"{path}: the label column {label!r} has {int(y.isna().sum())} missing values")
+        classes = classes_of(spec)
+        bad = sorted({str(v) for v in y.unique()} - {str(c) for c in classes})
+        if bad:
+            raise GateInputError(f"{path}: the label column {label!r} holds values that are not classes: {bad[:5]}")
+        frame[label] = y.astype("int64")
+        if len(frame) < settings.min_eval_examples:
+            raise GateInputError(
+                f"{path}: {len(frame)} rows, fewer than min_eval_examples={settings.min_eval_examples}"
+            )
+        for s in settings.slice_features:
+            absent = [f for f in s if f not in frame.columns]
+            if absent:
+                raise GateInputError(f"{path}: slice {list(s)} needs column(s) {absent}, which are missing")
+        kinds = {"image_id": "string", "image": "bytes", label: "integer"}
+        sliced = {f for s in settings.slice_features for f in s} - set(kinds)
+        kinds.update({c: k for c, k in column_kinds(frame[sorted(sliced)], _NoFeatures).items()})
+        return EvalFrame(raw["line"], label, frame[list(kinds)], kinds)
+
+    def counts(self, ev: EvalFrame, settings: EvaluationSettings, orders: dict[str, list[str]]):
+        """Rows and rows of the smallest class of every slice value."""
+        out: dict[str, dict[str, list[int]]] = {}
+        for s in settings.slice_features:
+            per_class = ev.frame.groupby([*s, ev.label], dropna=True).size()
+            values: dict[tuple[str, ...], list[int]] = {}
+            for key, n in per_class.items():
+                key = tuple(str(k) for k in key[:-1])
+                rows, smallest = values.get(key, [0, None])
+                values[key] = [rows + int(n), int(n) if smallest is None else min(smallest, int(n))]
+
+            def rank(key: tuple[str, ...], s=s) -> tuple:
+                known = [orders.get(f) or [] for f in s]
+                return tuple((k.index(v), "") if v in k else (len(k), v) for k, v in zip(known, key, strict=True))
+
+            out[" x ".join(s)] = {SEP.join(k): values[k] for k in sorted(values, key=rank)}
+        return out
+
+    def overall(self, ev: EvalFrame) -> tuple[int, int | None]:
+        return len(ev.frame), None
+
+
+class _NoFeatures:
+    features: tuple = ()
+
+
+PARTS = {"binary_classification": BinaryInputs(), "multiclass_classification": MulticlassInputs()}

@@ -1,6 +1,7 @@
 """A self-contained HTML report of one evaluation, from its result (both environments;
 the page is ``templates/report.html.j2``): the verdict and why, then one table per slice with the candidate's
-metrics, the baseline's, their difference and the thresholds that applied.
+metrics, the baseline's, their difference and the thresholds that applied; for a
+multi-class line, first its confusion matrix and per-class metrics.
 
 :func:`write_plot` (where matplotlib is installed: the ML environment) draws the ROC
 AUC of every slice, candidate against baseline, as ``slices_auc.png`` next to the
@@ -68,6 +69,20 @@ def _slices(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _per_class(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Multi-class lines: one row per class with its precision and recall (TFMA, one class
+    against the rest at probability 0.5) and its accuracy in its own slice (argmax)."""
+    cm = result.get("confusion_matrix") or {}
+    overall = ((result.get("metrics") or {}).get("Overall") or {}).get("candidate") or {}
+    label = result.get("label") or "label"
+    out = []
+    for c, name in zip(cm.get("classes") or [], cm.get("class_names") or [], strict=False):
+        sliced = ((result.get("metrics") or {}).get(f"{label}:{c}") or {}).get("candidate") or {}
+        out.append({"class": c, "name": name, "precision": overall.get(f"precision/class_{c}"),
+                    "recall": overall.get(f"recall/class_{c}"), "accuracy": sliced.get("accuracy")})
+    return out
+
+
 def render(result: dict[str, Any]) -> str:
     plot = Path((result.get("report") or {}).get("html") or ".").parent / PLOT
     return _ENV.get_template("report.html.j2").render(
@@ -78,6 +93,9 @@ def render(result: dict[str, Any]) -> str:
         registry=result.get("registry"),
         plot=PLOT if plot.exists() else None,
         slices=_slices(result),
+        confusion=result.get("confusion_matrix"),
+        per_class=_per_class(result),
+        misclassified=result.get("misclassified"),
     ) + "\n"
 
 
@@ -101,8 +119,8 @@ def write_plot(result: dict[str, Any], path: Path) -> Path | None:
         return None
     metrics = result.get("metrics") or {}
     names = [s["slice"] for s in result.get("slices", []) if s["slice"] in metrics]
-    if not names:
-        return None
+    if not names or not any("auc" in metrics[n]["candidate"] for n in names):
+        return None  # a line without AUC (multi-class): the report's tables show its metrics
     cand = [metrics[n]["candidate"].get("auc") or 0.0 for n in names]
     base = [((metrics[n].get("baseline") or {}).get("auc") or 0.0) for n in names]
     gated = {s["slice"]: s.get("gated") for s in result.get("slices", [])}

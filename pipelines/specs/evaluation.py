@@ -26,16 +26,39 @@ baseline (the latest blessed model): the candidate may be at most that much belo
 ``max_drop`` applies to metrics where higher is better (auc, pr_auc, binary_accuracy).
 A derived feature ``{from: F, bins: [b0, ..., bk]}`` is the band of numeric feature F:
 ``<b0``, ``[b0,b1)``, ..., ``>=bk``.
+
+Which metrics a spec may threshold depends on the line's ``task`` (:data:`TASKS`, looked
+up by the spec's value; an unknown metric for the task fails at spec load)::
+
+    task: multiclass_classification
+    evaluation:
+      slices: [label]              # a slice per class (only multi-class lines slice on the label)
+      thresholds:
+        accuracy: {min: 0.85, max_drop: 0.01}
+        precision: {min: 0.5}      # per class: every class's precision (TFMA binarizes by class id)
+      slice_thresholds:
+        min_examples: 500          # a class slice: its rows; min_per_class: its smallest class
+        min_per_class: 500
+        thresholds:
+          accuracy: {min: 0.5}     # in the slice of one class, accuracy is that class's recall
+
+``precision`` and ``recall`` are per class; ``accuracy`` is top-1 accuracy (argmax of
+``probabilities``). TFMA also computes the multi-class confusion matrix
+(``MultiClassConfusionMatrixPlot``) for the report; it is shown, not thresholded.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
 
-# Spec metric name -> (TFMA metric class, TFMA metric name, higher is better)
+BINARY = "binary_classification"
+MULTICLASS = "multiclass_classification"
+
+# Spec metric name -> (TFMA metric class, TFMA metric name, higher is better): binary lines
 METRICS: dict[str, tuple[str, str, bool | None]] = {
     "auc": ("AUC", "auc", True),
     "pr_auc": ("AUCPrecisionRecall", "auc_precision_recall", True),
@@ -46,7 +69,47 @@ METRICS: dict[str, tuple[str, str, bool | None]] = {
     "mean_label": ("MeanLabel", "mean_label", None),
     "mean_prediction": ("MeanPrediction", "mean_prediction", None),
 }
-TFMA_TO_SPEC = {tfma_name: name for name, (_, tfma_name, _) in METRICS.items()}
+# Multi-class lines: overall metrics, and per-class ones (TFMA binarizes them by class id)
+MULTICLASS_METRICS: dict[str, tuple[str, str, bool | None]] = {
+    "accuracy": ("SparseCategoricalAccuracy", "sparse_categorical_accuracy", True),
+    "example_count": ("ExampleCount", "example_count", True),
+}
+PER_CLASS_METRICS: dict[str, tuple[str, str, bool | None]] = {
+    "precision": ("Precision", "precision", True),
+    "recall": ("Recall", "recall", True),
+}
+# Shown in the report of a multi-class line, never thresholded
+CONFUSION_PLOT = ("MultiClassConfusionMatrixPlot", "multi_class_confusion_matrix_plot")
+
+
+@dataclass(frozen=True)
+class TaskMetrics:
+    """What the gate measures for one ``task``: the metrics a spec may threshold, which of
+    them are per class, whether the label is a slice, the thresholds when a spec gives none."""
+
+    metrics: dict[str, tuple[str, str, bool | None]]
+    per_class: frozenset[str] = frozenset()
+    label_sliceable: bool = False
+    default_thresholds: dict[str, dict[str, float]] | None = None
+
+
+TASKS: dict[str, TaskMetrics] = {
+    BINARY: TaskMetrics(METRICS, default_thresholds={"auc": {"min": 0.6, "max_drop": 0.02}}),
+    MULTICLASS: TaskMetrics(
+        {**MULTICLASS_METRICS, **PER_CLASS_METRICS}, per_class=frozenset(PER_CLASS_METRICS), label_sliceable=True
+    ),
+}
+TFMA_TO_SPEC = {tfma_name: name for t in TASKS.values() for name, (_, tfma_name, _) in t.metrics.items()}
+
+
+def task_metrics(task: str | None) -> TaskMetrics:
+    """The gate's table entry for a spec's ``task`` (a line without one: binary)."""
+    try:
+        return TASKS[task or BINARY]
+    except KeyError:
+        raise EvaluationSettingsError(
+            f"no evaluation gate for task {task!r} (the gate serves: {', '.join(TASKS)})"
+        ) from None
 
 
 class EvaluationSettingsError(ValueError):
@@ -73,11 +136,18 @@ class Bound(_Strict):
         return self
 
 
-def _check_metrics(thresholds: dict[str, Bound]) -> None:
+def _task(info: ValidationInfo) -> str:
+    return (info.context or {}).get("task") or BINARY
+
+
+def _check_metrics(thresholds: dict[str, Bound], task: str = BINARY) -> None:
+    known = TASKS[task].metrics
     for name, bound in thresholds.items():
-        if name not in METRICS:
-            raise ValueError(f"thresholds.{name}: unknown metric {name!r} (known: {', '.join(METRICS)})")
-        if bound.max_drop is not None and METRICS[name][2] is not True:
+        if name not in known:
+            raise ValueError(
+                f"thresholds.{name}: unknown metric {name!r} for task {task} (known: {', '.join(known)})"
+            )
+        if bound.max_drop is not None and known[name][2] is not True:
             raise ValueError(f"thresholds.{name}: max_drop only applies to metrics where higher is better")
 
 
@@ -90,8 +160,8 @@ class SliceThresholds(_Strict):
     thresholds: dict[str, Bound] = Field(default_factory=dict)
 
     @model_validator(mode="after")
-    def _known(self) -> SliceThresholds:
-        _check_metrics(self.thresholds)
+    def _known(self, info: ValidationInfo) -> SliceThresholds:
+        _check_metrics(self.thresholds, _task(info))
         return self
 
 
@@ -118,17 +188,19 @@ class DerivedFeature(_Strict):
 class EvaluationSettings(_Strict):
     slices: list[str | list[str]] = Field(default_factory=list)
     derived_features: dict[str, DerivedFeature] = Field(default_factory=dict)
-    thresholds: dict[str, Bound] = Field(
-        default_factory=lambda: {"auc": Bound(min=0.6, max_drop=0.02)}
-    )
+    thresholds: dict[str, Bound] = Field(default_factory=dict)  # none given: the task's defaults
     slice_thresholds: SliceThresholds = Field(default_factory=SliceThresholds)
     min_eval_examples: Annotated[int, Field(ge=1)] = 100
 
     @model_validator(mode="after")
-    def _consistent(self) -> EvaluationSettings:
+    def _consistent(self, info: ValidationInfo) -> EvaluationSettings:
+        task = _task(info)
+        defaults = TASKS[task].default_thresholds
+        if "thresholds" not in self.model_fields_set and defaults:
+            object.__setattr__(self, "thresholds", {k: Bound(**v) for k, v in defaults.items()})
         if not self.thresholds:
             raise ValueError("thresholds: at least one overall threshold is needed to bless a model")
-        _check_metrics(self.thresholds)
+        _check_metrics(self.thresholds, task)
         for name in self.derived_features:
             if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
                 raise ValueError(f"derived_features: {name!r} is not a valid feature name")
@@ -164,12 +236,19 @@ def _format(line: str, data: Any, err: ValidationError) -> str:
 
 
 def parse_settings(
-    line: str, data: dict[str, Any] | None, fields: dict[str, str], not_sliceable: set[str] | frozenset = frozenset()
+    line: str,
+    data: dict[str, Any] | None,
+    fields: dict[str, str],
+    not_sliceable: set[str] | frozenset = frozenset(),
+    task: str | None = None,
 ) -> EvaluationSettings:
-    """Validate a spec's ``evaluation:`` mapping against the line's fields (name -> type);
-    ``not_sliceable``: the key and label columns."""
+    """Validate a spec's ``evaluation:`` mapping against the line's fields (name -> type)
+    and ``task`` (which metrics exist); ``not_sliceable``: the key and label columns."""
+    task = task or BINARY
+    if task not in TASKS:
+        raise EvaluationSettingsError(f"{line}.yaml: task: no evaluation gate for {task!r} (it serves: {', '.join(TASKS)})")
     try:
-        settings = EvaluationSettings.model_validate(data or {})
+        settings = EvaluationSettings.model_validate(data or {}, context={"task": task})
     except ValidationError as err:
         raise EvaluationSettingsError(_format(line, data, err)) from None
     problems = []
@@ -187,6 +266,8 @@ def parse_settings(
                 problems.append(f"slices.{i}: {f!r} is the key or the label: not a slice")
             elif fields.get(f) == "double":
                 problems.append(f"slices.{i}: {f!r} is a double: slice on a derived band of it instead")
+            elif fields.get(f) == "image":
+                problems.append(f"slices.{i}: {f!r} is an image: not a slice")
     if problems:
         raise EvaluationSettingsError(
             "invalid evaluation settings\n  " + "\n  ".join(f"{line}.yaml: evaluation.{p}" for p in problems)
@@ -197,5 +278,8 @@ def parse_settings(
 def load_settings(spec: Any) -> EvaluationSettings:
     """The evaluation settings of a :class:`pipelines.specs.LineSpec`."""
     fields = {f.name: f.type for f in spec.schema.fields}
-    not_sliceable = {*spec.schema.key, spec.schema.label.name}
-    return parse_settings(spec.name, dict(spec.evaluation), fields, not_sliceable)
+    task = getattr(spec, "task", None) or BINARY
+    not_sliceable = set(spec.schema.key)
+    if not (task in TASKS and TASKS[task].label_sliceable):
+        not_sliceable.add(spec.schema.label.name)
+    return parse_settings(spec.name, dict(spec.evaluation), fields, not_sliceable, task)
