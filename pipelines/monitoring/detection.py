@@ -87,8 +87,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines.monitoring import statistics as metrics
-from pipelines.monitoring.profile import category_counts, check_profile, numeric_values
-from pipelines.specs.drift import EFFECT_METRICS, LABEL_FEATURE, SCORE_FEATURE, DriftSpec, drift_spec
+from pipelines.monitoring.profile import category_counts, category_key, check_profile, numeric_values
+from pipelines.specs.drift import (
+    CLASS_FEATURE,
+    EFFECT_METRICS,
+    LABEL_FEATURE,
+    PREDICTION_FEATURES,
+    SCORE_FEATURE,
+    DriftSpec,
+    drift_spec,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -291,6 +299,10 @@ def score_batch(
 
     notes = []
     names = [n for n in profile["features"] if n != SCORE_FEATURE]
+    if CLASS_FEATURE in names and CLASS_FEATURE not in frame.columns:
+        # like scores: no predictions for the batch means no prediction drift, not a changed schema
+        names.remove(CLASS_FEATURE)
+        notes.append("no predicted classes for the batch: no prediction drift")
     if score_values is not None:
         if SCORE_FEATURE in profile["features"]:
             names.append(SCORE_FEATURE)
@@ -316,7 +328,11 @@ def score_batch(
 
     performance = None
     if label_values is not None:
-        performance = _performance(profile, score_values, label_values, positive, cfg)
+        metric = (profile.get("performance") or {}).get("metric", "auc")
+        if metric not in PERFORMANCE_RULES:
+            raise DriftInputError(f"the profile's performance metric {metric!r} is not one this code tests")
+        predictions = frame[CLASS_FEATURE] if CLASS_FEATURE in frame.columns else score_values
+        performance = PERFORMANCE_RULES[metric](profile, predictions, label_values, positive, cfg)
 
     # the family: every feature test, and the AUC rule when it runs
     tests = sum(f.get("tests", 0) for f in findings.values()) + (performance["tests"] if performance else 0)
@@ -325,7 +341,7 @@ def score_batch(
         if finding["status"] == "ok":
             _decide(finding, cfg.thresholds_for(name), alpha_test)
     if performance:
-        _decide_auc(performance, alpha_test)
+        DECIDERS[performance.get("metric", "auc")](performance, alpha_test)
 
     drifted = [
         _why(name, f)
@@ -334,8 +350,10 @@ def score_batch(
     ]
     if performance and performance.get("label_rate_drifted"):
         drifted.append(_label_why(performance))
+    if performance and performance.get("label_mix_drifted"):
+        drifted.append(_label_mix_why(performance))
     drifted.sort(key=lambda d: (d["status"] != "missing", -(d["severity"] or 0.0), d["feature"]))
-    score_finding = findings.get(SCORE_FEATURE)
+    prediction_findings = [findings[n] for n in PREDICTION_FEATURES if n in findings]
     any_drift = bool(drifted) or bool(performance and performance.get("drifted"))
     return {
         "format": REPORT_FORMAT,
@@ -350,8 +368,8 @@ def score_batch(
         "tests": tests,
         "alpha_per_test": alpha_test,
         "drifted": any_drift,
-        "data_drift": any(d["feature"] != SCORE_FEATURE for d in drifted),
-        "prediction_drift": bool(score_finding and score_finding["drifted"]),
+        "data_drift": any(d["feature"] not in (*PREDICTION_FEATURES, LABEL_FEATURE) for d in drifted),
+        "prediction_drift": any(f["drifted"] for f in prediction_findings),
         "schema_changed": bool(absent),
         "drifted_features": drifted,
         "features": findings,
@@ -367,7 +385,9 @@ def _performance(
     verdict waits for the family's per-test level (:func:`_decide_auc`); ``tests`` says
     whether the AUC rule is one of the batch's tests (1) or not (0)."""
     ref = profile.get("performance") or {}
-    out: dict[str, Any] = {"auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False}
+    out: dict[str, Any] = {
+        "metric": "auc", "auc": None, "auc_ref": ref.get("auc"), "n": 0, "positives": 0, "drifted": False,
+    }
     y = _labels01(labels, positive)
     out.update(_label_rate(y, ref, cfg))
     limit = cfg.performance.max_auc_drop
@@ -454,6 +474,106 @@ def _label_why(perf: dict[str, Any]) -> dict[str, Any]:
         ),
     }
 
+
+
+def _performance_accuracy(
+    profile: dict[str, Any], predicted: Any, labels: Any, positive: Any, cfg: DriftSpec
+) -> dict[str, Any]:
+    """Multiclass: accuracy of the predicted classes on the batch against the reference's,
+    and the label's class mix against the training data's. The accuracy's verdict waits
+    for the family's per-test level (:func:`_decide_accuracy`)."""
+    ref = profile.get("performance") or {}
+    classes = [str(c) for c in ref.get("classes") or []]
+    out: dict[str, Any] = {
+        "metric": "accuracy", "accuracy": None, "accuracy_ref": ref.get("accuracy"), "n": 0,
+        "max_accuracy_drop": cfg.performance.max_accuracy_drop, "tests": 0, "drifted": False,
+    }
+    keys = [category_key(v) for v in labels]
+    out.update(_label_mix(keys, classes, ref, cfg))
+    if predicted is None:
+        out["note"] = "labels without predicted classes: no accuracy"
+        return out
+    pairs = [(k, category_key(p)) for k, p in zip(keys, predicted, strict=True) if k is not None]
+    pairs = [(k, p) for k, p in pairs if p is not None]
+    n = len(pairs)
+    out["n"] = n
+    if not n:
+        return out
+    accuracy = sum(k == p for k, p in pairs) / n
+    out["accuracy"] = accuracy
+    ref_acc, ref_n = ref.get("accuracy"), ref.get("n")
+    if ref_acc is None:
+        return out
+    out["accuracy_drop"] = ref_acc - accuracy
+    # binomial standard errors; the reference's own when it was measured on a finite set
+    se_batch = math.sqrt(max(accuracy * (1 - accuracy), 1.0 / n) / n)
+    se_ref = math.sqrt(ref_acc * (1 - ref_acc) / ref_n) if isinstance(ref_n, int) and ref_n > 0 else 0.0
+    out.update(accuracy_se_batch=se_batch, accuracy_se_ref=se_ref, accuracy_se=math.hypot(se_batch, se_ref))
+    if out["max_accuracy_drop"] is not None and n >= cfg.performance.min_labelled_rows:
+        out["tests"] = 1
+    return out
+
+
+def _decide_accuracy(perf: dict[str, Any], alpha_test: float) -> None:
+    """The accuracy rule, one-sided at the family's per-test level, like the AUC's."""
+    if perf["tests"]:
+        z = NormalDist().inv_cdf(1 - alpha_test)
+        se, drop = perf["accuracy_se"], perf["accuracy_drop"]
+        perf["accuracy_alpha"] = alpha_test
+        perf["accuracy_pvalue"] = 0.5 * math.erfc(drop / se / math.sqrt(2))
+        perf["accuracy_threshold"] = max(perf["max_accuracy_drop"], z * se)
+        perf["accuracy_drifted"] = drop >= perf["accuracy_threshold"]
+    perf["drifted"] = bool(perf.get("accuracy_drifted")) or perf["label_mix_drifted"]
+
+
+def _label_mix(keys: list[str | None], classes: list[str], ref: dict[str, Any], cfg: DriftSpec) -> dict[str, Any]:
+    """The batch's class mix against the reference's: largest share change (L-inf) and a
+    chi-square test of homogeneity; drifted when both pass (``max_label_rate_change``, ``alpha``)."""
+    limit = cfg.performance.max_label_rate_change
+    ref_counts = ref.get("label_counts")
+    out: dict[str, Any] = {"max_label_rate_change": limit, "label_mix_drifted": False}
+    index = {c: i for i, c in enumerate(classes)}
+    counts = np.zeros(len(classes) + 1, dtype="int64")  # last: a value that is not a class
+    for k in keys:
+        if k is not None:
+            counts[index.get(k, len(classes))] += 1
+    out["label_counts"] = {c: int(n) for c, n in zip(classes, counts, strict=False)}
+    if not classes or not ref_counts or counts.sum() == 0:
+        return out
+    ref_vec = np.asarray([int(ref_counts.get(c, 0)) for c in classes] + [0], dtype="int64")
+    p, q = metrics.shares(ref_vec), metrics.shares(counts)
+    change = q - p
+    worst = int(np.argmax(np.abs(change)))
+    _, _, pvalue = metrics.chi2_homogeneity(ref_vec, counts)
+    out.update(
+        label_mix_change=float(abs(change[worst])),
+        label_mix_class=classes[worst] if worst < len(classes) else "__other__",
+        label_mix_share=float(q[worst]),
+        label_mix_share_ref=float(p[worst]),
+        label_mix_pvalue=pvalue,
+    )
+    if limit is not None:
+        out["label_mix_drifted"] = out["label_mix_change"] >= limit and pvalue < cfg.alpha
+    return out
+
+
+def _label_mix_why(perf: dict[str, Any]) -> dict[str, Any]:
+    p = perf["label_mix_pvalue"]
+    return {
+        "feature": LABEL_FEATURE,
+        "severity": perf["label_mix_change"] / perf["max_label_rate_change"],
+        "status": "drifted",
+        "by": (
+            f"class {perf['label_mix_class']} share {perf['label_mix_share_ref']:.3f} -> {perf['label_mix_share']:.3f}, "
+            f"change {perf['label_mix_change']:.3f} >= {perf['max_label_rate_change']:g}"
+            + (f" (p={p:.2g})" if p > 0 else " (p<1e-300)")
+        ),
+    }
+
+
+# the performance rule by the reference's metric: ROC AUC (binary), accuracy (multiclass)
+PERFORMANCE_RULES = {"auc": _performance, "accuracy": _performance_accuracy}
+DECIDERS = {"auc": _decide_auc, "accuracy": _decide_accuracy}
 
 
 def _auc_standard_error(auc: float, positives: int, negatives: int) -> float:

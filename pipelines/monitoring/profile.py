@@ -375,6 +375,13 @@ def check_profile(profile: Any, where: str = "profile") -> None:
         problem = _feature_problem(f)
         if problem:
             raise ProfileError(f"{where}: feature {name!r}: {problem}")
+    projection = profile.get("projection")
+    if projection is not None:
+        rows = projection.get("components") if isinstance(projection, dict) else None
+        if (not isinstance(rows, list) or not rows or any(not isinstance(r, list) or len(r) != projection.get("dim")
+                                                            for r in rows)
+                or len(projection.get("mean") or []) != projection.get("dim")):
+            raise ProfileError(f"{where}: the embedding projection's mean and components do not fit its dimension")
 
 
 def _feature_problem(f: Any) -> str | None:

@@ -353,9 +353,11 @@ class LineSpec(_Strict):
         for name in self.training.model.log_features:
             if name not in numeric:
                 raise ValueError(f"training.model.log_features: {name!r} is not a numeric feature")
-        unknown = sorted(set(self.drift.features) - {f.name for f in self.schema_.features})
+        monitored = self.drift.monitored_features(self.modality, [f.name for f in self.schema_.features])
+        unknown = sorted(set(self.drift.features) - set(monitored))
         if unknown:
-            raise ValueError(f"drift.features: {unknown} are not model features")
+            raise ValueError(f"drift.features: {unknown} are not monitored features of a {self.modality} line "
+                             f"(those are {monitored})")
         return self
 
     @property

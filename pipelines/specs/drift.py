@@ -13,9 +13,20 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 SCORE_FEATURE = "__score__"
-# the label's positive rate, named like a feature when it drifts (a prior shift)
+# the label's positive rate (or, multiclass, its class mix), named like a feature when it
+# drifts (a prior shift)
 LABEL_FEATURE = "__label__"
+# a multiclass model's predicted class, a categorical feature: prediction drift of an
+# image line (in place of the binary score)
+CLASS_FEATURE = "__class__"
+# the thresholds of ``prediction:`` apply to these
+PREDICTION_FEATURES = (SCORE_FEATURE, CLASS_FEATURE)
 EFFECT_METRICS = ("psi", "jsd", "linf")
+# per-image statistics the cleaner writes for an image line (numeric features)
+IMAGE_STATISTICS = ("brightness", "contrast", "sharpness")
+# an image model's embedding, projected on the reference's principal components:
+# embedding_pc1, embedding_pc2, ...
+EMBEDDING_PREFIX = "embedding_pc"
 
 Threshold = Annotated[float, Field(gt=0)] | None
 
@@ -58,7 +69,8 @@ class RetrainPolicy(_Strict):
 
 
 class PerformanceSpec(_Strict):
-    """Labelled batches: ROC AUC on the batch against the reference's. ``max_auc_drop``
+    """Labelled batches: ROC AUC (binary) or accuracy (multiclass) on the batch against
+    the reference's. ``max_auc_drop``
     (absolute) makes a drop an alarm of its own when a one-sided test also finds it
     beyond noise at ``alpha`` per test (the AUC rule counts as one test of the
     family); ``null``: reported only.
@@ -68,11 +80,25 @@ class PerformanceSpec(_Strict):
     (more defaults, fewer people employed) can leave every feature and the score
     distribution where they were, so nothing else would see it; ``null``: reported only.
     ``min_labelled_rows`` guards the AUC rule only (an AUC on few rows of a rare class is
-    noise); the label-rate test needs five expected rows of the rarer class."""
+    noise); the label-rate test needs five expected rows of the rarer class.
+
+    Multiclass (an image line): ``max_accuracy_drop`` is the accuracy rule, tested like
+    the AUC rule (one-sided, at the family's per-test level, ``min_labelled_rows``); the
+    label's class mix replaces the positive rate: ``max_label_rate_change`` is then the
+    largest change of one class's share, tested by a chi-square test at ``alpha``."""
 
     max_auc_drop: Annotated[float, Field(gt=0, lt=1)] | None = None
+    max_accuracy_drop: Annotated[float, Field(gt=0, lt=1)] | None = None
     max_label_rate_change: Annotated[float, Field(gt=0, lt=1)] | None = 0.05
     min_labelled_rows: Annotated[int, Field(ge=2)] = 100
+
+
+class EmbeddingSpec(_Strict):
+    """How an image model's embedding is monitored: the reference embeddings' first
+    ``components`` principal components (the projection is kept in the profile); each
+    component is a numeric feature ``embedding_pc<i>``, scored like any other."""
+
+    components: Annotated[int, Field(ge=1, le=64)] = 8
 
 
 class DriftSpec(_Strict):
@@ -94,18 +120,26 @@ class DriftSpec(_Strict):
     prediction: FeatureDrift = Field(default_factory=FeatureDrift)
     features: dict[str, FeatureDrift] = Field(default_factory=dict)
     performance: PerformanceSpec = Field(default_factory=PerformanceSpec)
+    # image lines: the embedding's summary
+    embedding: EmbeddingSpec = Field(default_factory=EmbeddingSpec)
     retrain: RetrainPolicy = Field(default_factory=RetrainPolicy)
 
     @model_validator(mode="after")
     def _no_score_override(self) -> DriftSpec:
-        if SCORE_FEATURE in self.features:
-            raise ValueError(f"features: set the score's thresholds under 'prediction', not {SCORE_FEATURE!r}")
+        for name in PREDICTION_FEATURES:
+            if name in self.features:
+                raise ValueError(f"features: set the prediction's thresholds under 'prediction', not {name!r}")
         return self
+
+    def monitored_features(self, modality: str, schema_features: list[str]) -> list[str]:
+        """The names ``features:`` may set for a line of ``modality``: its schema's model
+        features (tabular) or what stands for an image (image)."""
+        return MONITORED_FEATURES[modality](self, schema_features)
 
     def thresholds_for(self, feature: str) -> dict[str, float | None]:
         """Effective thresholds of one feature: the feature's (or the prediction's) override,
         else the line's."""
-        override = self.prediction if feature == SCORE_FEATURE else self.features.get(feature)
+        override = self.prediction if feature in PREDICTION_FEATURES else self.features.get(feature)
         out = {}
         for metric in EFFECT_METRICS:
             value = getattr(override, metric) if override is not None else None
@@ -113,8 +147,22 @@ class DriftSpec(_Strict):
         return out
 
     def ignored(self, feature: str) -> bool:
-        override = self.prediction if feature == SCORE_FEATURE else self.features.get(feature)
+        override = self.prediction if feature in PREDICTION_FEATURES else self.features.get(feature)
         return bool(override and override.ignore)
+
+
+def embedding_features(components: int) -> list[str]:
+    """``embedding_pc1`` .. ``embedding_pc<components>``."""
+    return [f"{EMBEDDING_PREFIX}{i}" for i in range(1, components + 1)]
+
+
+# What drift monitors per modality (besides the prediction and the label), by name: a
+# tabular line its model features; an image line the cleaner's per-image statistics and
+# the embedding's principal components (the image itself is no feature to bucket).
+MONITORED_FEATURES = {
+    "tabular": lambda cfg, schema_features: list(schema_features),
+    "image": lambda cfg, schema_features: [*IMAGE_STATISTICS, *embedding_features(cfg.embedding.components)],
+}
 
 
 def drift_spec(section: DriftSpec | dict[str, Any] | None) -> DriftSpec:
