@@ -5,11 +5,16 @@ manager; tests/test_ui_browser.py runs the real one)."""
 
 from __future__ import annotations
 
+import base64
+import gzip
+import io
 import os
+import re
 import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import numpy as np
 import pytest
 from factory_records import batch_frame, push, reference_profile, write_gate_result, write_training_run
 from fastapi import HTTPException
@@ -515,3 +520,259 @@ def test_the_plugin_wires_the_app_and_a_nav_view():
     model = ExternalViewResponse(**view)
     assert model.destination == "nav" and model.url_route == "model-factory"
     assert not model.href.startswith("/")  # relative to the UI's base URL
+
+
+# -- an image line: quarantined images, the confusion matrix, galleries -------------------
+
+FASHION = "fashion"
+FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _idx(split: str, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``n`` images (uint8 [n, 28, 28]) and labels of a Fashion-MNIST split, read
+    from the IDX files (big-endian header: magic, counts and sizes, then the bytes)."""
+    with gzip.open(FASHION_MNIST / f"{split}-images-idx3-ubyte.gz") as f:
+        magic, count, rows, cols = np.frombuffer(f.read(16), ">u4")
+        assert magic == 2051 and count >= n
+        images = np.frombuffer(f.read(n * rows * cols), np.uint8).reshape(n, rows, cols)
+    with gzip.open(FASHION_MNIST / f"{split}-labels-idx1-ubyte.gz") as f:
+        magic, count = np.frombuffer(f.read(8), ">u4")
+        assert magic == 2049
+        labels = np.frombuffer(f.read(n), np.uint8)
+    return images, labels
+
+
+def _png(pixels: np.ndarray, text: str | None = None) -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    info = None
+    if text is not None:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", text)
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG", pnginfo=info)
+    return out.getvalue()
+
+
+def _decode(src: str) -> np.ndarray:
+    from PIL import Image
+
+    assert src.startswith("data:image/png;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1], validate=True)), formats=["PNG"]))
+
+
+MARKER = "<script>alert('stored')</script>"  # a text chunk in a stored PNG: never reaches the page
+
+
+def _quarantine(home: Path, batch: str, landed_at: str, rows: list[dict]) -> None:
+    """A cleaned image batch as the cleaning job leaves it: the ledger's report and the
+    quarantine Parquet folder (a part file and Spark's _SUCCESS) in the contract's columns."""
+    import uuid
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    paths = layout.line_paths(FASHION, home)
+    ledger.update(paths, batch, "landed", status=ledger.LANDED, file=str(paths.landing / f"{batch}.zip"),
+                  format="images", sha256="0" * 64, bytes=4321, landed_at=landed_at)
+    reasons: dict[str, int] = {}
+    for r in rows:
+        for reason in r["_reasons"]:
+            reasons[reason] = reasons.get(reason, 0) + 1
+    schema = pa.schema([("image_id", pa.string()), ("file", pa.string()), ("image", pa.binary()),
+                        ("label", pa.string()), ("_reasons", pa.list_(pa.string()))])
+    folder = paths.quarantine_batch(batch)
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"part-00000-{uuid.uuid4()}-c000.snappy.parquet")
+    (folder / "_SUCCESS").write_text("")
+    ledger.update(paths, batch, "cleaned", status=ledger.CLEANED, error=None, failed_stage=None, cleaning={
+        "rows_in": 1000, "rows_clean": 1000 - len(rows), "rows_quarantined": len(rows), "duplicates_removed": 0,
+        "duplicates": {}, "quarantine_reasons": reasons, "repairs": {}, "clean_path": str(paths.clean_batch(batch)),
+        "quarantine_path": str(folder), "seconds": 3.1, "spark_version": "3.5.3", "spec_version": 1})
+
+
+@pytest.fixture(scope="module")
+def garments() -> tuple[np.ndarray, np.ndarray]:
+    return _idx("train", 40)
+
+
+def _fashion_home(home: Path, garments) -> dict[str, np.ndarray]:
+    """Two cleaned batches of the fashion line with quarantined rows of every kind; the
+    pixels each decodable row should show, by image id."""
+    from PIL import Image
+
+    images, _ = garments
+    big = np.asarray(Image.fromarray(images[5]).resize((32, 32), Image.Resampling.NEAREST))
+    truncated = _png(images[11])[:60]  # a PNG cut short: undecodable
+    _quarantine(home, "slice-1", "2026-11-20T09:00:00+00:00", [
+        {"image_id": "train-00001", "file": "train-00001.png", "image": _png(np.zeros((28, 28), np.uint8)),
+         "label": "0", "_reasons": ["blank"]},
+        {"image_id": "train-00002", "file": "train-00002.png", "image": _png(np.zeros((2000, 2000), np.uint8)),
+         "label": "4", "_reasons": ["too_large", "wrong_size"]},
+    ])
+    _quarantine(home, "slice-2", "2026-11-21T09:00:00+00:00", [
+        {"image_id": "train-00007", "file": "train-00007.png", "image": _png(images[7], MARKER), "label": "12",
+         "_reasons": ["label_not_a_class"]},
+        {"image_id": "train-00011", "file": "train-00011.png", "image": truncated, "label": "3",
+         "_reasons": ["undecodable"]},
+        {"image_id": None, "file": "train-00019.png", "image": None, "label": "3", "_reasons": ["no_image_file"]},
+        {"image_id": "train-00005", "file": "train-00005.png", "image": _png(big), "label": None,
+         "_reasons": ["wrong_size"]},
+    ])
+    return {"train-00007": images[7], "train-00005": big, "train-00001": np.zeros((28, 28), np.uint8)}
+
+
+def _upscaled(pixels: np.ndarray, box: int = 84) -> np.ndarray:
+    scale = box // max(pixels.shape)
+    return np.repeat(np.repeat(pixels, scale, axis=0), scale, axis=1)
+
+
+def test_an_image_line_shows_its_quarantined_images(tmp_path, garments):
+    home = tmp_path / "factory"
+    expected = _fashion_home(home, garments)
+    view = gather(home, [FASHION]).line(FASHION)
+    assert view.modality == "image" and view.notes == []
+    shown = view.quarantine_images
+    # newest batch first, in file order, with the reasons the cleaning job gave
+    assert [(g.batch_id, g.image_id, g.details) for g in shown] == [
+        ("slice-2", "train-00007", ["label_not_a_class"]), ("slice-2", "train-00011", ["undecodable"]),
+        ("slice-2", None, ["no_image_file"]), ("slice-2", "train-00005", ["wrong_size"]),
+        ("slice-1", "train-00001", ["blank"]), ("slice-1", "train-00002", ["too_large", "wrong_size"])]
+    by_id = {g.image_id: g for g in shown}
+    for image_id, pixels in expected.items():  # decoded, upscaled by a whole factor, nearest-neighbour
+        assert np.array_equal(_decode(by_id[image_id].src), _upscaled(pixels)), image_id
+    assert _decode(by_id["train-00005"].src).shape == (64, 64)
+    assert by_id["train-00011"].src is None and by_id["train-00011"].problem.startswith("cannot be decoded")
+    assert by_id[None].src is None and by_id[None].problem == "no image" and by_id[None].caption.startswith("train-00019.png")
+    assert by_id["train-00002"].src is None and by_id["train-00002"].problem == "too large to show (2000x2000)"
+    assert by_id["train-00007"].caption == "train-00007 \u00b7 label 12"
+
+
+def test_quarantine_reads_stop_at_the_limit(tmp_path, garments):
+    home = tmp_path / "factory"
+    _fashion_home(home, garments)
+    rows = records.read_quarantine(FASHION, "slice-2", home, columns=["image_id", "_reasons"], limit=2)
+    assert rows == [{"image_id": "train-00007", "_reasons": ["label_not_a_class"]},
+                    {"image_id": "train-00011", "_reasons": ["undecodable"]}]
+    assert records.read_quarantine(FASHION, "slice-9", home) == []  # not cleaned
+    with pytest.raises(records.RecordError, match="no column"):
+        records.read_quarantine(FASHION, "slice-2", home, columns=["image_id", "loan_id"])
+    view = gather(home, [FASHION]).line(FASHION)
+    from pipelines.ui.gather import read_quarantine_images
+
+    notes: list[str] = []
+    batches = list(reversed(ledger.all_records(layout.line_paths(FASHION, home))))
+    assert [g.image_id for g in read_quarantine_images(FASHION, batches, home, notes, limit=3)] == [
+        "train-00007", "train-00011", None]
+    assert len(view.quarantine_images) == 6 and notes == []
+
+
+def test_an_unreadable_quarantine_is_a_note(tmp_path, garments):
+    home = tmp_path / "factory"
+    _fashion_home(home, garments)
+    part = next(layout.line_paths(FASHION, home).quarantine_batch("slice-2").glob("part-*"))
+    part.write_bytes(part.read_bytes()[:100])  # a part file cut short
+    view = gather(home, [FASHION]).line(FASHION)
+    assert [g.batch_id for g in view.quarantine_images] == ["slice-1", "slice-1"]
+    assert any(n.startswith("quarantine of slice-2:") and "cannot be read as Parquet" in n for n in view.notes)
+    assert not any(str(home) in n for n in view.notes)
+
+
+def test_the_page_shows_thumbnails_reasons_and_placeholders(tmp_path, garments):
+    home = tmp_path / "factory"
+    expected = _fashion_home(home, garments)
+    html = render.page(gather(home, [FASHION]), nonce="n")
+    sources = re.findall(r'<img src="([^"]+)"', html)
+    assert len(sources) == 3
+    assert [_decode(s).shape for s in sources] == [(84, 84), (64, 64), (84, 84)]
+    assert np.array_equal(_decode(sources[0]), _upscaled(expected["train-00007"]))
+    for reason in ("label not a class", "undecodable", "no image file", "wrong size", "blank", "too large"):
+        assert reason in html, reason
+    assert html.count('class="placeholder"') == 3 and "cannot be decoded" in html and "too large to show (2000x2000)" in html
+    # the stored bytes are never passed through: the PNG's text chunk is gone, even encoded
+    assert "alert(" not in html and all(b"alert" not in base64.b64decode(s.split(",", 1)[1]) for s in sources)
+    assert base64.b64encode(_png(garments[0][7], MARKER)).decode() not in html
+    assert 'src="http' not in html
+
+
+def test_a_tabular_line_has_no_image_parts(home):
+    view = gather(home, [LINE]).line(LINE)
+    assert view.modality == "tabular" and view.quarantine_images == [] and view.evaluation is None
+    html = render.page(gather(home, [LINE]))
+    assert "<img" not in html and 'class="gallery"' not in html and "<h3>Evaluation</h3>" not in html
+    assert "Quarantined images" not in html and 'class="confusion"' not in html
+
+
+def test_the_app_serves_thumbnails_under_its_csp(client, home, garments):
+    _fashion_home(home, garments)
+    r = client.get("/", headers={"Authorization": "Bearer admin"})
+    assert r.status_code == 200 and 'id="line-fashion"' in r.text
+    sources = re.findall(r'<img src="([^"]+)"', r.text)
+    assert len(sources) == 3 and all(_decode(s).size for s in sources)
+    csp = r.headers["content-security-policy"]
+    assert "img-src 'self' data:;" in csp and "default-src 'none'" in csp and "http" not in csp
+    assert "<img" not in client.get("/", headers={"Authorization": "Bearer credit"}).text  # fashion is not theirs
+
+
+def _evaluation_data(n: int = 2000) -> tuple[dict, list[dict], np.ndarray, np.ndarray, np.ndarray]:
+    """A confusion matrix and captioned examples as an evaluation of the official test set
+    would give them: true classes from the IDX labels, predictions that confuse shirts
+    (6) with T-shirts (0) and every 9th pullover (2) with a coat (4)."""
+    images, labels = _idx("t10k", n)
+    predicted = labels.copy()
+    predicted[labels == 6] = 0
+    pullovers = np.flatnonzero(labels == 2)
+    predicted[pullovers[::9]] = 4
+    matrix = np.zeros((10, 10), int)
+    np.add.at(matrix, (labels, predicted), 1)
+    examples = [{"image_id": f"t10k-{i:05d}", "png": _png(images[i]),
+                 "caption": f"true {labels[i]}, predicted {predicted[i]} (0.93)"} for i in range(12)]
+    return {"classes": list(range(10)), "matrix": matrix.tolist()}, examples, images, labels, matrix
+
+
+def test_confusion_matrix_and_gallery_from_plain_data(tmp_path):
+    from pipelines.specs import load_spec
+    from pipelines.ui.gather import class_names, evaluation_view
+
+    confusion, examples, images, labels, matrix = _evaluation_data()
+    names = class_names(load_spec(FASHION))
+    assert names["0"] == "T-shirt/top" and names["9"] == "Ankle boot"
+    evaluation = evaluation_view(confusion, examples, names=names, run="manual__2026-12-01")
+    cm = evaluation.confusion
+    assert cm.classes[0] == "T-shirt/top" and cm.classes[6] == "Shirt" and cm.total == 2000
+    assert cm.row_totals == np.bincount(labels, minlength=10).tolist() and cm.column_totals == matrix.sum(0).tolist()
+    assert cm.recall(6) == 0.0 and cm.shade(6, 0) == 10 and cm.shade(1, 1) == 10 and cm.shade(6, 6) == 0
+    pullovers = matrix[2].sum()
+    assert cm.shade(2, 4) == round(matrix[2, 4] / pullovers * 10) and 0 < cm.shade(2, 4) < cm.shade(2, 2)
+    assert [_decode(g.src).shape for g in evaluation.gallery] == [(84, 84)] * 12
+    assert np.array_equal(_decode(evaluation.gallery[3].src), _upscaled(images[3]))
+
+    overview = gather(tmp_path / "factory", [FASHION])
+    overview.line(FASHION).evaluation = evaluation
+    html = render.page(overview)
+    table = html[html.index('<table class="confusion">'):html.index("</table>", html.index('<table class="confusion">'))]
+    root = ET.fromstring(table.replace("&ndash;", "-") + "</table>")
+    header = [th.text for th in root.find("thead/tr")]
+    assert header == ["true \\ predicted", *[names[str(i)] for i in range(10)], "total", "recall"]
+    body = [[td.text for td in tr.findall("td")] for tr in root.find("tbody")]
+    assert [row[:10] for row in body] == [[f"{x:,}" for x in row] for row in matrix.tolist()]
+    assert [row[10] for row in body] == [f"{x:,}" for x in matrix.sum(1)]
+    foot = [td.text for td in root.find("tfoot/tr").findall("td")]
+    assert foot[:11] == [f"{x:,}" for x in [*matrix.sum(0), matrix.sum()]]
+    assert f"accuracy {np.trace(matrix) / matrix.sum():.4f}" in html
+    shirts = root.find("tbody")[6].findall("td")
+    assert "h10" in shirts[0].get("class").split() and "diag" in shirts[6].get("class").split()
+    assert "<h3>Evaluation</h3>" in html and "true 9, predicted 9 (0.93)" in html and "manual__2026-12-01" in html
+    assert len(re.findall(r'<img src="data:image/png;base64,', html)) == 12
+
+
+def test_the_evaluation_adapter_refuses_a_bad_matrix():
+    from pipelines.ui.gather import evaluation_view
+
+    for bad in ({"classes": [0, 1], "matrix": [[1, 2]]}, {"classes": [0, 1], "matrix": [[1, 2], [3]]},
+                {"classes": [0, 1], "matrix": [[1, -2], [3, 4]]}, {"classes": [0, 1], "matrix": [[1, 2.5], [3, 4]]},
+                {"classes": [], "matrix": []}):
+        with pytest.raises(ValueError, match="confusion matrix"):
+            evaluation_view(bad)
+    only_images = evaluation_view(None, [{"image_id": "x", "png": b"\x89PNG junk", "caption": "true 1"}])
+    assert only_images.confusion is None and only_images.gallery[0].problem.startswith("cannot be decoded")

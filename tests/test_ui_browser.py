@@ -139,7 +139,7 @@ def test_the_view_needs_an_airflow_token(factory, ingested):
     v = runtime.viewer()
     viewer = api.Client(record["url"], v.username, v.password)
     r = httpx.get(base + "/api/overview", headers={"Authorization": f"Bearer {viewer.token}"})
-    assert r.status_code == 200 and [lv["name"] for lv in r.json()["lines"]] == ["credit_risk", "employment"]
+    assert r.status_code == 200 and [lv["name"] for lv in r.json()["lines"]] == ["credit_risk", "employment", "fashion"]
     assert httpx.get(base + "/static/icon.svg").status_code == 200
 
 

@@ -9,6 +9,7 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | record | model | writer | reader |
 |---|---|---|---|
 | batch ledger | :class:`BatchRecord` | :func:`pipelines.catalog.ledger.update` | :func:`pipelines.catalog.ledger.read`, ``all_records`` |
+| quarantine of a cleaned batch | rows as dicts (Parquet) | the Spark cleaning job (:mod:`pipelines.ingest.cleaning.job`) | :func:`read_quarantine` |
 | training result | :class:`TrainingResult` | :func:`write_training_result` (rank 0 of the workers) | :func:`read_training_result` |
 | model info (``assets.extra/factory_model.json``) | a dict (:func:`pipelines.training.manifest.model_info`) | :func:`write_model_info` (the export) | :func:`read_model_info` |
 | training manifest | (:class:`pipelines.training.manifest.Manifest`) | :func:`write_manifest` | :func:`read_manifest_data` |
@@ -33,6 +34,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +129,53 @@ class BatchRecord(Record):
     validation: ValidationSummary | None = None
     error: str | None = None
     failed_stage: str | None = None
+
+
+# ---------------------------------------------------------------- cleaned batch: quarantine
+
+
+def read_quarantine(line: str, batch_id: str, home: Path | None = None, *, columns: list[str] | None = None,
+                    limit: int = 100) -> list[dict[str, Any]]:
+    """Up to ``limit`` rows of a cleaned batch's quarantine, in file order, as dicts of
+    ``columns`` (default: all): the Parquet folder the cleaning job writes at
+    :meth:`~pipelines.catalog.layout.LinePaths.quarantine_batch` (its part files; names
+    starting with ``.`` or ``_`` are Spark's bookkeeping, skipped as Spark and Arrow do).
+    ``[]`` when the batch has no cleaning output.
+
+    Reads only as many record batches as the limit needs, so a large quarantine costs
+    little. Cleaning a batch again replaces its folder whole
+    (:func:`pipelines.storage.swap_directory`); every part file is opened before any is
+    read, so the rows come from one cleaning, and a folder replaced between listing and
+    opening is a :class:`RecordError` (read again later), never a mix."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    folder = layout.line_paths(line, home).quarantine_batch(batch_id)
+    try:
+        names = sorted(n for n in os.listdir(folder) if not n.startswith((".", "_")))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    rows: list[dict[str, Any]] = []
+    with ExitStack() as stack:
+        try:
+            handles = [(folder / n, stack.enter_context(open(folder / n, "rb"))) for n in names]
+        except FileNotFoundError as err:
+            raise RecordError(f"{folder}: replaced while being read ({err.filename})") from None
+        for path, handle in handles:
+            if len(rows) >= limit:
+                break
+            try:
+                part = pq.ParquetFile(handle)
+                missing = [c for c in columns or [] if c not in part.schema_arrow.names]
+                if missing:
+                    raise RecordError(f"{path}: no column(s) {missing} (columns: {part.schema_arrow.names})")
+                for batch in part.iter_batches(batch_size=max(1, min(limit, 256)), columns=columns):
+                    rows.extend(batch.to_pylist()[: limit - len(rows)])
+                    if len(rows) >= limit:
+                        break
+            except (pa.ArrowException, OSError) as err:
+                raise RecordError(f"{path}: cannot be read as Parquet: {err}") from None
+    return rows
 
 
 # ---------------------------------------------------------------- training

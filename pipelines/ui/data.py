@@ -19,13 +19,17 @@ from urllib.parse import quote
 from pipelines.catalog.layout import run_folder_name
 
 __all__ = [
-    "AirflowRuns", "Batch", "DriftBatch", "DriftPoint", "DriftSeries", "LineView", "MlflowInfo", "MlflowLine",
-    "Model", "Overview", "RunRef", "ServingVersion", "Validation", "mlflow_run_url", "run_folder_name",
+    "AirflowRuns", "Batch", "ConfusionMatrix", "DriftBatch", "DriftPoint", "DriftSeries", "Evaluation",
+    "GalleryImage", "LineView", "MlflowInfo", "MlflowLine", "Model", "Overview", "RunRef", "ServingVersion",
+    "Validation", "mlflow_run_url", "run_folder_name",
 ]
 
 MAX_BATCHES = 25
 MAX_MODELS = 20
 MAX_DRIFT_POINTS = 60
+MAX_QUARANTINE_IMAGES = 24  # quarantined images shown per image line, from its latest batches
+MAX_GALLERY = 48  # images in an evaluation's gallery
+SHADES = 10  # steps of a confusion matrix cell's colour
 DRIFT_METRIC = "psi"
 SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
 MAX_FEATURE = "__max__"  # a batch whose report is gone: only the history's largest PSI
@@ -147,6 +151,69 @@ class DriftBatch:
 
 
 @dataclass
+class GalleryImage:
+    """One image of a gallery: ``src`` is a ``data:`` URI of the image re-encoded for display
+    (:mod:`pipelines.ui.images`), or None with ``problem`` saying why it cannot be shown."""
+
+    image_id: str | None
+    caption: str
+    src: str | None = None
+    problem: str | None = None
+    details: list[str] = field(default_factory=list)  # e.g. a quarantined image's reasons
+    batch_id: str | None = None
+
+
+@dataclass
+class ConfusionMatrix:
+    """Counts of true class (rows) by predicted class (columns), with display names."""
+
+    classes: list[str]
+    matrix: list[list[int]]
+
+    @property
+    def row_totals(self) -> list[int]:
+        return [sum(row) for row in self.matrix]
+
+    @property
+    def column_totals(self) -> list[int]:
+        return [sum(col) for col in zip(*self.matrix, strict=True)] if self.matrix else []
+
+    @property
+    def total(self) -> int:
+        return sum(self.row_totals)
+
+    @property
+    def correct(self) -> int:
+        return sum(self.matrix[i][i] for i in range(len(self.matrix)))
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.correct / self.total if self.total else None
+
+    def share(self, i: int, j: int) -> float:
+        """A cell's share of its row (of the true class's examples)."""
+        total = sum(self.matrix[i])
+        return self.matrix[i][j] / total if total else 0.0
+
+    def shade(self, i: int, j: int) -> int:
+        """The cell's colour step, 0..:data:`SHADES`, from its row share (row-normalised)."""
+        return round(self.share(i, j) * SHADES)
+
+    def recall(self, i: int) -> float | None:
+        total = sum(self.matrix[i])
+        return self.matrix[i][i] / total if total else None
+
+
+@dataclass
+class Evaluation:
+    """What an evaluation of a multi-class model shows beyond its metrics."""
+
+    run: str | None = None  # the training run evaluated
+    confusion: ConfusionMatrix | None = None
+    gallery: list[GalleryImage] = field(default_factory=list)
+
+
+@dataclass
 class LineView:
     name: str
     description: str = ""
@@ -165,6 +232,9 @@ class LineView:
     drift_series: list[DriftSeries] = field(default_factory=list)
     drift_batches: list[DriftBatch] = field(default_factory=list)
     drift_metric: str = DRIFT_METRIC
+    modality: str = "tabular"  # the spec's modality: which of the parts below it has
+    quarantine_images: list[GalleryImage] = field(default_factory=list)  # image lines
+    evaluation: Evaluation | None = None
     notes: list[str] = field(default_factory=list)
 
 

@@ -8,6 +8,11 @@ records, each through its one reader in :mod:`pipelines.catalog`:
 | training runs, evaluations | :func:`pipelines.catalog.records.training_runs`: manifest, training result, MLflow run, the gate's result and report |
 | serving | :func:`pipelines.catalog.records.serving_versions`: push info, retirements; TF Serving serves the highest live version |
 | drift | :func:`pipelines.catalog.records.read_drift_history` (``kind: "batch"`` records) and the reports they name (:func:`~pipelines.catalog.records.read_drift_report`, :func:`~pipelines.catalog.records.drift_report_html`) |
+| quarantined images (``modality: image``) | :func:`pipelines.catalog.records.read_quarantine` of the latest batches |
+
+What differs by the spec's ``modality`` is in one table, :data:`MODALITY_PARTS`, looked up
+by the spec's value; an evaluation's confusion matrix and example gallery come in through
+:func:`evaluation_view`, which takes plain data.
 
 Every part is optional: a stage that has not run yet leaves its part of the page empty,
 and a record that cannot be read becomes a note on the page, never an error page.
@@ -20,24 +25,30 @@ import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from pipelines.catalog import layout, ledger, records
 from pipelines.catalog.records import BatchRecord, DriftRecord, RecordError, TrainingRun, ValidationSummary
 from pipelines.config import factory_home
+from pipelines.ui import images
 from pipelines.ui.data import (
     DRIFT_METRIC,
     MAX_BATCHES,
     MAX_DRIFT_POINTS,
     MAX_FEATURE,
+    MAX_GALLERY,
     MAX_MODELS,
+    MAX_QUARANTINE_IMAGES,
     SCORE_FEATURE,
     AirflowRuns,
     Batch,
+    ConfusionMatrix,
     DriftBatch,
     DriftPoint,
     DriftSeries,
+    Evaluation,
+    GalleryImage,
     LineView,
     MlflowInfo,
     Model,
@@ -45,6 +56,9 @@ from pipelines.ui.data import (
     ServingVersion,
     Validation,
 )
+
+if TYPE_CHECKING:
+    from pipelines.specs import LineSpec
 
 T = TypeVar("T")
 
@@ -270,6 +284,113 @@ def read_drift(line: str, home: Path, notes: list[str]) -> tuple[list[DriftSerie
     return out, list(reversed(batches))
 
 
+# -- images -------------------------------------------------------------------------------
+
+QUARANTINE_COLUMNS = ["image_id", "file", "image", "label", "_reasons"]  # an image line's quarantine
+
+
+def gallery_image(image_id: object, data: bytes | None, caption: str, details: list[str] | None = None,
+                  batch_id: str | None = None) -> GalleryImage:
+    """An image of a gallery, its bytes decoded and re-encoded for display
+    (:func:`pipelines.ui.images.display_src`), or a placeholder with the reason."""
+    src, problem = images.display_src(data)
+    return GalleryImage(image_id=None if image_id is None else str(image_id), caption=caption, src=src,
+                        problem=problem, details=list(details or []), batch_id=batch_id)
+
+
+def read_quarantine_images(line: str, batches: list[BatchRecord], home: Path, notes: list[str],
+                           limit: int = MAX_QUARANTINE_IMAGES) -> list[GalleryImage]:
+    """Up to ``limit`` quarantined images of an image line, from its batches newest first
+    (those whose cleaning set rows aside), each with its reasons (the cleaning job's
+    quarantine columns: ``image_id``, ``file``, ``image``, ``label``, ``_reasons``)."""
+    out: list[GalleryImage] = []
+    for record in batches:
+        if len(out) >= limit:
+            break
+        if not (record.cleaning and record.cleaning.rows_quarantined):
+            continue
+        rows = _read(f"quarantine of {record.batch_id}", home, notes,
+                     lambda _, b=record.batch_id: records.read_quarantine(
+                         line, b, home, columns=QUARANTINE_COLUMNS, limit=limit - len(out)), [])
+        for row in rows:
+            label = row.get("label")
+            caption = str(row.get("image_id") or row.get("file") or "?")
+            if label is not None and str(label) != "":
+                caption += f" \u00b7 label {label}"
+            out.append(gallery_image(row.get("image_id"), row.get("image"), caption,
+                                     [str(r) for r in row.get("_reasons") or []], batch_id=record.batch_id))
+    return out
+
+
+def _tabular_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], home: Path) -> None:
+    """A tabular line shows nothing beyond the common parts."""
+
+
+def _image_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], home: Path) -> None:
+    view.quarantine_images = read_quarantine_images(view.name, batches, home, view.notes)
+
+
+# what a line shows beyond the common parts, by its spec's modality
+MODALITY_PARTS: dict[str, Callable[[LineView, LineSpec | None, list[BatchRecord], Path], None]] = {
+    "tabular": _tabular_parts,
+    "image": _image_parts,
+}
+
+
+def class_names(spec: LineSpec | None) -> dict[str, str]:
+    """The display name of each class of a line's label (``schema.label.names``, in the
+    order of the label field's categories), by the class value as text."""
+    if spec is None or not spec.schema_.label.names:
+        return {}
+    categories = spec.schema_.field(spec.schema_.label.name).categories or []
+    return {str(c): name for c, name in zip(categories, spec.schema_.label.names, strict=False)}
+
+
+def evaluation_view(confusion: dict | None, examples: list[dict] | None = None, *,
+                    names: dict[str, str] | None = None, run: str | None = None,
+                    max_images: int = MAX_GALLERY) -> Evaluation:
+    """What the page shows of a multi-class evaluation, from plain data:
+
+    - ``confusion``: ``{"classes": [c0, c1, ...], "matrix": [[int, ...], ...]}``, the count of
+      examples of true class ``classes[i]`` (row ``i``) predicted as ``classes[j]`` (column
+      ``j``); the classes are the label's values (or already display names);
+    - ``examples``: ``[{"image_id": str, "png": bytes, "caption": str}, ...]``, images to show
+      with their caption (e.g. true class, predicted class, confidence); the first
+      ``max_images`` are shown, each decoded and re-encoded for display;
+    - ``names``: display names by class value as text (:func:`class_names` of the spec).
+
+    Raises ``ValueError`` naming what is wrong when the matrix is not a square of
+    non-negative integers, one row and column per class."""
+    names = names or {}
+    matrix = None
+    if confusion is not None:
+        classes = list(confusion.get("classes") or [])
+        rows = confusion.get("matrix")
+        if not classes:
+            raise ValueError("confusion matrix: no classes")
+        if not isinstance(rows, list) or len(rows) != len(classes) or any(
+                not isinstance(r, list) or len(r) != len(classes) for r in rows):
+            raise ValueError(f"confusion matrix: expected {len(classes)}x{len(classes)} counts, one row and column per class")
+        if any(isinstance(x, bool) or not isinstance(x, int) or x < 0 for r in rows for x in r):
+            raise ValueError("confusion matrix: counts must be non-negative integers")
+        matrix = ConfusionMatrix(classes=[names.get(str(c), str(c)) for c in classes], matrix=[list(r) for r in rows])
+    gallery = [gallery_image(e.get("image_id"), e.get("png"), str(e.get("caption") or e.get("image_id") or ""))
+               for e in (examples or [])[:max_images]]
+    return Evaluation(run=run, confusion=matrix, gallery=gallery)
+
+
+def _line_spec(line: str, notes: list[str]) -> LineSpec | None:
+    """The line's spec, or None (a line with records only, or a spec that does not load)."""
+    from pipelines.specs import SpecError, load_spec
+
+    try:
+        return load_spec(line)
+    except SpecError as err:
+        if "unknown product line" not in str(err):
+            notes.append(f"spec: {err}")
+        return None
+
+
 # -- all together -------------------------------------------------------------------------
 
 
@@ -309,6 +430,13 @@ def gather_line(
         key = r.status or "unknown"
         view.status_counts[key] = view.status_counts.get(key, 0) + 1
     view.batches = [batch_from_record(r, home) for r in batch_records[:max_batches]]
+    spec = _line_spec(line, notes)
+    view.modality = spec.modality if spec is not None else "tabular"
+    parts = MODALITY_PARTS.get(view.modality)
+    if parts is None:
+        notes.append(f"modality {view.modality!r}: nothing to show beyond the common parts")
+    else:
+        parts(view, spec, batch_records[:max_batches], home)
 
     models = read_models(line, home, notes)
     view.model_total = len(models)

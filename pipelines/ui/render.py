@@ -10,7 +10,10 @@ Airflow UI, ``docs/...`` the Data Docs, so the page works under any base URL.
 
 The markup is in ``templates/`` (Jinja2, autoescaped): ``page.html.j2`` and
 ``unauthorized.html.j2`` on ``_base.html.j2``, a line's section in ``_line.html.j2``, its
-cells in ``_cells.html.j2``.
+cells in ``_cells.html.j2``, its image parts (galleries, the confusion matrix) in
+``_images.html.j2``. Images are inline ``data:`` URIs of PNGs re-encoded for display
+(:mod:`pipelines.ui.images`), which the page's Content-Security-Policy allows
+(``img-src 'self' data:``, see :mod:`pipelines.ui.app`).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from markupsafe import Markup
 
 from pipelines.templating import environment
 from pipelines.ui.charts import line_chart
-from pipelines.ui.data import DriftSeries, Overview, mlflow_run_url
+from pipelines.ui.data import SHADES, DriftSeries, Overview, mlflow_run_url
 
 MAX_CHARTS = 24
 MAX_DRIFT_ROWS = 10
@@ -47,7 +50,8 @@ def _chart(series: DriftSeries, metric: str) -> Markup:
 _ENV = environment(__file__)
 _ENV.filters.update(number=_number, short_time=_short_time, format_as=format, urlquote=lambda s: quote(s, safe=""))
 _ENV.globals.update(
-    line_chart=_chart, mlflow_run_url=mlflow_run_url, max_charts=MAX_CHARTS, max_drift_rows=MAX_DRIFT_ROWS
+    line_chart=_chart, mlflow_run_url=mlflow_run_url, max_charts=MAX_CHARTS, max_drift_rows=MAX_DRIFT_ROWS,
+    shades=SHADES,
 )
 
 
