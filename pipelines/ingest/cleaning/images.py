@@ -188,6 +188,8 @@ def _judge_frames(spec: LineSpec):
 
         columns = [f.name for f in _judged_schema().fields]
         for frame in frames:
+            # Arrow hands a missing string to pandas as NaN: every missing value as None.
+            frame = frame.astype(object).where(frame.notna(), None)
             rows = [judge(r, spec) for r in frame.to_dict("records")]
             out = pd.DataFrame(rows, columns=columns)
             for c in ("label", "width", "height", "channels"):
