@@ -16,7 +16,7 @@ from pipelines.catalog import ledger
 from pipelines.catalog.layout import line_paths
 from pipelines.ingest import landing
 from pipelines.ingest.cleaning import images
-from pipelines.ingest.sources import encode_png, load_source
+from pipelines.ingest.sources import load_source
 from pipelines.specs import load_spec
 
 
