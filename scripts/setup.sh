@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Sets up the factory on this machine: Java for Spark, the orchestration
+# Sets up the factory on this machine: Java for Spark, Fashion-MNIST (the fashion
+# line's data, a Debian package), the orchestration
 # environment (Airflow, Spark, Great Expectations) and the ML environment
 # (TensorFlow, TFX, Horovod). The two cannot share one environment: Airflow 3
 # needs attrs>=24.2 and pandas>=2.2, tfx 1.16 needs attrs<24 and pandas<2.
@@ -36,6 +37,15 @@ ensure_java() {
   local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openjdk-17-jre-headless >/dev/null
+}
+
+# The fashion line's data: Fashion-MNIST's IDX files, from Debian like Java.
+ensure_fashion_mnist() {
+  if [ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then return; fi
+  log "installing the Fashion-MNIST data set (Debian package dataset-fashion-mnist)"
+  local sudo=""; [ "$(id -u)" -eq 0 ] || sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
 }
 
 ensure_uv() {
@@ -102,8 +112,8 @@ main() {
   mkdir -p "$ENVS" "$CACHE"
   ensure_uv
   case "$WHICH" in
-    all) ensure_java; make_env airflow "$ROOT/requirements/airflow.txt"; make_env ml "$ROOT/requirements/ml.txt" ;;
-    airflow) ensure_java; make_env airflow "$ROOT/requirements/airflow.txt" ;;
+    all) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt"; make_env ml "$ROOT/requirements/ml.txt" ;;
+    airflow) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt" ;;
     ml) make_env ml "$ROOT/requirements/ml.txt" ;;
     *) echo "usage: $0 [all|airflow|ml]" >&2; exit 2 ;;
   esac

@@ -1,5 +1,15 @@
 """The landing zone: batches arrive as files (CSV or Parquet), one folder per line.
 
+An image line's batch (``source.format: images``) is a ``.zip`` archive: the images
+as ``images/<image_id>.png`` and a manifest ``labels.csv`` (header ``image,label``;
+``image`` names a file under ``images/``, ``label`` is empty when not known). A folder
+holding ``images/`` and ``labels.csv`` is zipped on landing. An archive that is not
+one (not a zip, a damaged member, no manifest, a manifest without that header or
+listing a file twice, members elsewhere) is refused here, whole; the cleaner judges
+each image and manifest row (:mod:`pipelines.ingest.cleaning.images`). Archives are
+written with a fixed member order and fixed timestamps, so the same batch hashes the
+same and a re-sent batch is recognised.
+
 A batch is landed atomically (copied beside its final name, then renamed), its
 content hashed, and recorded in the ledger as ``landed``. The same content
 landed twice is refused by hash, whatever its name, so a re-sent file never
@@ -11,10 +21,13 @@ drops take turns and a check always sees every batch landed before it.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
 import os
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -27,7 +40,14 @@ from pipelines.specs import LineSpec
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".zip": "images"}
+SUFFIXES = {"csv": ".csv", "parquet": ".parquet", "images": ".zip"}
+# An image batch's archive: its manifest, its header, the folder of its images.
+MANIFEST = "labels.csv"
+MANIFEST_HEADER = ["image", "label"]
+IMAGES_DIR = "images/"
+# Every member's timestamp (the earliest a zip can hold): the same batch, the same bytes.
+ZIP_TIME = (1980, 1, 1, 0, 0, 0)
 
 
 class LandingError(ValueError):
@@ -66,6 +86,83 @@ def batch_file(paths: LinePaths, batch_id: str) -> Path | None:
     return None
 
 
+def _zip_member(zf: zipfile.ZipFile, name: str, data: bytes) -> None:
+    info = zipfile.ZipInfo(name, date_time=ZIP_TIME)
+    info.external_attr = 0o644 << 16
+    info.create_system = 3  # unix, wherever it was written
+    # Stored: PNGs are compressed already, and no zlib version changes the bytes.
+    zf.writestr(info, data, compress_type=zipfile.ZIP_STORED)
+
+
+def write_image_archive(path: Path, images: dict[str, bytes], labels: list[tuple[str, str]]) -> Path:
+    """Write an image batch's archive: ``images`` (file name -> encoded bytes) under
+    images/ in name order, then the manifest rows ``(file name, label text)``."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(MANIFEST_HEADER)
+    writer.writerows(labels)
+    with zipfile.ZipFile(path, "w") as zf:
+        for name in sorted(images):
+            _zip_member(zf, IMAGES_DIR + name, images[name])
+        _zip_member(zf, MANIFEST, buf.getvalue().encode())
+    return path
+
+
+def check_image_archive(path: Path) -> int:
+    """Refuse what is not an image batch's archive (:class:`LandingError`, naming the
+    problem); return how many image files it holds."""
+    name = Path(path).name
+    if not zipfile.is_zipfile(path):
+        raise LandingError(f"{name}: not a zip archive; an image batch is a .zip of images/ and {MANIFEST}")
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+            if bad is not None:
+                raise LandingError(f"{name}: member {bad!r} is damaged (its checksum does not match)")
+            members = [i.filename for i in zf.infolist() if not i.is_dir()]
+            if MANIFEST not in members:
+                raise LandingError(f"{name}: no {MANIFEST} (the manifest, header {','.join(MANIFEST_HEADER)})")
+            stray = [m for m in members if m != MANIFEST and not (m.startswith(IMAGES_DIR) and "/" not in m[len(IMAGES_DIR) :])]
+            if stray:
+                raise LandingError(
+                    f"{name}: members outside images/ (or in folders under it): {sorted(stray)[:5]}; "
+                    f"an image batch holds images/<file> and {MANIFEST} only"
+                )
+            text = zf.read(MANIFEST).decode("utf-8-sig")
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError) as err:
+        raise LandingError(f"{name}: unreadable zip archive: {err}") from None
+    except UnicodeDecodeError:
+        raise LandingError(f"{name}: {MANIFEST} is not UTF-8 text") from None
+    rows = list(csv.reader(io.StringIO(text)))
+    if not rows or [c.strip() for c in rows[0]] != MANIFEST_HEADER:
+        raise LandingError(
+            f"{name}: {MANIFEST} must start with the header {','.join(MANIFEST_HEADER)!r}, "
+            f"got {','.join(rows[0]) if rows else 'an empty file'!r}"
+        )
+    listed = [r[0] for r in rows[1:] if r]
+    twice = sorted({n for n in listed if listed.count(n) > 1}) if len(set(listed)) != len(listed) else []
+    if twice:
+        raise LandingError(f"{name}: {MANIFEST} lists file(s) more than once: {twice[:5]}")
+    return len(members) - 1
+
+
+def zip_image_folder(folder: Path, target: Path) -> Path:
+    """An archive of a folder holding ``images/`` and ``labels.csv``, written as
+    :func:`write_image_archive` writes one (so the same folder lands as the same batch)."""
+    folder = Path(folder)
+    images_dir, manifest = folder / IMAGES_DIR.rstrip("/"), folder / MANIFEST
+    if not images_dir.is_dir() or not manifest.is_file():
+        raise LandingError(f"{folder}: an image batch folder holds images/ and {MANIFEST}")
+    nested = sorted(p.name for p in images_dir.iterdir() if not p.is_file())
+    if nested:
+        raise LandingError(f"{folder}: images/ holds folders {nested[:5]}; put the image files directly in it")
+    with zipfile.ZipFile(target, "w") as zf:
+        for p in sorted(images_dir.iterdir()):
+            _zip_member(zf, IMAGES_DIR + p.name, p.read_bytes())
+        _zip_member(zf, MANIFEST, manifest.read_bytes())
+    return target
+
+
 def _check_new(spec: LineSpec, paths: LinePaths, source: Path, batch_id: str, digest: str) -> Landed | None:
     """Refuse a batch id landed with other content, or content landed under another id;
     the identical batch already landed is returned. The caller holds the landing lock."""
@@ -90,13 +187,21 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
     """Copy ``source`` into the line's landing zone as batch ``batch_id``."""
     check_batch_id(batch_id)
     source = Path(source)
-    if source.suffix not in FORMATS:
+    images = spec.source.format == "images"
+    if images and source.is_dir():
+        with tempfile.TemporaryDirectory() as tmp:
+            return land_file(spec, zip_image_folder(source, Path(tmp) / f"{batch_id}.zip"), batch_id, home)
+    if images and source.suffix != ".zip":
+        raise LandingError(f"{source.name}: {spec.name} lands images: a .zip of images/ and {MANIFEST}, or such a folder")
+    if not images and (source.suffix not in FORMATS or FORMATS[source.suffix] == "images"):
         raise LandingError(f"{source.name}: batches are .csv or .parquet files")
     if not source.is_file():
         raise LandingError(f"{source}: no such file")
+    if images:
+        check_image_archive(source)
     paths = line_paths(spec.name, home)
     paths.landing.mkdir(parents=True, exist_ok=True)
-    target = paths.landing / f"{batch_id}{'.csv' if FORMATS[source.suffix] == 'csv' else '.parquet'}"
+    target = paths.landing / f"{batch_id}{SUFFIXES[FORMATS[source.suffix]]}"
     # The copy is made (and hashed: what lands is what the ledger records) before the
     # lock; the checks, the rename and the ledger record happen under it, so two drops
     # of one batch id, or of one content, cannot both pass the checks.
@@ -128,16 +233,32 @@ def land_file(spec: LineSpec, source: Path, batch_id: str, home: Path | None = N
 
 
 def land_frame(spec: LineSpec, frame: pd.DataFrame, batch_id: str, home: Path | None = None) -> Landed:
-    """Write ``frame`` in the line's landing format and land it."""
+    """Write ``frame`` in the line's landing format and land it. An image line's frame has
+    the key, the encoded image (PNG bytes) and the label (missing: an empty label)."""
     check_batch_id(batch_id)
-    suffix = ".csv" if spec.source.format == "csv" else ".parquet"
+    suffix = SUFFIXES[spec.source.format]
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"{batch_id}{suffix}"
-        if suffix == ".csv":
+        if spec.source.format == "images":
+            _write_frame_archive(spec, frame, path)
+        elif suffix == ".csv":
             frame.to_csv(path, index=False)
         else:
             frame.to_parquet(path, index=False)
         return land_file(spec, path, batch_id, home)
+
+
+def _write_frame_archive(spec: LineSpec, frame: pd.DataFrame, path: Path) -> None:
+    import pandas as pd
+
+    (key,) = spec.schema.key
+    (image,) = [f.name for f in spec.schema.features if f.type == "image"]
+    label = spec.schema.label.name
+    names = [f"{k}.png" for k in frame[key].astype(str)]
+    if len(set(names)) != len(names):
+        raise LandingError(f"the batch has {len(names) - len(set(names))} repeated {key}(s); each image is one file")
+    labels = ["" if pd.isna(v) else str(int(v)) if isinstance(v, float) else str(v) for v in frame[label]]
+    write_image_archive(path, dict(zip(names, frame[image], strict=True)), list(zip(names, labels, strict=True)))
 
 
 def source_batches(spec: LineSpec, frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -151,16 +272,29 @@ def source_batches(spec: LineSpec, frame: pd.DataFrame) -> dict[str, pd.DataFram
 
 
 def replay(spec: LineSpec, home: Path | None = None, only: list[str] | None = None) -> list[Landed]:
-    """Land the line's real batches (all, or the named ones) as arrivals."""
+    """Land the line's real batches (all, or the named ones) as arrivals: the source cut
+    into its batches, then each ``source.holdout`` batch under its own name. A source
+    is read only when one of its batches is asked for."""
     from pipelines.ingest.sources import load_source
 
-    batches = source_batches(spec, load_source(spec))
-    if only:
-        unknown = sorted(set(only) - set(batches))
+    holdouts = list(spec.source.holdout)
+    wanted = set(only or [])
+    batches: dict[str, pd.DataFrame] = {}
+    if not wanted or wanted - set(holdouts):
+        batches = source_batches(spec, load_source(spec))
+    clash = sorted(set(batches) & set(holdouts))
+    if clash:
+        raise LandingError(f"{spec.name}: source.holdout {clash} share their id with a source batch")
+    if wanted:
+        unknown = sorted(wanted - set(batches) - set(holdouts))
         if unknown:
-            raise LandingError(f"{spec.name} has no source batch {unknown}; it has {sorted(batches)}")
-        batches = {k: v for k, v in batches.items() if k in only}
-    return [land_frame(spec, part, batch_id, home) for batch_id, part in batches.items()]
+            raise LandingError(f"{spec.name} has no source batch {unknown}; it has {sorted(batches) + holdouts}")
+        batches = {k: v for k, v in batches.items() if k in wanted}
+    landed = [land_frame(spec, part, batch_id, home) for batch_id, part in batches.items()]
+    for name in holdouts:
+        if not wanted or name in wanted:
+            landed.append(land_frame(spec, load_source(spec, holdout=name), name, home))
+    return landed
 
 
 def pending(spec: LineSpec, home: Path | None = None) -> list[str]:

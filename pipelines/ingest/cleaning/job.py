@@ -40,8 +40,13 @@ class CleaningError(RuntimeError):
 
 
 def spark_session(app_name: str):
+    import os
+
     from pyspark.sql import SparkSession
 
+    # Python workers (the image part decodes in them) run this interpreter, whose
+    # environment has the job's libraries, unless the deployment names another.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
     # Small batches on few cores: Spark's default of 200 shuffle partitions is
     # pure overhead here; adaptive execution coalesces further at scale.
@@ -150,14 +155,29 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
 
 
 def _clean_staged(spark, spec: LineSpec, paths: LinePaths, batch_id: str, staging: Path) -> dict[str, Any]:
+    record = ledger.read(paths, batch_id)
+    assert record is not None
+    started = time.time()
+    # The modality's part writes both outputs into the staging folder and returns the
+    # counts (reconciled, or it raised); the exchange and the report are common.
+    counts = MODALITY_PARTS[spec.modality](spark, spec, record, staging)
+    _replace_dir(spark, str(staging), str(paths.cleaned_batch(batch_id)))
+    return {
+        **counts,
+        "clean_path": str(paths.clean_batch(batch_id)),
+        "quarantine_path": str(paths.quarantine_batch(batch_id)),
+        "seconds": round(time.time() - started, 2),
+        "spark_version": spark.version,
+        "spec_version": spec.version,
+    }
+
+
+def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[str, Any]:
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     from pipelines.ingest.cleaning.rules import REASONS, clean_batch
 
-    record = ledger.read(paths, batch_id)
-    assert record is not None
-    started = time.time()
     batch, header = read_batch(spark, record["file"], record["format"], spec)
     result = clean_batch(batch, spec, header)
     # Three outputs read the checked rows: check once, to local disk (the page
@@ -214,7 +234,6 @@ def _clean_staged(spark, spec: LineSpec, paths: LinePaths, batch_id: str, stagin
             f"quarantined={quarantined} duplicates={duplicates}"
         )
     result.checked.unpersist()
-    _replace_dir(spark, str(staging), str(paths.cleaned_batch(batch_id)))
     return {
         "rows_in": rows_in,
         "rows_clean": clean_rows,
@@ -223,12 +242,17 @@ def _clean_staged(spark, spec: LineSpec, paths: LinePaths, batch_id: str, stagin
         "duplicates": dup_counts,
         "quarantine_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "repairs": repairs,
-        "clean_path": str(paths.clean_batch(batch_id)),
-        "quarantine_path": str(paths.quarantine_batch(batch_id)),
-        "seconds": round(time.time() - started, 2),
-        "spark_version": spark.version,
-        "spec_version": spec.version,
     }
+
+
+def _clean_images(spark, spec: LineSpec, record: dict, staging: Path) -> dict[str, Any]:
+    from pipelines.ingest.cleaning.images import clean_images
+
+    return clean_images(spark, spec, record, staging)
+
+
+# Each modality's part of the job, looked up by the spec's ``modality``.
+MODALITY_PARTS = {"tabular": _clean_tabular, "image": _clean_images}
 
 
 def run(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, dict[str, Any]]:
