@@ -43,12 +43,12 @@ MODALITY = "image"
 
 
 def pixel_statistics_of(pixels: np.ndarray) -> tuple[float, float, float]:
-    """Brightness, contrast and sharpness of one image's pixels (uint8, any channels)."""
-    x = np.asarray(pixels, dtype="float64") / 255.0
-    if x.ndim == 3:
-        x = x.mean(axis=2)
-    lap = x[:-2, 1:-1] + x[2:, 1:-1] + x[1:-1, :-2] + x[1:-1, 2:] - 4 * x[1:-1, 1:-1]
-    return float(x.mean()), float(x.std()), float(lap.var()) if lap.size else 0.0
+    """Brightness, contrast and sharpness of one image's pixels: the cleaner's definition
+    (:func:`pipelines.ingest.cleaning.images.statistics`), so the profile of a model's
+    training images and the statistics columns of a cleaned batch measure the same thing."""
+    from pipelines.ingest.cleaning.images import statistics
+
+    return statistics(pixels)
 
 
 def pixel_statistics(images: Iterable[bytes]) -> pd.DataFrame:

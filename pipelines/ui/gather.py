@@ -326,8 +326,41 @@ def _tabular_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRec
     """A tabular line shows nothing beyond the common parts."""
 
 
+def read_latest_evaluation(line: str, spec: LineSpec | None, home: Path, notes: list[str]) -> Evaluation | None:
+    """The newest multi-class evaluation the gate recorded (its confusion matrix and the
+    misclassified evaluation images, :func:`pipelines.catalog.records.read_confusion_matrix`
+    and :func:`~pipelines.catalog.records.read_misclassified`), through :func:`evaluation_view`."""
+    runs = _read("training runs", home, notes, lambda errors: records.training_runs(line, home, errors), [])
+    names = class_names(spec)
+    for run in runs:
+        folder = Path(run.path)
+        confusion = _read(f"confusion matrix of {run.run}", home, notes,
+                          lambda _, f=folder: records.read_confusion_matrix(f), None)
+        if confusion is None:
+            continue
+        index = _read(f"misclassified images of {run.run}", home, notes,
+                      lambda _, f=folder: records.read_misclassified(f), None)
+        examples = []
+        for entry in (index.entries if index is not None else [])[:MAX_GALLERY]:
+            png = _read(f"misclassified image {entry.get('file')}", home, notes,
+                        lambda _, e=entry, f=folder: (layout.misclassified_dir(f) / str(e.get("file"))).read_bytes(), None)
+            true = names.get(str(entry.get("label")), str(entry.get("label")))
+            predicted = names.get(str(entry.get("predicted")), str(entry.get("predicted")))
+            confidence = entry.get("confidence")
+            caption = f"{true} \u2192 {predicted}" + (f" ({confidence:.0%})" if isinstance(confidence, float) else "")
+            examples.append({"image_id": entry.get("image_id"), "png": png, "caption": caption})
+        try:
+            return evaluation_view({"classes": confusion.classes, "matrix": confusion.matrix}, examples,
+                                   names=names, run=run.run)
+        except ValueError as err:
+            notes.append(f"evaluation of {run.run}: {err}")
+            return None
+    return None
+
+
 def _image_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], home: Path) -> None:
     view.quarantine_images = read_quarantine_images(view.name, batches, home, view.notes)
+    view.evaluation = read_latest_evaluation(view.name, spec, home, view.notes)
 
 
 # what a line shows beyond the common parts, by its spec's modality
