@@ -187,7 +187,9 @@ class TrainingResult(Record):
     best_epoch: int | None = None
     stopped_early: bool | None = None
     history: list[dict[str, Any]] = []
-    val_auc: float | None = None
+    val_auc: float | None = None  # binary_classification runs
+    val_accuracy: float | None = None  # multiclass_classification runs
+    task: str | None = None  # written for runs other than binary_classification
     val_loss: float | None = None
     samples_per_s: float | None = None
     workers: int | None = None

@@ -44,8 +44,11 @@ class ManifestError(ValueError):
 # finite float, no bool. A failing field reports the rule it breaks, e.g.
 # ``manifest.json: model.dropout: must be in [0, 1)``.
 
-FeatureType = Literal["integer", "double", "string"]
-FeatureKind = Literal["numeric", "categorical"]
+FeatureType = Literal["integer", "double", "string", "image"]
+FeatureKind = Literal["numeric", "categorical", "image"]
+Modality = Literal["tabular", "image"]
+Task = Literal["binary_classification", "multiclass_classification"]
+ModelKind = Literal["tabular_dnn", "cnn"]
 FEATURE_TYPES: tuple[str, ...] = get_args(FeatureType)
 FEATURE_KINDS: tuple[str, ...] = get_args(FeatureKind)
 
@@ -80,8 +83,9 @@ class _Section(BaseModel):
 
 class Feature(_Section):
     """One model input: numeric (scaled by its train mean and std, optionally after
-    ``log1p``) or categorical (looked up in its categories). What does not apply to the
-    feature's kind is None (categories of a numeric, mean and std of a categorical)."""
+    ``log1p``), categorical (looked up in its categories) or image (encoded PNG bytes
+    of ``shape`` [height, width, channels]). What does not apply to the feature's kind
+    is None (categories of a numeric, mean and std of a categorical or an image)."""
 
     name: Annotated[str, Strict(), Field(min_length=1), _says("needs a name")]
     type: Annotated[FeatureType, _says(f"must be one of {list(FEATURE_TYPES)}, got {{input!r}}")]
@@ -96,11 +100,15 @@ class Feature(_Section):
     std: Annotated[
         Annotated[_Finite, Field(ge=0)] | None, _says("a numeric feature needs a finite std >= 0, got {input!r}")
     ] = Field(None, validate_default=True)
+    shape: Annotated[
+        tuple[Annotated[int, Strict(), Field(ge=1)], ...] | None,
+        _says("must be [height, width, channels] (positive integers), got {input!r}"),
+    ] = Field(None, validate_default=True)
 
     @field_validator("kind")
     @classmethod
     def _kind_fits_type(cls, kind: str, info: ValidationInfo) -> str:
-        allowed = ("string", "integer") if kind == "categorical" else ("integer", "double")
+        allowed = {"categorical": ("string", "integer"), "numeric": ("integer", "double"), "image": ("image",)}[kind]
         ftype = info.data.get("type")  # absent when the type itself is wrong
         if ftype is not None and ftype not in allowed:
             raise _problem(f"a {kind} feature must be of type {' or '.join(allowed)}")
@@ -136,6 +144,15 @@ class Feature(_Section):
             raise _problem(f"a numeric feature needs {rule}, got None")
         return value
 
+    @field_validator("shape")
+    @classmethod
+    def _image_shape(cls, shape: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        if info.data.get("kind") != "image":
+            return None
+        if shape is None or len(shape) != 3:
+            raise _problem(f"an image feature needs a shape [height, width, channels], got {shape!r}")
+        return shape
+
     @property
     def scale(self) -> float:
         """The standard deviation used for scaling (1 for a constant feature)."""
@@ -160,8 +177,21 @@ class Params(_Section):
     seed: _Integer
 
 
+class Augmentation(_Section):
+    """Random changes to training images (``cnn``); the shares and degrees of the spec."""
+
+    horizontal_flip: Annotated[bool, Strict(), _says("must be true or false")] = False
+    translate: Annotated[_Finite, Field(ge=0, le=0.5), _says("must be in [0, 0.5]")] = 0.0
+    rotate_degrees: Annotated[_Finite, Field(ge=0, le=180), _says("must be in [0, 180]")] = 0.0
+    zoom: Annotated[_Finite, Field(ge=0, le=0.5), _says("must be in [0, 0.5]")] = 0.0
+
+    @property
+    def any(self) -> bool:
+        return self.horizontal_flip or bool(self.translate or self.rotate_degrees or self.zoom)
+
+
 class ModelConfig(_Section):
-    kind: Annotated[Literal["tabular_dnn"], _says("unsupported model {input!r}")] = "tabular_dnn"
+    kind: Annotated[ModelKind, _says("unsupported model {input!r}")] = "tabular_dnn"
     hidden_units: Annotated[
         tuple[Annotated[int, Strict(), Field(ge=1)], ...], _says("must be a list of positive integers")
     ] = (64, 32)
@@ -172,11 +202,25 @@ class ModelConfig(_Section):
     class_weight: Annotated[
         Literal["balanced", "none"], _says("must be 'balanced' or 'none', got {input!r}")
     ] = "none"
+    # cnn
+    conv_filters: Annotated[
+        tuple[Annotated[int, Strict(), Field(ge=1)], ...], _says("must be a list of positive integers")
+    ] = (32, 64)
+    dense_units: _AtLeastOne = 128
+    augmentation: Augmentation = Augmentation()
 
 
 class _Label(_Section):
+    """The label. Binary: ``positive_rate`` (train split). Multiclass: ``classes`` (the label
+    field's category values; a row's label in the data files is its class's index) and
+    ``class_names`` (display names, one per class)."""
+
     name: _String
-    positive_rate: Annotated[_Finite, Field(gt=0, lt=1), _says("must be strictly between 0 and 1, got {input!r}")]
+    positive_rate: Annotated[
+        _Finite | None, Field(gt=0, lt=1), _says("must be strictly between 0 and 1, got {input!r}")
+    ] = None
+    classes: Annotated[tuple[Any, ...] | None, _says("must be a list of class values")] = None
+    class_names: Annotated[tuple[Annotated[str, Strict()], ...] | None, _says("must be a list of strings")] = None
 
 
 class _Rows(_Section):
@@ -192,6 +236,8 @@ class _ManifestFile(_Section):
     line: _String
     spec_version: _Integer
     run_id: _String  # the exact run id (runs prepared before kept their folder's name)
+    modality: Annotated[Modality, _says("must be 'tabular' or 'image', got {input!r}")] = "tabular"
+    task: Annotated[Task, _says(f"must be one of {list(get_args(Task))}, got {{input!r}}")] = "binary_classification"
     batches: list[Any]
     key: list[Any]
     features: Annotated[list[Feature], Field(min_length=1)]
@@ -210,11 +256,31 @@ class _ManifestFile(_Section):
             raise _problem(f"duplicate names {dupes}")
         return features
 
+    @field_validator("features")
+    @classmethod
+    def _features_fit_modality(cls, features: list[Feature], info: ValidationInfo) -> list[Feature]:
+        images = [f for f in features if f.kind == "image"]
+        if info.data.get("modality") == "image" and (len(images) != 1 or len(features) != 1):
+            raise _problem("an image run has exactly one feature, of kind image")
+        if info.data.get("modality") == "tabular" and images:
+            raise _problem("image features need modality: image")
+        return features
+
     @field_validator("label")
     @classmethod
     def _label_not_a_feature(cls, label: _Label, info: ValidationInfo) -> _Label:
         if label.name in {f.name for f in info.data.get("features", ())}:
             raise _problem(f"the label {label.name!r} cannot also be a feature")
+        task = info.data.get("task")
+        if task == "binary_classification" and label.positive_rate is None:
+            raise _problem("a binary_classification run needs label.positive_rate")
+        if task == "multiclass_classification":
+            if label.classes is None or len(label.classes) < 3:
+                raise _problem("a multiclass_classification run needs label.classes (three or more)")
+            if len({str(c) for c in label.classes}) != len(label.classes):
+                raise _problem("label.classes must be unique")
+            if label.class_names is not None and len(label.class_names) != len(label.classes):
+                raise _problem("label.class_names: give one name per class")
         return label
 
     @field_validator("shards")
@@ -227,6 +293,17 @@ class _ManifestFile(_Section):
             raise _problem(f"add up to {sum(shards)}, but rows.train is {rows.train}")
         return shards
 
+    @field_validator("model")
+    @classmethod
+    def _model_fits_modality(cls, model: ModelConfig, info: ValidationInfo) -> ModelConfig:
+        wanted = MODEL_KINDS.get(info.data.get("modality"))
+        if wanted is not None and model.kind != wanted:
+            raise _problem(f"kind {model.kind!r} does not fit modality {info.data.get('modality')!r} (wants {wanted!r})")
+        return model
+
+
+# the model kind each modality trains
+MODEL_KINDS: dict[str, str] = {"tabular": "tabular_dnn", "image": "cnn"}
 
 # pydantic's own wording for the errors no field above words itself
 _PYDANTIC_ERRORS = {
@@ -246,12 +323,25 @@ class Manifest:
     batches: tuple[str, ...]
     key: tuple[str, ...]
     label: str
-    positive_rate: float
+    positive_rate: float | None
     features: tuple[Feature, ...]
     rows: dict[str, int]
     shards: tuple[int, ...]
     params: Params
     model: ModelConfig
+    modality: str = "tabular"
+    task: str = "binary_classification"
+    classes: tuple[Any, ...] = ()
+    class_names: tuple[str, ...] = ()
+
+    @property
+    def image(self) -> Feature | None:
+        """The image feature of an image run (None for tabular)."""
+        return next((f for f in self.features if f.kind == "image"), None)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes) if self.task == "multiclass_classification" else 2
 
     @property
     def numeric(self) -> list[Feature]:
@@ -263,8 +353,9 @@ class Manifest:
 
     @property
     def positive_weight(self) -> float:
-        """Weight of a positive example in the loss: (1-p)/p when class_weight is balanced."""
-        if self.model.class_weight == "balanced":
+        """Weight of a positive example in the loss: (1-p)/p when class_weight is balanced
+        (binary runs; 1 for any other task)."""
+        if self.model.class_weight == "balanced" and self.positive_rate is not None:
             return (1.0 - self.positive_rate) / self.positive_rate
         return 1.0
 
@@ -304,7 +395,9 @@ def parse_manifest(data: Any) -> Manifest:
         raw=data, line=doc.line, spec_version=doc.spec_version, run_id=doc.run_id,
         batches=tuple(str(b) for b in doc.batches), key=tuple(doc.key), label=doc.label.name,
         positive_rate=doc.label.positive_rate, features=tuple(doc.features), rows=doc.rows.model_dump(),
-        shards=tuple(doc.shards), params=doc.params, model=doc.model,
+        shards=tuple(doc.shards), params=doc.params, model=doc.model, modality=doc.modality, task=doc.task,
+        classes=tuple(doc.label.classes or ()),
+        class_names=tuple(doc.label.class_names or (str(c) for c in doc.label.classes or ())),
     )
 
 
@@ -337,4 +430,21 @@ def model_info(manifest: Manifest, metrics: dict[str, Any]) -> dict[str, Any]:
     info["key"] = raw["key"]
     info["metrics"] = metrics
     info["prior_correction"] = prior_correction(manifest)
+    info.update(_MODEL_INFO_BY_MODALITY[manifest.modality](manifest))
     return info
+
+
+def _image_model_info(manifest: Manifest) -> dict[str, Any]:
+    """What a client of an image model needs besides the signatures (contract of the image line)."""
+    return {
+        "modality": manifest.modality,
+        "task": manifest.task,
+        "classes": list(manifest.classes),
+        "class_names": list(manifest.class_names),
+        "image_shape": list(manifest.image.shape),
+        "embedding_dim": manifest.model.dense_units,
+    }
+
+
+# the model-info fields each modality adds (tabular: none, so its file is as before)
+_MODEL_INFO_BY_MODALITY = {"tabular": lambda manifest: {}, "image": _image_model_info}

@@ -35,6 +35,8 @@ import hashlib
 import json
 import os
 import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -66,7 +68,9 @@ def frame_to_features(frame, manifest: Manifest) -> dict[str, Any]:
         col = frame[f.name]
         if col.isna().any():
             raise DataError(f"column {f.name!r} has {int(col.isna().sum())} missing values")
-        if f.type == "string":
+        if f.type == "image":  # the encoded file, as bytes
+            out[f.name] = np.asarray([bytes(v) for v in col], dtype=object)
+        elif f.type == "string":
             out[f.name] = np.asarray(col.astype(str).to_numpy(), dtype=object)
         else:
             try:
@@ -77,12 +81,16 @@ def frame_to_features(frame, manifest: Manifest) -> dict[str, Any]:
 
 
 def frame_to_labels(frame, manifest: Manifest):
-    """The label column as float32 0/1."""
+    """The label column: float32 0/1 (binary), int64 class indices 0..C-1 (multiclass)."""
     import numpy as np
 
     if manifest.label not in frame.columns:
         raise DataError(f"label column {manifest.label!r} is missing")
     y = frame[manifest.label].to_numpy()
+    if manifest.task == "multiclass_classification":
+        if len(y) and (y.dtype.kind not in "iu" or y.min() < 0 or y.max() >= manifest.num_classes):
+            raise DataError(f"label column {manifest.label!r} must hold class indices 0..{manifest.num_classes - 1}")
+        return y.astype("int64")
     if len(y) and not np.isin(y, (0, 1)).all():
         raise DataError(f"label column {manifest.label!r} must hold 0/1")
     return y.astype("float32")
@@ -90,7 +98,7 @@ def frame_to_labels(frame, manifest: Manifest):
 
 def serialize_examples(frame, manifest: Manifest, extra_columns: bool = True) -> list[bytes]:
     """Rows as serialized tf.Example: every feature (integer -> int64, double -> float, string ->
-    bytes) and, with ``extra_columns``, the key and label columns present in the frame."""
+    bytes, image -> its encoded bytes) and, with ``extra_columns``, the key and label columns present in the frame."""
     import tensorflow as tf
 
     types = {f.name: f.type for f in manifest.features}
@@ -107,7 +115,9 @@ def serialize_examples(frame, manifest: Manifest, extra_columns: bool = True) ->
         feats = {}
         for c in cols:
             v, t = values[c][i], types[c]
-            if t == "string":
+            if t == "image":
+                feats[c] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[bytes(v)]))
+            elif t == "string":
                 feats[c] = tf.train.Feature(bytes_list=tf.train.BytesList(value=[str(v).encode()]))
             elif t == "integer":
                 feats[c] = tf.train.Feature(int64_list=tf.train.Int64List(value=[int(v)]))
@@ -290,6 +300,13 @@ def export_saved_model(preprocessor, core, manifest: Manifest, model_root: Path,
             **{name: tf.TensorSpec([None], dt, name=name) for name, dt in dtypes.items()}
         ),
     }
+    return save_module(module, signatures, manifest, model_root, metrics)
+
+
+def save_module(module, signatures: dict[str, Any], manifest: Manifest, model_root: Path, metrics: dict) -> Path:
+    """Save ``module`` as ``<model_root>/Format-Serving`` with its model info, replacing any
+    earlier export whole (written beside it, then renamed)."""
+    tf, _ = _tf()
     model_root = Path(model_root)
     final = model_root / EXPORT_DIR
     tmp = model_root / f".{EXPORT_DIR}.tmp"
@@ -300,6 +317,43 @@ def export_saved_model(preprocessor, core, manifest: Manifest, model_root: Path,
         shutil.rmtree(final)
     tmp.rename(final)
     return final
+
+
+# --------------------------------------------------------------------------- model kinds
+
+
+@dataclass(frozen=True)
+class ModelKind:
+    """What the worker, the export and the export check use of one kind of model."""
+
+    build_preprocessor: Callable[[Manifest], Any]
+    build_core: Callable[[Manifest], Any]
+    # (core, preprocessed features) -> probabilities as the export serves them
+    probabilities: Callable[[Any, Any, Manifest], Any]
+    export: Callable[..., Path]
+    # the training images' random changes (a Keras model), or None
+    build_augmenter: Callable[[Manifest], Any] = lambda manifest: None
+    # XLA-compile the forward and backward pass (convolutions run faster with oneDNN)
+    jit_compile: bool = True
+    # batch normalisation's moving statistics: averaged over the ranks after each epoch
+    sync_statistics: bool = False
+
+
+def _tabular_probabilities(core, features, manifest: Manifest):
+    tf, _ = _tf()
+    return tf.sigmoid(core(features, training=False) - prior_correction(manifest))
+
+
+def model_kind(manifest: Manifest) -> ModelKind:
+    """The manifest's ``model.kind`` looked up in the table of model kinds."""
+    from pipelines.training import cnn
+
+    kinds = {
+        "tabular_dnn": ModelKind(build_preprocessor, build_core, _tabular_probabilities, export_saved_model),
+        "cnn": ModelKind(cnn.build_preprocessor, cnn.build_core, lambda core, x, m: cnn.probabilities(core, x),
+                         cnn.export_saved_model, cnn.build_augmenter, jit_compile=False, sync_statistics=True),
+    }
+    return kinds[manifest.model.kind]
 
 
 # --------------------------------------------------------------------------- export check
@@ -319,7 +373,8 @@ def check_export(run_dir: Path | str, max_rows: int = 2000) -> float:
     tf, _ = _tf()
     run_dir = Path(run_dir)
     manifest = load_manifest(run_dir)
-    pre, core = build_preprocessor(manifest), build_core(manifest)
+    kind = model_kind(manifest)
+    pre, core = kind.build_preprocessor(manifest), kind.build_core(manifest)
     latest = tf.train.latest_checkpoint(str(layout.checkpoints_dir(run_dir)))
     if latest is None:
         raise FileNotFoundError(f"no checkpoint under {layout.checkpoints_dir(run_dir)}")
@@ -331,13 +386,15 @@ def check_export(run_dir: Path | str, max_rows: int = 2000) -> float:
 
     frame = pq.read_table(layout.eval_data_path(run_dir)).to_pandas().head(max_rows)
     feats = {k: tf.constant(v) for k, v in frame_to_features(frame, manifest).items()}
-    memory = tf.sigmoid(core(pre(feats), training=False) - prior_correction(manifest)).numpy()
+    memory = kind.probabilities(core, pre(feats), manifest).numpy()
 
     loaded = tf.saved_model.load(str(layout.exported_model(run_dir)))
     served = loaded.signatures["serving_default"](examples=tf.constant(serialize_examples(frame, manifest)))
     probs = served["probabilities"].numpy()
     if probs.shape != memory.shape:
         raise ValueError(f"serving returned shape {probs.shape}, expected {memory.shape}")
+    if "class_ids" in served and (served["class_ids"].numpy() != probs.argmax(axis=1)).any():
+        raise ValueError("serving's class_ids are not the argmax of its probabilities")
     return float(abs(probs - memory).max())
 
 

@@ -120,7 +120,7 @@ def window(spec: LineSpec, params: RunParams, home: Path | None = None) -> list[
     return records
 
 
-_KINDS = {"integer": "iu", "double": "fiu", "string": "OSU"}
+_KINDS = {"integer": "iu", "double": "fiu", "string": "OSU", "image": "O"}
 
 
 def check_schema(spec: LineSpec, frame: pd.DataFrame, batch_id: str) -> None:
@@ -176,27 +176,35 @@ def _write(frame: pd.DataFrame, path: Path) -> None:
     pq.write_table(table, path)
 
 
-def prepare_run(
-    line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None,
-    *, run_id: str | None = None,
-) -> dict[str, Any]:
-    """Write the run's data and manifest; return the manifest. Idempotent for one
-    run folder: a retried task rewrites the same files (and keeps its checkpoints).
-    ``run_id``: the exact run id the manifest records (default: the folder's name)."""
-    import numpy as np
-    import pandas as pd
+@dataclass
+class _Prepared:
+    """One modality's split of the window: the data parts and its manifest sections."""
 
-    spec = load_spec(line)
-    params = resolve_params(spec, overrides)
-    records = window(spec, params, home)
+    parts: dict[str, pd.DataFrame]  # train, validation, eval
+    sections: dict[str, Any]  # label, features, rows (read, ...) and what else the modality adds
+
+
+def _read_window(spec: LineSpec, records: list[dict[str, Any]], **options: Any) -> list[tuple[str, pd.DataFrame]]:
+    """Each window batch's clean rows (``options``: pandas.read_parquet's)."""
+    import pandas as pd
 
     frames = []
     for r in records:
         path = Path(r["cleaning"]["clean_path"])
         if not path.exists():
-            raise TrainingInputError(f"{line}: batch {r['batch_id']!r} is validated but its data is gone: {path}")
-        frame = pd.read_parquet(path)
-        check_schema(spec, frame, r["batch_id"])
+            raise TrainingInputError(f"{spec.name}: batch {r['batch_id']!r} is validated but its data is gone: {path}")
+        frames.append((r["batch_id"], pd.read_parquet(path, **options)))
+    return frames
+
+
+def _prepare_tabular(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared:
+    """Tabular rows: the key hash cuts eval, validation and train; numerics get their train stats."""
+    import numpy as np
+    import pandas as pd
+
+    frames = []
+    for batch_id, frame in _read_window(spec, records):
+        check_schema(spec, frame, batch_id)
         frames.append(frame[spec.schema.names])
     data = pd.concat(frames, ignore_index=True)
     rows_read = len(data)
@@ -216,8 +224,117 @@ def prepare_run(
     train = parts["train"]
     if train[label].nunique() < 2 or parts["validation"][label].nunique() < 2:
         raise TrainingInputError(
-            f"{line}: the window ({len(data)} rows) needs both classes in its train and validation splits"
+            f"{spec.name}: the window ({len(data)} rows) needs both classes in its train and validation splits"
         )
+    model = spec.training.model
+    features = []
+    for f in spec.schema.features:
+        categorical = f.type == "string" or f.categories is not None
+        entry: dict[str, Any] = {
+            "name": f.name,
+            "type": f.type,
+            "kind": "categorical" if categorical else "numeric",
+            "categories": [str(c) for c in f.categories] if categorical and f.categories else None,
+            "log": f.name in model.log_features,
+            "mean": None,
+            "std": None,
+        }
+        if not categorical:
+            x = train[f.name].astype("float64")
+            if entry["log"]:
+                x = np.log1p(x.clip(lower=0))
+            std = float(x.std(ddof=0))
+            entry["mean"], entry["std"] = float(x.mean()), (std if std > 0 else 1.0)
+        features.append(entry)
+    sections = {
+        "label": {"name": label, "positive": str(spec.schema.label.positive), "positive_rate": float(train[label].mean())},
+        "features": features,
+        "rows": {"read": rows_read},
+    }
+    return _Prepared(parts, sections)
+
+
+def _prepare_image(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared:
+    """Image rows (key, encoded image, label): unlabelled rows are left out and counted; the
+    ``eval_batches`` are the eval split whole; the rest is cut train/validation by the key hash.
+    A row's label becomes its class's index in the label field's categories."""
+    import pandas as pd
+
+    key, label = list(spec.schema.key), spec.schema.label.name
+    image = spec.schema.features[0]
+    frames = []
+    # nullable types: a missing label stays missing (not NaN in a float column)
+    for batch_id, frame in _read_window(spec, records, dtype_backend="numpy_nullable"):
+        # the cleaner's quality columns (sha256, width, ...) travel with the rows; training reads these
+        check_schema(spec, frame[[c for c in frame.columns if c in spec.schema.names]], batch_id)
+        frames.append(frame[spec.schema.names].assign(_batch=batch_id))
+    data = pd.concat(frames, ignore_index=True)
+    rows_read = len(data)
+    data = data.drop_duplicates(subset=key, keep="last").reset_index(drop=True)
+    unlabelled = data[label].isna()
+    data = data[~unlabelled].reset_index(drop=True)
+
+    categories = spec.schema.field(label).categories or []
+    index = {str(c): i for i, c in enumerate(categories)}
+    as_text = data[label].astype(str)
+    codes = as_text.map(index)
+    if codes.isna().any():
+        bad = sorted(set(as_text[codes.isna()]))[:5]
+        raise TrainingInputError(f"{spec.name}: label value(s) {bad} are not among the classes {categories}")
+    data[label] = codes.astype("int64")
+
+    in_eval = data["_batch"].isin(spec.training.split.eval_batches)
+    rest = data[~in_eval]
+    bucket = split_bucket(rest[key])
+    cut_val = spec.training.split.validation_percent
+    columns = [*key, image.name, label]
+    parts = {
+        "eval": data[in_eval][columns],
+        "validation": rest[bucket < cut_val][columns],
+        "train": rest[bucket >= cut_val][columns],
+    }
+    if parts["train"][label].nunique() < 2 or parts["validation"][label].nunique() < 2:
+        raise TrainingInputError(
+            f"{spec.name}: the window ({len(rest)} labelled training rows) needs two or more classes "
+            "in its train and validation splits"
+        )
+    counts = parts["train"][label].value_counts()
+    sections = {
+        "modality": "image",
+        "task": spec.task,
+        "label": {
+            "name": label,
+            "classes": list(categories),
+            "class_names": list(spec.schema.label.names or [str(c) for c in categories]),
+            "train_counts": [int(counts.get(i, 0)) for i in range(len(categories))],
+        },
+        "features": [{"name": image.name, "type": "image", "kind": "image", "categories": None, "log": False,
+                      "mean": None, "std": None, "shape": list(image.shape)}],
+        "rows": {"read": rows_read, "unlabelled": int(unlabelled.sum())},
+        "eval_batches": sorted(set(data.loc[in_eval, "_batch"])),
+    }
+    return _Prepared(parts, sections)
+
+
+# each modality's preparation: the spec's ``modality`` picks it
+PREPARERS = {"tabular": _prepare_tabular, "image": _prepare_image}
+
+
+def prepare_run(
+    line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None,
+    *, run_id: str | None = None,
+) -> dict[str, Any]:
+    """Write the run's data and manifest; return the manifest. Idempotent for one
+    run folder: a retried task rewrites the same files (and keeps its checkpoints).
+    ``run_id``: the exact run id the manifest records (default: the folder's name)."""
+    import numpy as np
+
+    spec = load_spec(line)
+    params = resolve_params(spec, overrides)
+    records = window(spec, params, home)
+    prepared = PREPARERS[spec.modality](spec, records)
+    parts = prepared.parts
+    train = parts["train"]
     per_worker = len(train) // params.workers
     if per_worker < params.batch_size:
         raise TrainingInputError(
@@ -239,39 +356,22 @@ def prepare_run(
     _write(parts["validation"], layout.validation_data_path(run_dir))
     _write(parts["eval"], layout.eval_data_path(run_dir))
 
-    model = spec.training.model
-    features = []
-    for f in spec.schema.features:
-        categorical = f.type == "string" or f.categories is not None
-        entry: dict[str, Any] = {
-            "name": f.name,
-            "type": f.type,
-            "kind": "categorical" if categorical else "numeric",
-            "categories": [str(c) for c in f.categories] if categorical and f.categories else None,
-            "log": f.name in model.log_features,
-            "mean": None,
-            "std": None,
-        }
-        if not categorical:
-            x = train[f.name].astype("float64")
-            if entry["log"]:
-                x = np.log1p(x.clip(lower=0))
-            std = float(x.std(ddof=0))
-            entry["mean"], entry["std"] = float(x.mean()), (std if std > 0 else 1.0)
-        features.append(entry)
-
+    sections = dict(prepared.sections)
+    rows = {**sections.pop("rows"), "train": len(train), "validation": len(parts["validation"]),
+            "eval": len(parts["eval"])}
     manifest = {
         "line": line,
         "spec_version": spec.version,
         "run_id": run_id if run_id is not None else run_dir.name,  # exact: the folder name may be hashed
         "batches": [r["batch_id"] for r in records],
         "key": list(spec.schema.key),
-        "label": {"name": label, "positive": str(spec.schema.label.positive), "positive_rate": float(train[label].mean())},
-        "features": features,
-        "rows": {"read": rows_read, "train": len(train), "validation": len(parts["validation"]), "eval": len(parts["eval"])},
+        "label": sections.pop("label"),
+        "features": sections.pop("features"),
+        "rows": rows,
         "shards": [len(s) for s in shards],
         "params": params.to_dict(),
-        "model": model.model_dump(),
+        "model": spec.training.model.model_dump(),
+        **sections,
     }
     write_manifest(run_dir, manifest)
     return manifest

@@ -132,7 +132,8 @@ def train(
         mlflow_run,
         status="FINISHED",
         metrics={
-            "final_val_auc": result.get("val_auc"),
+            "final_val_auc": result.get("val_auc"),  # binary runs
+            "final_val_accuracy": result.get("val_accuracy"),  # multiclass runs
             "samples_per_s": result.get("samples_per_s"),
             "epochs_run": result.get("epochs_run"),
             "best_epoch": result.get("best_epoch"),

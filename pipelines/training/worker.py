@@ -64,11 +64,9 @@ from pipelines.catalog.records import write_training_result
 from pipelines.training.manifest import Manifest, ManifestError, load_manifest
 from pipelines.training.model import (
     DataError,
-    build_core,
-    build_preprocessor,
-    export_saved_model,
     frame_to_features,
     frame_to_labels,
+    model_kind,
     roc_auc,
     weights_sha256,
 )
@@ -77,6 +75,9 @@ PREFIX = "factory-train:"
 EXIT_BAD_INPUT = 2
 CHECKPOINTS_KEPT = 3
 VALIDATION_BATCH = 4096
+# the validation metric early stopping watches, by task (``val_<metric>`` in the history)
+METRICS = {"binary_classification": "auc", "multiclass_classification": "accuracy"}
+SAMPLE_IMAGES = 8  # training images shown in TensorBoard (image runs)
 
 
 class TrainingError(RuntimeError):
@@ -105,7 +106,8 @@ class Plan:
     steps_per_epoch: int
 
 
-_ARROW_KINDS = {"integer": ("int64", "int32"), "double": ("double", "float"), "string": ("string", "large_string")}
+_ARROW_KINDS = {"integer": ("int64", "int32"), "double": ("double", "float"), "string": ("string", "large_string"),
+                "image": ("binary", "large_binary")}
 
 
 def _check_columns(path: Path, manifest: Manifest) -> None:
@@ -226,9 +228,9 @@ class _RankData:
     """This rank's rows: its training shard as tensors and its part of the validation rows."""
 
     columns: dict[str, Any]  # feature name -> 1-D tensor
-    targets: Any  # 1-D float32 tensor of 0/1
+    targets: Any  # 1-D tensor: float32 0/1 (binary), int64 class indices (multiclass)
     val_features: dict[str, Any]  # feature name -> numpy array
-    val_labels: Any  # float32 numpy array of 0/1
+    val_labels: Any  # numpy array, as targets
 
     @property
     def rows(self) -> int:
@@ -249,9 +251,17 @@ def _load_data(plan: Plan) -> _RankData:
         x_val, y_val = frame_to_features(val, m), frame_to_labels(val, m)
     except DataError as err:
         raise TrainingError(f"rank {rank}: {err}") from None
-    pos = hvd.allreduce(tf.constant([y_val.sum(), len(y_val)], tf.float64), op=hvd.Sum).numpy()
-    if pos[0] == 0 or pos[0] == pos[1]:
-        raise TrainingError("the validation rows hold one class only: AUC and early stopping need both")
+    if m.task == "multiclass_classification":
+        import numpy as np
+
+        counts = hvd.allreduce(tf.constant(np.bincount(y_val, minlength=m.num_classes), tf.float64),
+                               op=hvd.Sum).numpy()
+        if (counts > 0).sum() < 2:
+            raise TrainingError("the validation rows hold one class only: accuracy and early stopping need two or more")
+    else:
+        pos = hvd.allreduce(tf.constant([y_val.sum(), len(y_val)], tf.float64), op=hvd.Sum).numpy()
+        if pos[0] == 0 or pos[0] == pos[1]:
+            raise TrainingError("the validation rows hold one class only: AUC and early stopping need both")
     # The shard as tensors; an epoch shuffles row indices and gathers each batch, which is
     # much cheaper than shuffling rows of ~20 scalar tensors one by one.
     columns = {name: tf.constant(values) for name, values in x_train.items()}
@@ -270,11 +280,12 @@ def _validation_batches(data: _RankData, preprocessor):
         preprocess_features).cache()
 
 
-def _training_batches(plan: Plan, data: _RankData, preprocessor, first_epoch: int):
+def _training_batches(plan: Plan, data: _RankData, preprocessor, first_epoch: int, augmenter=None):
     """An iterator over the batches of epochs ``first_epoch`` .. the last, as (features, labels).
 
     One pipeline for the remaining epochs (built and traced once): each epoch is a seeded
-    shuffle of this rank's shard, cut into ``steps_per_epoch`` full batches.
+    shuffle of this rank's shard, cut into ``steps_per_epoch`` full batches; with an
+    ``augmenter`` (image runs), each preprocessed batch's images are randomly changed.
     """
     import horovod.tensorflow as hvd
     import tensorflow as tf
@@ -298,13 +309,18 @@ def _training_batches(plan: Plan, data: _RankData, preprocessor, first_epoch: in
             .take(steps)
         )
 
-    return iter(
+    batches = (
         tf.data.Dataset.range(first_epoch, p.epochs + 1)
         .flat_map(one_epoch)
         .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
         .map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-        .prefetch(tf.data.AUTOTUNE)
     )
+    if augmenter is not None:
+        def augment(features, labels):
+            return {**features, "image": augmenter(features["image"], training=True)}, labels
+
+        batches = batches.map(augment, num_parallel_calls=tf.data.AUTOTUNE)
+    return iter(batches.prefetch(tf.data.AUTOTUNE))
 
 
 @dataclass(frozen=True)
@@ -315,7 +331,7 @@ class _TrainState:
     core: Any
     best: Any
     optimizer: Any
-    counters: dict[str, Any]  # epoch, best_auc, best_epoch, wait, stopped: tf.Variables
+    counters: dict[str, Any]  # epoch, best_<metric>, best_epoch, wait, stopped: tf.Variables
     run_id: Any  # tf.Variable: the run the checkpoint belongs to
     history: Any  # tf.Variable: the per-epoch history as JSON text
     checkpoint: Any
@@ -331,13 +347,14 @@ def _build_state(plan: Plan) -> _TrainState:
     import tf_keras as keras
 
     m = plan.manifest
-    core, best = build_core(m), build_core(m)
+    kind = model_kind(m)
+    core, best = kind.build_core(m), kind.build_core(m)
     best.set_weights(core.get_weights())
     optimizer = keras.optimizers.Adam(learning_rate=m.params.learning_rate * hvd.size())
     optimizer.build(core.trainable_variables)
     counters = {
         "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
-        "best_auc": tf.Variable(-1.0, dtype=tf.float64, trainable=False),
+        f"best_{METRICS[m.task]}": tf.Variable(-1.0, dtype=tf.float64, trainable=False),
         "best_epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
         "wait": tf.Variable(0, dtype=tf.int64, trainable=False),
         "stopped": tf.Variable(0, dtype=tf.int64, trainable=False),
@@ -389,10 +406,17 @@ def _restore(state: _TrainState, manifest: Manifest) -> tuple[int, list[dict[str
 @dataclass(frozen=True)
 class _Steps:
     train: Callable[[Any, Any], Any]  # (features, labels) -> this rank's batch loss
-    validate: Callable[[], tuple[float, float]]  # -> (val_loss, val_auc), rank 0's on every rank
+    validate: Callable[[], tuple[float, float]]  # -> (val_loss, val_<metric>), rank 0's on every rank
+    # -> (labels, predicted class ids) of all validation rows, gathered from every rank (multiclass)
+    predictions: Callable[[], tuple[Any, Any]] | None = None
 
 
 def _step_functions(state: _TrainState, manifest: Manifest, val_batches, val_labels) -> _Steps:
+    """The task's training step and validation pass (the manifest's task looked up in ``_TASK_STEPS``)."""
+    return _TASK_STEPS[manifest.task](state, manifest, val_batches, val_labels)
+
+
+def _binary_steps(state: _TrainState, manifest: Manifest, val_batches, val_labels) -> _Steps:
     """The training step (gradients averaged over the ranks) and the validation pass."""
     import horovod.tensorflow as hvd
     import numpy as np
@@ -438,6 +462,72 @@ def _step_functions(state: _TrainState, manifest: Manifest, val_batches, val_lab
     return _Steps(train_step, validate)
 
 
+def _multiclass_steps(state: _TrainState, manifest: Manifest, val_batches, val_labels) -> _Steps:
+    """Sparse categorical cross-entropy on the core's logits; validation accuracy and loss over
+    all ranks' rows, rank 0's numbers broadcast as the decision."""
+    import horovod.tensorflow as hvd
+    import numpy as np
+    import tensorflow as tf
+
+    core, optimizer = state.core, state.optimizer
+    jit = model_kind(manifest).jit_compile
+    classes = manifest.num_classes
+
+    def cross_entropy(labels, logits):
+        return tf.reduce_mean(tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits))
+
+    @tf.function(jit_compile=jit, autograph=False)
+    def forward(features, labels):
+        return cross_entropy(labels, core(features, training=True)["logits"])
+
+    @tf.function(autograph=False)
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            loss = forward(features, labels)
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(loss, core.trainable_variables)
+        optimizer.apply_gradients(zip(grads, core.trainable_variables, strict=True))
+        return loss
+
+    @tf.function(jit_compile=jit, reduce_retracing=True, autograph=False)
+    def predict_logits(features):
+        return core(features, training=False)["logits"]
+
+    def gathered() -> tuple[np.ndarray, np.ndarray]:
+        logits = (np.concatenate([predict_logits(f).numpy() for f in val_batches])
+                  if len(val_labels) else np.zeros((0, classes), np.float32))
+        all_logits = hvd.allgather(tf.constant(logits, tf.float32), name="val_logits").numpy()
+        all_labels = hvd.allgather(tf.constant(val_labels, tf.int64), name="val_labels").numpy()
+        return all_labels, all_logits
+
+    def validate() -> tuple[float, float]:
+        labels, logits = gathered()
+        loss = float(cross_entropy(tf.constant(labels), tf.constant(logits)).numpy())
+        accuracy = float((logits.argmax(axis=1) == labels).mean())
+        decided = hvd.broadcast(tf.constant([loss, accuracy], tf.float64), root_rank=0, name="val_decision").numpy()
+        return float(decided[0]), float(decided[1])
+
+    def predictions() -> tuple[np.ndarray, np.ndarray]:
+        labels, logits = gathered()
+        return labels, logits.argmax(axis=1)
+
+    return _Steps(train_step, validate, predictions)
+
+
+# each task's training step and validation pass
+_TASK_STEPS = {"binary_classification": _binary_steps, "multiclass_classification": _multiclass_steps}
+
+
+def _sync_statistics(core) -> None:
+    """Average the core's non-trainable variables (batch normalisation's moving mean and
+    variance, which each rank updates from its own batches) over the ranks, so every rank
+    validates, keeps and exports the same model."""
+    import horovod.tensorflow as hvd
+
+    for i, v in enumerate(core.non_trainable_variables):
+        v.assign(hvd.allreduce(v, op=hvd.Average, name=f"statistic_{i}"))
+
+
 def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_from: int,
                history: list[dict[str, Any]]) -> list[float]:
     """Train from epoch ``resumed_from + 1`` to the last, or until early stopping; rank 0
@@ -449,6 +539,9 @@ def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_
 
     p, rank, n_steps = plan.manifest.params, hvd.rank(), plan.steps_per_epoch
     counters = state.counters
+    metric = f"val_{METRICS[plan.manifest.task]}"
+    best = f"best_{METRICS[plan.manifest.task]}"
+    sync = model_kind(plan.manifest).sync_statistics
     log_mlflow = _mlflow_logger() if rank == 0 else None
     writer = None  # rank 0's TensorBoard writer, opened with the first epoch this process trains
     samples_per_epoch = n_steps * p.batch_size * hvd.size()
@@ -464,16 +557,18 @@ def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_
             total += steps.train(features, labels)
         loss = float(hvd.allreduce(total / n_steps, op=hvd.Average, name="epoch_loss").numpy())
         train_seconds = time.perf_counter() - started
-        val_loss, val_auc = steps.validate()
-        if not (np.isfinite(val_auc) and np.isfinite(loss) and np.isfinite(val_loss)):
-            raise TrainingError(f"epoch {epoch}: loss={loss} val_loss={val_loss} val_auc={val_auc}: "
+        if sync:
+            _sync_statistics(state.core)
+        val_loss, val_score = steps.validate()
+        if not (np.isfinite(val_score) and np.isfinite(loss) and np.isfinite(val_loss)):
+            raise TrainingError(f"epoch {epoch}: loss={loss} val_loss={val_loss} {metric}={val_score}: "
                                 "training diverged")
         rate = samples_per_epoch / train_seconds
         rates.append(rate)
 
-        # early stopping on the validation AUC; the best weights are kept
-        if val_auc > float(counters["best_auc"].numpy()):
-            counters["best_auc"].assign(val_auc)
+        # early stopping on the validation metric (AUC, accuracy); the best weights are kept
+        if val_score > float(counters[best].numpy()):
+            counters[best].assign(val_score)
             counters["best_epoch"].assign(epoch)
             counters["wait"].assign(0)
             state.best.set_weights(state.core.get_weights())
@@ -485,19 +580,19 @@ def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_
 
         if rank == 0:
             seconds = time.perf_counter() - started
-            entry = {"epoch": epoch, "loss": loss, "val_loss": val_loss, "val_auc": val_auc,
+            entry = {"epoch": epoch, "loss": loss, "val_loss": val_loss, metric: val_score,
                      "samples_per_s": rate, "seconds": seconds}
             history.append(entry)
             state.history.assign(json.dumps(history))
             state.manager.save(checkpoint_number=epoch)
             writer = writer or tf.summary.create_file_writer(str(layout.tensorboard_dir(plan.run_dir)))
             with writer.as_default(step=epoch):
-                for key in ("loss", "val_loss", "val_auc", "samples_per_s"):
+                for key in ("loss", "val_loss", metric, "samples_per_s"):
                     tf.summary.scalar(key, entry[key])
             writer.flush()
             if log_mlflow:
-                log_mlflow({k: entry[k] for k in ("loss", "val_loss", "val_auc", "samples_per_s")}, epoch)
-            say(f"epoch {epoch} loss={loss:.4f} val_loss={val_loss:.4f} val_auc={val_auc:.4f} "
+                log_mlflow({k: entry[k] for k in ("loss", "val_loss", metric, "samples_per_s")}, epoch)
+            say(f"epoch {epoch} loss={loss:.4f} val_loss={val_loss:.4f} {metric}={val_score:.4f} "
                 f"samples/s={rate:.0f}")
     if writer is not None:
         writer.close()
@@ -510,33 +605,37 @@ def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, re
     import horovod.tensorflow as hvd
     import numpy as np
 
+    m = plan.manifest
+    metric = f"val_{METRICS[m.task]}"
     best_epoch = state.count("best_epoch")
     best_entry = next((h for h in history if h["epoch"] == best_epoch), {})
     # steady state: the first epoch of a process includes compiling
     steady = rates[1:] or rates or [h["samples_per_s"] for h in history[-1:]]
     metrics = {
-        "val_auc": float(state.counters["best_auc"].numpy()),
+        metric: float(state.counters[f"best_{METRICS[m.task]}"].numpy()),
         "val_loss": best_entry.get("val_loss"),
         "best_epoch": best_epoch,
         "epochs_run": state.count("epoch"),
         "stopped_early": bool(state.count("stopped")),
         "samples_per_s": float(np.mean(steady)) if steady else None,
     }
-    export_saved_model(preprocessor, state.core, plan.manifest, layout.model_root(plan.run_dir), metrics)
+    model_kind(m).export(preprocessor, state.core, m, layout.model_root(plan.run_dir), metrics)
     result = {
         "epochs_run": metrics["epochs_run"],
         "resumed_from_epoch": resumed_from,
         "best_epoch": best_epoch,
         "stopped_early": metrics["stopped_early"],
         "history": history,
-        "val_auc": metrics["val_auc"],
+        metric: metrics[metric],
         "val_loss": metrics["val_loss"],
         "samples_per_s": metrics["samples_per_s"],
         "workers": hvd.size(),
         "weights_sha256": digest,
     }
+    if m.task != "binary_classification":
+        result["task"] = m.task
     write_training_result(plan.run_dir, result)
-    say(f"done: epochs_run={result['epochs_run']} best_epoch={best_epoch} val_auc={result['val_auc']:.4f} "
+    say(f"done: epochs_run={result['epochs_run']} best_epoch={best_epoch} {metric}={result[metric]:.4f} "
         f"model={layout.exported_model(plan.run_dir)}")
 
 
@@ -558,21 +657,74 @@ def train(plan: Plan) -> int:
     np.random.seed(p.seed)
 
     data = _load_data(plan)
-    preprocessor = build_preprocessor(m)
+    kind = model_kind(m)
+    preprocessor = kind.build_preprocessor(m)
+    augmenter = kind.build_augmenter(m)
     val_batches = _validation_batches(data, preprocessor)
     state = _build_state(plan)
     resumed_from, history = _restore(state, m)
     steps = _step_functions(state, m, val_batches, data.val_labels)
-    batches = _training_batches(plan, data, preprocessor, resumed_from + 1)
+    batches = _training_batches(plan, data, preprocessor, resumed_from + 1, augmenter)
+    if rank == 0 and m.image is not None:
+        _write_sample_images(plan, data, preprocessor, augmenter, resumed_from)
     rates = _run_epochs(plan, state, steps, batches, resumed_from, history)
 
     # the best weights are the result
     state.core.set_weights(state.best.get_weights())
+    if steps.predictions is not None:
+        labels, predicted = steps.predictions()  # every rank takes part in the gather
+        if rank == 0:
+            _write_confusion_matrix(plan, labels, predicted, state.count("best_epoch"))
     digest = weights_sha256(state.core)
     say(f"rank={rank} weights_sha256={digest}")
     if rank == 0:
         _export_result(plan, state, preprocessor, digest, resumed_from, history, rates)
     return 0
+
+
+# --------------------------------------------------------------------------- TensorBoard images
+
+CELL = 16  # pixels per cell of the confusion-matrix image
+
+
+def _write_sample_images(plan: Plan, data: _RankData, preprocessor, augmenter, step: int) -> None:
+    """Rank 0: the first training images of its shard as the model sees them (augmented)."""
+    import tensorflow as tf
+
+    name = plan.manifest.image.name
+    images = preprocessor({name: data.columns[name][:SAMPLE_IMAGES]})["image"]
+    if augmenter is not None:
+        images = augmenter(images, training=True)
+    with tf.summary.create_file_writer(str(layout.tensorboard_dir(plan.run_dir))).as_default(step=step):
+        tf.summary.image("training_images", images, max_outputs=SAMPLE_IMAGES)
+
+
+def confusion_matrix(labels, predicted, classes: int):
+    """counts[i, j]: validation rows of class i predicted as class j."""
+    import numpy as np
+
+    counts = np.zeros((classes, classes), np.int64)
+    np.add.at(counts, (np.asarray(labels, np.int64), np.asarray(predicted, np.int64)), 1)
+    return counts
+
+
+def _write_confusion_matrix(plan: Plan, labels, predicted, step: int) -> None:
+    """Rank 0: the best weights' validation confusion matrix as an image (each row scaled by its
+    class's count: bright = a large share) and as a table of counts."""
+    import numpy as np
+    import tensorflow as tf
+
+    m = plan.manifest
+    counts = confusion_matrix(labels, predicted, m.num_classes)
+    shares = counts / np.maximum(counts.sum(axis=1, keepdims=True), 1)
+    image = np.kron(shares, np.ones((CELL, CELL)))[None, :, :, None].astype(np.float32)
+    names = list(m.class_names)
+    table = "| true \\ predicted | " + " | ".join(names) + " |\n|" + "---|" * (len(names) + 1) + "\n" + "\n".join(
+        f"| {names[i]} | " + " | ".join(str(int(c)) for c in row) + " |" for i, row in enumerate(counts))
+    with tf.summary.create_file_writer(str(layout.tensorboard_dir(plan.run_dir))).as_default(step=step):
+        tf.summary.image("validation_confusion_matrix", image)
+        tf.summary.text("validation_confusion_matrix", table)
+    say(f"validation confusion matrix (rows: true class, columns: predicted): {counts.tolist()}")
 
 
 # --------------------------------------------------------------------------- entry point
