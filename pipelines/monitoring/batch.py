@@ -44,17 +44,28 @@ def monitor_batch(
     scores: Any = None,
     labels: Any = None,
     positive: Any = None,
+    embeddings: Any = None,
+    predicted: Any = None,
     config: DriftSpec | dict[str, Any] | None = None,
     home: Path | None = None,
     now: datetime | None = None,
 ) -> dict[str, Any]:
-    """Score, report and record one batch; returns a summary dict (plain values only)."""
+    """Score, report and record one batch; returns a summary dict (plain values only).
+
+    A tabular profile scores the batch's features and the model's ``scores``; an image
+    profile (``modality: image``) scores the batch's pixel statistics (``frame``), the
+    model's ``embeddings`` on its images and the ``predicted`` classes."""
     cfg = drift_spec(config) if config is not None else line_drift_spec(line)
     profile = load_profile(profile_path)
     version = model_version if model_version is not None else profile.get("meta", {}).get("model_version")
-    report = score_batch(
-        profile, frame, scores=scores, labels=labels, positive=positive, config=cfg, batch_id=batch_id
-    )
+    if profile.get("modality", "tabular") == "image":
+        from pipelines.monitoring.images import score_image_batch
+
+        report = score_image_batch(profile, frame, embeddings, predicted, labels=labels, config=cfg, batch_id=batch_id)
+    else:
+        report = score_batch(
+            profile, frame, scores=scores, labels=labels, positive=positive, config=cfg, batch_id=batch_id
+        )
     report["profile"]["meta"].setdefault("line", line)
     report["profile"]["meta"]["model_version"] = version
     json_path, html_path = drift_report_paths(line, batch_id, home)

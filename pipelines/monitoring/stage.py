@@ -32,9 +32,10 @@ class MonitorError(RuntimeError):
     """Scoring could not run; the message says why."""
 
 
-def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
-    """The model's positive-class probabilities for the rows of ``inputs``, in order
-    (scored in the ML environment)."""
+def model_predictions(model_dir: Path, inputs: list[Path]):
+    """What the model says about the rows of ``inputs``, in order, as a DataFrame (scored in
+    the ML environment by :mod:`pipelines.training.batch_predict`): ``score`` for a tabular
+    model; ``class_id``, ``confidence`` and ``embedding`` for an image model."""
     from pipelines.training.launch import worker_environment
 
     with tempfile.TemporaryDirectory(prefix="factory-scores-") as tmp:
@@ -49,19 +50,37 @@ def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
             raise MonitorError(f"scoring with {model_dir} failed: {reason}")
         import pandas as pd
 
-        return pd.read_parquet(out)["score"].tolist()
+        return pd.read_parquet(out)
+
+
+def model_scores(model_dir: Path, inputs: list[Path]) -> list[float]:
+    """The model's positive-class probabilities for the rows of ``inputs``, in order."""
+    return model_predictions(model_dir, inputs)["score"].tolist()
 
 
 def write_reference_profile(run_dir: Path) -> Path:
-    """Profile the run's training data and the new model's scores on it; stored in the
-    SavedModel's ``assets.extra`` (and next to the run) and returned."""
-    from pipelines.monitoring.batch import line_drift_spec
-    from pipelines.monitoring.profile import build_profile_from_run, save_profile
-
+    """Profile the run's training data and the new model's outputs on it, by the run's
+    modality (:data:`REFERENCE_PROFILES`); stored in the SavedModel's ``assets.extra`` (and
+    next to the run) and returned."""
     run_dir = Path(run_dir)
     manifest = records.read_manifest_data(run_dir)
     if manifest is None:
         raise MonitorError(f"{run_dir}: no training manifest")
+    modality = manifest.get("modality", "tabular")
+    if modality not in REFERENCE_PROFILES:
+        raise MonitorError(f"{run_dir}: no reference profile for modality {modality!r}")
+    profile = REFERENCE_PROFILES[modality](run_dir, manifest)
+    model_dir = layout.exported_model(run_dir)
+    from pipelines.monitoring.profile import save_profile
+
+    save_profile(profile, layout.drift_profile_path(run_dir))
+    return save_profile(profile, layout.model_profile_path(model_dir))
+
+
+def _tabular_profile(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    from pipelines.monitoring.batch import line_drift_spec
+    from pipelines.monitoring.profile import build_profile_from_run
+
     model_dir = layout.exported_model(run_dir)
     shards = layout.train_shards(run_dir)
     scores = model_scores(model_dir, shards)
@@ -93,8 +112,49 @@ def write_reference_profile(run_dir: Path) -> Path:
         "positives": int(eval_y.sum()),
         "source": "held-out evaluation split",
     }
-    save_profile(profile, layout.drift_profile_path(run_dir))
-    return save_profile(profile, layout.model_profile_path(model_dir))
+    return profile
+
+
+def _class_values(classes: list[Any], class_ids) -> list[Any]:
+    return [classes[int(i)] for i in class_ids]
+
+
+def _image_profile(run_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Pixel statistics of the training images (as the cleaner measures them), the model's
+    embedding and predicted classes on them, their class mix, and the model's accuracy on
+    the held-out evaluation images (the reference the accuracy rule compares with)."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.monitoring.batch import line_drift_spec
+    from pipelines.monitoring.images import build_image_profile, pixel_statistics
+
+    model_dir = layout.exported_model(run_dir)
+    shards = layout.train_shards(run_dir)
+    label = manifest["label"]["name"]
+    image = next(f["name"] for f in manifest["features"] if f.get("type") == "image")
+    classes = list(manifest["label"]["classes"])
+    train = pd.concat([pd.read_parquet(p, columns=[image, label]) for p in shards], ignore_index=True)
+    predicted = model_predictions(model_dir, shards)
+    eval_path = layout.eval_data_path(run_dir)
+    held_out = pd.read_parquet(eval_path, columns=[label])[label]
+    eval_predicted = model_predictions(model_dir, [eval_path])
+    profile = build_image_profile(
+        pixel_statistics(train[image]),
+        np.stack(predicted["embedding"].to_numpy()),
+        _class_values(classes, predicted["class_id"]),
+        classes=classes,
+        labels=train[label].tolist(),
+        accuracy_on=(_class_values(classes, eval_predicted["class_id"]), held_out.tolist()),
+        config=line_drift_spec(manifest["line"]),
+        meta={"line": manifest["line"], "run_id": manifest["run_id"], "batches": manifest["batches"]},
+    )
+    profile["performance"]["source"] = "held-out evaluation split"
+    return profile
+
+
+# the reference profile of a training run, by the run's modality
+REFERENCE_PROFILES = {"tabular": _tabular_profile, "image": _image_profile}
 
 
 def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | None:
@@ -116,9 +176,7 @@ def unscored_batches(line: str, home: Path | None = None) -> list[str]:
 
 def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path | None = None) -> dict[str, Any]:
     """Score each new validated batch against the serving model's reference profile."""
-    import pandas as pd
 
-    from pipelines.monitoring.batch import monitor_batch
 
     served = serving_model(line, home)
     if served is None:
@@ -128,32 +186,67 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     if not profile.exists():
         raise MonitorError(f"the serving model {line} v{version} has no reference profile ({profile})")
     spec = load_spec(line)
-    label = spec.schema.label.name
+    score = BATCH_SCORERS[spec.modality]
     summaries = []
     for batch_id in batch_ids if batch_ids is not None else unscored_batches(line, home):
         record = ledger.read(line_paths(line, home), batch_id)
         path = Path(record["cleaning"]["clean_path"])
-        frame = pd.read_parquet(path)
-        notes = []
-        try:
-            scores = model_scores(model_dir, sorted(path.glob("*.parquet")) or [path])
-        except MonitorError as err:  # e.g. a feature column is missing: still scored on the rest
-            scores, notes = None, [str(err)]
-        labels = frame[label].astype(str).to_numpy() if label in frame.columns else None
-        summary = monitor_batch(
-            line,
-            frame,
-            profile,
-            batch_id=batch_id,
-            model_version=str(version),
-            scores=scores,
-            labels=labels,
-            positive=str(spec.schema.label.positive),
-            home=home,
-        )
-        summary["notes"] = [*summary.get("notes", []), *notes]
-        summaries.append(summary)
+        summaries.append(score(spec, batch_id, path, model_dir, profile, str(version), home))
     return {"line": line, "status": "scored", "model_version": version, "batches": summaries}
+
+
+def _score_tabular_batch(spec, batch_id: str, path: Path, model_dir: Path, profile: Path, version: str,
+                         home: Path | None) -> dict[str, Any]:
+    import pandas as pd
+
+    from pipelines.monitoring.batch import monitor_batch
+
+    label = spec.schema.label.name
+    frame = pd.read_parquet(path)
+    notes = []
+    try:
+        scores = model_scores(model_dir, sorted(path.glob("*.parquet")) or [path])
+    except MonitorError as err:  # e.g. a feature column is missing: still scored on the rest
+        scores, notes = None, [str(err)]
+    labels = frame[label].astype(str).to_numpy() if label in frame.columns else None
+    summary = monitor_batch(
+        spec.name, frame, profile, batch_id=batch_id, model_version=version, scores=scores, labels=labels,
+        positive=str(spec.schema.label.positive), home=home,
+    )
+    summary["notes"] = [*summary.get("notes", []), *notes]
+    return summary
+
+
+def _score_image_batch(spec, batch_id: str, path: Path, model_dir: Path, profile: Path, version: str,
+                       home: Path | None) -> dict[str, Any]:
+    """The cleaned batch's statistics columns, the serving model's embedding and predicted
+    class on its images, and its labels where it has them."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.monitoring.batch import monitor_batch
+    from pipelines.monitoring.images import IMAGE_STATISTICS
+
+    label = spec.schema.label.name
+    frame = pd.read_parquet(path, columns=[*IMAGE_STATISTICS, label])
+    classes = list(spec.schema.field(label).categories or [])
+    notes = []
+    try:
+        predicted = model_predictions(model_dir, sorted(path.glob("*.parquet")) or [path])
+        embeddings = np.stack(predicted["embedding"].to_numpy()) if len(predicted) else None
+        predicted_classes = _class_values(classes, predicted["class_id"])
+    except MonitorError as err:  # still scored on the pixel statistics
+        embeddings, predicted_classes, notes = None, None, [str(err)]
+    summary = monitor_batch(
+        spec.name, frame, profile, batch_id=batch_id, model_version=version, labels=frame[label].tolist(),
+        embeddings=embeddings, predicted=predicted_classes, home=home,
+    )
+    summary["notes"] = [*summary.get("notes", []), *notes]
+    return summary
+
+
+# how a new batch is scored, by the line's modality
+BATCH_SCORERS = {"tabular": _score_tabular_batch, "image": _score_image_batch}
 
 
 def _trainings(line: str, home: Path | None) -> list[dict[str, Any]]:
