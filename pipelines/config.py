@@ -14,6 +14,7 @@ the same variables at shared storage and real engines.
 | ``FACTORY_MLFLOW_ARTIFACTS`` | ``<home>/mlflow/artifacts``   |
 | ``FACTORY_HOROVOD_HOSTS`` | ``localhost:<workers>`` (e.g. ``gpu1:4,gpu2:4``) |
 | ``FACTORY_HOROVOD_CONTROLLER`` | ``gloo`` (or ``mpi``)      |
+| ``FACTORY_MAX_EPOCHS`` | none (e.g. ``fashion=3``: at most 3 epochs for that line's trainings; ``3``: for every line) |
 """
 
 from __future__ import annotations
@@ -84,6 +85,23 @@ def ml_subprocess_environment() -> dict[str, str]:
 
 def spark_master() -> str:
     return os.environ.get("FACTORY_SPARK_MASTER", "local[*]")
+
+
+def max_epochs(line: str) -> int | None:
+    """The cap ``FACTORY_MAX_EPOCHS`` puts on a line's training epochs, or None.
+
+    ``N`` caps every line, ``line=N,other=M`` the lines named; a quick demonstration run
+    (the main job) uses it to shorten the long trainings without editing the specs."""
+    raw = os.environ.get("FACTORY_MAX_EPOCHS", "").strip()
+    if not raw:
+        return None
+    caps: dict[str | None, int] = {}
+    for part in raw.split(","):
+        name, _, value = part.strip().rpartition("=")
+        if not value.strip().isdigit() or int(value) < 1:
+            raise ValueError(f"FACTORY_MAX_EPOCHS: {part.strip()!r} is not N or line=N with N >= 1")
+        caps[name.strip() or None] = int(value)
+    return caps.get(line, caps.get(None))
 
 
 def airflow_environment(home: Path | None = None) -> dict[str, str]:

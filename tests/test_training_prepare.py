@@ -36,6 +36,18 @@ def test_bad_params_are_refused(overrides, message):
         resolve_params(load_spec("credit_risk"), overrides)
 
 
+def test_max_epochs_caps_the_lines_it_names(monkeypatch):
+    credit, employment = load_spec("credit_risk"), load_spec("employment")
+    monkeypatch.setenv("FACTORY_MAX_EPOCHS", "credit_risk=3")
+    assert resolve_params(credit).epochs == 3 and resolve_params(credit, {"epochs": 2}).epochs == 2
+    assert resolve_params(employment).epochs == employment.training.epochs
+    monkeypatch.setenv("FACTORY_MAX_EPOCHS", "4")
+    assert resolve_params(employment).epochs == 4
+    monkeypatch.setenv("FACTORY_MAX_EPOCHS", "credit_risk=0")
+    with pytest.raises(TrainingInputError, match="FACTORY_MAX_EPOCHS: 'credit_risk=0'"):
+        resolve_params(credit)
+
+
 def test_params_default_to_the_spec_and_none_keeps_it():
     spec = load_spec("credit_risk")
     p = resolve_params(spec, {"workers": None, "epochs": 3})

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from pipelines.catalog import layout, ledger
 from pipelines.catalog.layout import line_paths
 from pipelines.catalog.records import read_manifest_data, write_manifest
+from pipelines.config import max_epochs
 from pipelines.specs import LineSpec, TrainingSpec, load_spec
 
 if TYPE_CHECKING:
@@ -88,9 +89,14 @@ def resolve_params(spec: LineSpec, overrides: dict[str, Any] | None = None) -> R
         if not isinstance(batches, list | tuple) or not batches or not all(isinstance(b, str) for b in batches):
             raise TrainingInputError(f"batches must be a non-empty list of batch ids, got {batches!r}")
         batches = tuple(batches)
+    epochs = integer("epochs", t.epochs, 1, 1000)
+    try:
+        cap = max_epochs(spec.name)
+    except ValueError as err:
+        raise TrainingInputError(str(err)) from None
     return RunParams(
         workers=integer("workers", t.workers, 1, 64),
-        epochs=integer("epochs", t.epochs, 1, 1000),
+        epochs=epochs if cap is None else min(epochs, cap),
         batch_size=integer("batch_size", t.batch_size, 1, 65536),
         learning_rate=float(lr),
         early_stopping_patience=t.early_stopping_patience,
