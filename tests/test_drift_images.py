@@ -2,9 +2,12 @@
 image line monitors (validated by modality), each shift named by the feature it moves,
 and no alarm on a batch of the same distribution.
 
-The model is a small CNN trained for a few steps on real images and exported with the
-line's ``predict_features`` contract (:mod:`bench.fashion`); its predictions come from
-the product's scorer, ``pipelines.training.batch_predict``, in the ML environment."""
+These are unit tests of the drift mechanics with a small contract-conforming model: a
+small CNN trained for a few steps on real images and exported with the line's
+``predict_features`` contract (:mod:`bench.fashion`); its predictions come from the
+product's scorer, ``pipelines.training.batch_predict``, in the ML environment. Drift on a
+model the line's own training made, scored by the monitor stage, is covered by
+``tests/test_image_line.py``."""
 
 from __future__ import annotations
 

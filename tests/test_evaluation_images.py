@@ -1,12 +1,13 @@
 """The gate on a multi-class image line, end to end on real Fashion-MNIST images.
 
-Two candidates come from :mod:`tests.image_models` (a small Keras CNN exported with the
-image line's serving signatures; the line's own training output replaces it once it
-exists): one trained 200 steps, one not trained at all. The real gate process runs on
-each, in order: the first is BLESSED on value thresholds (no baseline yet) and pushed;
-the second is NOT_BLESSED against it, with per-class slice thresholds in the verdict.
-The confusion matrix the gate records (TFMA's plot) is checked against the candidate's
-own predictions on the same images.
+These are unit tests of the gate's mechanics with a small contract-conforming model:
+two candidates come from :mod:`tests.image_models` (a small Keras CNN exported with the
+image line's serving signatures), one trained 200 steps, one not trained at all; the gate
+on a model the line's own training made is covered by ``tests/test_image_line.py``.
+The real gate process runs on each, in order: the first is BLESSED on value thresholds
+(no baseline yet) and pushed; the second is NOT_BLESSED against it, with per-class slice
+thresholds in the verdict. The confusion matrix the gate records (TFMA's plot) is checked
+against the candidate's own predictions on the same images.
 """
 
 from __future__ import annotations
