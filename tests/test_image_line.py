@@ -150,6 +150,11 @@ def test_batches_are_cleaned_validated_and_the_line_trains_and_is_blessed(line):
     assert rows["eval"] == HOLDOUT and rows["train"] + rows["validation"] == TRAIN
     run_dir = Path(line["trained"]["run_dir"])
     assert records.read_training_result(run_dir).to_json()["epochs_run"] == EPOCHS
+    assert 0 < line["trained"]["val_accuracy"] <= 1 and line["trained"]["val_auc"] is None
+    from pipelines import tracking
+
+    params = tracking.client(home).get_run(line["trained"]["mlflow_run_id"]).data.params
+    assert {"conv_filters", "dense_units", "augmentation"} <= set(params) and "hidden_units" not in params
     assert layout.model_profile_path(layout.exported_model(run_dir)).exists()  # the reference profile
 
     gate = line["gate"]

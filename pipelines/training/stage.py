@@ -70,6 +70,13 @@ def prepare(line: str, run_id: str, overrides: dict[str, Any] | None = None, hom
     }
 
 
+# the model settings a run's MLflow parameters record, by model kind
+MODEL_PARAMS = {
+    "tabular_dnn": ("hidden_units", "dropout", "class_weight"),
+    "cnn": ("conv_filters", "dense_units", "dropout", "augmentation"),
+}
+
+
 def train(
     line: str,
     run_dir: str | Path,
@@ -98,9 +105,7 @@ def train(
                 "rows_train": manifest["rows"]["train"],
                 "rows_validation": manifest["rows"]["validation"],
                 "rows_eval": manifest["rows"]["eval"],
-                "hidden_units": manifest["model"]["hidden_units"],
-                "dropout": manifest["model"]["dropout"],
-                "class_weight": manifest["model"]["class_weight"],
+                **{k: manifest["model"].get(k) for k in MODEL_PARAMS[manifest["model"].get("kind", "tabular_dnn")]},
             },
             home=home,
         )
@@ -153,7 +158,8 @@ def train(
         "model_dir": str(model_dir),
         "eval_data": str(layout.eval_data_path(run_dir)),
         "mlflow_run_id": mlflow_run,
-        "val_auc": result.get("val_auc"),
+        "val_auc": result.get("val_auc"),  # binary runs
+        "val_accuracy": result.get("val_accuracy"),  # multiclass runs
         "epochs_run": result.get("epochs_run"),
         "resumed_from_epoch": result.get("resumed_from_epoch", 0),
         "samples_per_s": result.get("samples_per_s"),
