@@ -416,6 +416,23 @@ def _step_functions(state: _TrainState, manifest: Manifest, val_batches, val_lab
     return _TASK_STEPS[manifest.task](state, manifest, val_batches, val_labels)
 
 
+def _train_step(forward, core, optimizer):
+    """One optimiser step on ``forward``'s loss with the gradients averaged over the ranks."""
+    import horovod.tensorflow as hvd
+    import tensorflow as tf
+
+    @tf.function(autograph=False)
+    def train_step(features, labels):
+        with tf.GradientTape() as tape:
+            loss = forward(features, labels)
+        tape = hvd.DistributedGradientTape(tape)
+        grads = tape.gradient(loss, core.trainable_variables)
+        optimizer.apply_gradients(zip(grads, core.trainable_variables, strict=True))
+        return loss
+
+    return train_step
+
+
 def _binary_steps(state: _TrainState, manifest: Manifest, val_batches, val_labels) -> _Steps:
     """The training step (gradients averaged over the ranks) and the validation pass."""
     import horovod.tensorflow as hvd
@@ -435,14 +452,7 @@ def _binary_steps(state: _TrainState, manifest: Manifest, val_batches, val_label
     def forward(features, labels):
         return weighted_bce(labels, core(features, training=True)[:, 0])
 
-    @tf.function(autograph=False)
-    def train_step(features, labels):
-        with tf.GradientTape() as tape:
-            loss = forward(features, labels)
-        tape = hvd.DistributedGradientTape(tape)
-        grads = tape.gradient(loss, core.trainable_variables)
-        optimizer.apply_gradients(zip(grads, core.trainable_variables, strict=True))
-        return loss
+    train_step = _train_step(forward, core, optimizer)
 
     @tf.function(jit_compile=True, reduce_retracing=True, autograph=False)
     def predict_logits(features):
@@ -480,14 +490,7 @@ def _multiclass_steps(state: _TrainState, manifest: Manifest, val_batches, val_l
     def forward(features, labels):
         return cross_entropy(labels, core(features, training=True)["logits"])
 
-    @tf.function(autograph=False)
-    def train_step(features, labels):
-        with tf.GradientTape() as tape:
-            loss = forward(features, labels)
-        tape = hvd.DistributedGradientTape(tape)
-        grads = tape.gradient(loss, core.trainable_variables)
-        optimizer.apply_gradients(zip(grads, core.trainable_variables, strict=True))
-        return loss
+    train_step = _train_step(forward, core, optimizer)
 
     @tf.function(jit_compile=jit, reduce_retracing=True, autograph=False)
     def predict_logits(features):

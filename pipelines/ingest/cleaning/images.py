@@ -246,7 +246,7 @@ def _clean_images(spark, spec: LineSpec, record: dict, staging: Path) -> dict[st
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
 
-    from pipelines.ingest.cleaning.job import CleaningError
+    from pipelines.ingest.cleaning.job import CleaningError, quarantine_reasons
 
     work = staging / "extracted"
     try:
@@ -319,14 +319,7 @@ def _clean_images(spark, spec: LineSpec, record: dict, staging: Path) -> dict[st
     ).write.mode("overwrite").parquet(quarantine_path)
     written = spark.read.parquet(clean_path).count()
     quarantined = spark.read.parquet(quarantine_path).count()
-    reasons = {
-        r["reason"]: r["count"]
-        for r in spark.read.parquet(quarantine_path)
-        .select(F.explode(REASONS).alias("reason"))
-        .groupBy("reason")
-        .count()
-        .collect()
-    }
+    reasons = quarantine_reasons(spark, quarantine_path)
     checked.unpersist()
     shutil.rmtree(work, ignore_errors=True)
     duplicates = copies

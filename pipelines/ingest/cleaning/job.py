@@ -154,6 +154,18 @@ def clean_one(spark, spec: LineSpec, paths: LinePaths, batch_id: str) -> dict[st
         return _clean_staged(spark, spec, paths, batch_id, staging)
 
 
+def quarantine_reasons(spark, path: str) -> dict[str, int]:
+    """How many quarantined rows of the written quarantine give each reason."""
+    from pyspark.sql import functions as F
+
+    from pipelines.ingest.cleaning.rules import REASONS
+
+    return {
+        r["reason"]: r["count"]
+        for r in spark.read.parquet(path).select(F.explode(REASONS).alias("reason")).groupBy("reason").count().collect()
+    }
+
+
 def _clean_staged(spark, spec: LineSpec, paths: LinePaths, batch_id: str, staging: Path) -> dict[str, Any]:
     record = ledger.read(paths, batch_id)
     assert record is not None
@@ -214,14 +226,7 @@ def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[s
     # of the plan and its observed counts with it; they are all zero then.)
     dup_counts = {kind: n for kind, n in result.duplicates().items() if n} if rows_ok else {}
     quarantined = spark.read.parquet(staging_quarantine).count()
-    reasons = {
-        r["reason"]: r["count"]
-        for r in spark.read.parquet(staging_quarantine)
-        .select(F.explode(REASONS).alias("reason"))
-        .groupBy("reason")
-        .count()
-        .collect()
-    }
+    reasons = quarantine_reasons(spark, staging_quarantine)
     # Rows of a conflicting key (key_duplicates: quarantine) leave the clean
     # output but are in the quarantine: counted there, not as duplicates.
     conflicts = dup_counts.pop("key_conflict", 0)
