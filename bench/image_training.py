@@ -144,7 +144,9 @@ def main() -> int:
     machine = host()
     print(describe(machine), flush=True)
     spec = load_spec(LINE)
-    report: dict[str, Any] = {"machine": machine, "command": "bench/image_training.py " + " ".join(sys.argv[1:]),
+    # the command without where it kept its files (paths of this machine)
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--work", "--out") and sys.argv[i] not in ("--work", "--out")]
+    report: dict[str, Any] = {"machine": machine, "command": " ".join(["bench/image_training.py", *argv]),
                               "spec_training": spec.training.model_dump()}
     log("writing the cleaned batches (PNG-encoding 70,000 images)")
     write_batches(home)
