@@ -277,6 +277,9 @@ class TrainingSpec(_Strict):
     batch_size: Annotated[int, Field(ge=1, le=65536)] = 256
     # Learning rate of one worker; scaled by the number of workers.
     learning_rate: Annotated[float, Field(gt=0, le=10)] = 0.001
+    # cosine: the rate falls along a half cosine from learning_rate to 5% of it over the
+    # run's epochs (a resumed run carries on where it stopped); none: constant.
+    learning_rate_decay: Literal["none", "cosine"] = "none"
     early_stopping_patience: Annotated[int, Field(ge=1)] = 3
     # Seconds a training run may take before its workers are stopped.
     timeout_s: Annotated[int, Field(ge=10)] = 3600

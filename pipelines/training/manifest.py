@@ -173,6 +173,9 @@ class Params(_Section):
     epochs: _AtLeastOne
     batch_size: _AtLeastOne
     learning_rate: Annotated[_Finite, Field(gt=0), _says("must be > 0, got {input!r}")]
+    learning_rate_decay: Annotated[
+        Literal["none", "cosine"], _says("must be 'none' or 'cosine', got {input!r}")
+    ] = "none"
     early_stopping_patience: _AtLeastOne
     seed: _Integer
 

@@ -52,6 +52,7 @@ class RunParams:
     early_stopping_patience: int
     window_batches: int
     batches: tuple[str, ...] | None = None  # an explicit window (e.g. from a drift episode)
+    learning_rate_decay: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +60,7 @@ class RunParams:
             "epochs": self.epochs,
             "batch_size": self.batch_size,
             "learning_rate": self.learning_rate,
+            "learning_rate_decay": self.learning_rate_decay,
             "early_stopping_patience": self.early_stopping_patience,
             "window_batches": self.window_batches,
             "batches": list(self.batches) if self.batches is not None else None,
@@ -102,6 +104,7 @@ def resolve_params(spec: LineSpec, overrides: dict[str, Any] | None = None) -> R
         early_stopping_patience=t.early_stopping_patience,
         window_batches=integer("window_batches", t.window.batches, 0, 100000),
         batches=batches,
+        learning_rate_decay=t.learning_rate_decay,
     )
 
 

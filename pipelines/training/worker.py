@@ -341,6 +341,9 @@ class _TrainState:
         return int(self.counters[name].numpy())
 
 
+COSINE_FLOOR = 0.05  # learning_rate_decay: cosine ends at this share of the rate
+
+
 def _build_state(plan: Plan) -> _TrainState:
     import horovod.tensorflow as hvd
     import tensorflow as tf
@@ -350,7 +353,13 @@ def _build_state(plan: Plan) -> _TrainState:
     kind = model_kind(m)
     core, best = kind.build_core(m), kind.build_core(m)
     best.set_weights(core.get_weights())
-    optimizer = keras.optimizers.Adam(learning_rate=m.params.learning_rate * hvd.size())
+    rate = m.params.learning_rate * hvd.size()
+    if m.params.learning_rate_decay == "cosine":
+        # by optimizer step, which the checkpoint keeps: a resumed run carries on the curve
+        rate = keras.optimizers.schedules.CosineDecay(
+            rate, decay_steps=max(1, m.params.epochs * plan.steps_per_epoch), alpha=COSINE_FLOOR
+        )
+    optimizer = keras.optimizers.Adam(learning_rate=rate)
     optimizer.build(core.trainable_variables)
     counters = {
         "epoch": tf.Variable(0, dtype=tf.int64, trainable=False),
