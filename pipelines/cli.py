@@ -145,8 +145,14 @@ def _model_rows(line: str, home: Path) -> list[str]:
     if run is None or run.result is None:
         return ["  model: none trained"]
     result, manifest = run.result, run.manifest
+    # the early-stopping metric of the run's task: ROC AUC (binary) or accuracy (multiclass)
+    name, value = next(
+        ((n, result.get(k)) for k, n in (("val_auc", "val ROC AUC"), ("val_accuracy", "val accuracy"))
+         if result.get(k) is not None),
+        ("val metric", float("nan")),
+    )
     rows = [
-        f"  model: val ROC AUC {result.get('val_auc', float('nan')):.4f}, {result.get('epochs_run')} epochs "
+        f"  model: {name} {value:.4f}, {result.get('epochs_run')} epochs "
         f"(best {result.get('best_epoch')}), {result.get('workers')} Horovod workers, "
         f"{result.get('samples_per_s', 0):.0f} samples/s, trained on {manifest['rows']['train']} rows "
         f"of batches {', '.join(manifest['batches'])}",
@@ -155,7 +161,8 @@ def _model_rows(line: str, home: Path) -> list[str]:
     ev = run.evaluation
     if ev is not None:
         overall = ((ev.get("metrics") or {}).get("Overall") or {}).get("candidate") or {}
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items() if isinstance(v, float))
+        # (per-class metrics, named class/slice, are in the report)
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in overall.items() if isinstance(v, float) and "/" not in k)
         serving = ev.get("serving") or {}
         registry = ev.get("registry") or {}
         rows.append(f"  evaluation: {ev.get('blessing')} ({ev.get('why') or ev.get('blessed_on') or ''}); {metrics}")

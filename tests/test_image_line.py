@@ -163,6 +163,12 @@ def test_batches_are_cleaned_validated_and_the_line_trains_and_is_blessed(line):
     assert serving_model(LINE, home) == (1, layout.serving_base(LINE, home) / "1")
     result = records.read_evaluation_result(run_dir).to_json()
     assert result["overall"]["example_count"] == HOLDOUT and result["overall"]["accuracy"] >= 0.5
+    # the main job's summary of the line
+    from pipelines.cli import _model_rows
+
+    rows = _model_rows(LINE, home)
+    assert rows[0].startswith("  model: val accuracy 0.") and f"{EPOCHS} epochs" in rows[0], rows
+    assert rows[2].startswith("  evaluation: BLESSED") and "accuracy 0." in rows[2] and "class_" not in rows[2], rows
 
 
 def test_a_darker_batch_is_blocked_and_shifted_batches_are_named_by_what_moved(line):
