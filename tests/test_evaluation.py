@@ -262,6 +262,7 @@ def test_first_candidate_is_blessed_on_value_thresholds_and_pushed(world, story)
     assert good["blessed_on"] == "value thresholds only (no blessed model yet)"
     assert good["baseline_run"] is None and good["baseline_metrics"] is None
     assert good["metrics"]["auc"] > 0.75 and good["metrics"]["example_count"] > 1000
+    assert "accuracy" not in good["metrics"]  # top-1 accuracy is a multi-class metric: a binary gate computes binary metrics
     assert good["pushed"] and good["serving_version"] == 1
     assert Path(good["serving_path"]) == world.base / "1"
     assert (world.base / "1" / "saved_model.pb").is_file()

@@ -286,6 +286,9 @@ def test_a_multiclass_metric_is_refused_on_a_binary_line():
     fields, not_sliceable = _fields("credit_risk")
     with pytest.raises(EvaluationSettingsError, match=r"unknown metric 'recall' for task binary_classification"):
         parse_settings("credit_risk", {"thresholds": {"recall": {"min": 0.5}}}, fields, not_sliceable)
+    # top-1 accuracy over class ids means nothing for one probability per example
+    with pytest.raises(EvaluationSettingsError, match=r"unknown metric 'accuracy' for task binary_classification"):
+        parse_settings("credit_risk", {"thresholds": {"accuracy": {"min": 0.5}}}, fields, not_sliceable)
 
 
 def test_an_unknown_multiclass_metric_fails_at_spec_load(tmp_path, monkeypatch):

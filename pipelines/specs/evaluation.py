@@ -64,7 +64,6 @@ METRICS: dict[str, tuple[str, str, bool | None]] = {
     "pr_auc": ("AUCPrecisionRecall", "auc_precision_recall", True),
     "calibration": ("Calibration", "calibration", None),
     "binary_accuracy": ("BinaryAccuracy", "binary_accuracy", True),
-    "accuracy": ("SparseCategoricalAccuracy", "sparse_categorical_accuracy", True),
     "example_count": ("ExampleCount", "example_count", True),
     "mean_label": ("MeanLabel", "mean_label", None),
     "mean_prediction": ("MeanPrediction", "mean_prediction", None),
