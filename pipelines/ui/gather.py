@@ -185,10 +185,9 @@ def model_from_run(run: TrainingRun, line: str) -> Model:
     return m
 
 
-def read_models(line: str, home: Path, notes: list[str]) -> list[Model]:
-    """Every training run of a line, newest first."""
-    runs = _read("training runs", home, notes, lambda errors: records.training_runs(line, home, errors), [])
-    return [model_from_run(run, line) for run in runs]
+def read_training_runs(line: str, home: Path, notes: list[str]) -> list[TrainingRun]:
+    """Every training run of a line, newest first (unreadable records become notes)."""
+    return _read("training runs", home, notes, lambda errors: records.training_runs(line, home, errors), [])
 
 
 # -- serving ------------------------------------------------------------------------------
@@ -322,15 +321,17 @@ def read_quarantine_images(line: str, batches: list[BatchRecord], home: Path, no
     return out
 
 
-def _tabular_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], home: Path) -> None:
+def _tabular_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], runs: list[TrainingRun],
+                   home: Path) -> None:
     """A tabular line shows nothing beyond the common parts."""
 
 
-def read_latest_evaluation(line: str, spec: LineSpec | None, home: Path, notes: list[str]) -> Evaluation | None:
-    """The newest multi-class evaluation the gate recorded (its confusion matrix and the
-    misclassified evaluation images, :func:`pipelines.catalog.records.read_confusion_matrix`
-    and :func:`~pipelines.catalog.records.read_misclassified`), through :func:`evaluation_view`."""
-    runs = _read("training runs", home, notes, lambda errors: records.training_runs(line, home, errors), [])
+def read_latest_evaluation(runs: list[TrainingRun], spec: LineSpec | None, home: Path,
+                           notes: list[str]) -> Evaluation | None:
+    """The newest multi-class evaluation the gate recorded among ``runs`` (newest first: its
+    confusion matrix and the misclassified evaluation images,
+    :func:`pipelines.catalog.records.read_confusion_matrix` and
+    :func:`~pipelines.catalog.records.read_misclassified`), through :func:`evaluation_view`."""
     names = class_names(spec)
     for run in runs:
         folder = Path(run.path)
@@ -358,13 +359,14 @@ def read_latest_evaluation(line: str, spec: LineSpec | None, home: Path, notes: 
     return None
 
 
-def _image_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], home: Path) -> None:
+def _image_parts(view: LineView, spec: LineSpec | None, batches: list[BatchRecord], runs: list[TrainingRun],
+                 home: Path) -> None:
     view.quarantine_images = read_quarantine_images(view.name, batches, home, view.notes)
-    view.evaluation = read_latest_evaluation(view.name, spec, home, view.notes)
+    view.evaluation = read_latest_evaluation(runs, spec, home, view.notes)
 
 
 # what a line shows beyond the common parts, by its spec's modality
-MODALITY_PARTS: dict[str, Callable[[LineView, LineSpec | None, list[BatchRecord], Path], None]] = {
+MODALITY_PARTS: dict[str, Callable[[LineView, LineSpec | None, list[BatchRecord], list[TrainingRun], Path], None]] = {
     "tabular": _tabular_parts,
     "image": _image_parts,
 }
@@ -465,13 +467,14 @@ def gather_line(
     view.batches = [batch_from_record(r, home) for r in batch_records[:max_batches]]
     spec = _line_spec(line, notes)
     view.modality = spec.modality if spec is not None else "tabular"
+    runs = read_training_runs(line, home, notes)
     parts = MODALITY_PARTS.get(view.modality)
     if parts is None:
         notes.append(f"modality {view.modality!r}: nothing to show beyond the common parts")
     else:
-        parts(view, spec, batch_records[:max_batches], home)
+        parts(view, spec, batch_records[:max_batches], runs, home)
 
-    models = read_models(line, home, notes)
+    models = [model_from_run(run, line) for run in runs]
     view.model_total = len(models)
     view.models = models[:max_models]
     view.serving = read_serving(line, home, notes)
