@@ -28,7 +28,6 @@ was before it became a test at the family's per-test level (a drop of at least
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from statistics import NormalDist
 from typing import Any
@@ -36,9 +35,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.machine import describe, host
+from bench.machine import describe, host, write_results
 from bench.realdata import employment_frame
-from pipelines.config import REPO_ROOT
 from pipelines.monitoring.detection import score_batch
 from pipelines.monitoring.profile import build_profile, features_from_spec
 from pipelines.specs import load_spec
@@ -178,10 +176,7 @@ def main() -> None:
         print(f"{r['scorer']}: the AUC's test alone (no max_auc_drop floor) passes at 2 SE in "
               f"{r['auc_drop_over_2_se']} batches, at z(1 - alpha/m) SE in {r['auc_drop_over_z_per_test_se']}; "
               f"largest drop / SE {r['auc_drop_over_se_max']:.2f}")
-    out = REPO_ROOT / "bench" / "results" / "drift_false_alarms.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m bench.drift_false_alarms", "machine": machine,
-                               "seconds": seconds, **result}, indent=1))
+    out = write_results("drift_false_alarms", "python -m bench.drift_false_alarms", machine, seconds, result)
     print(f"{seconds:.0f} s; results: bench/results/{out.name}")
 
 

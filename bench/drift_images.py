@@ -21,7 +21,6 @@ the machine: ``bench/results/drift_images.json``.
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
 from collections import Counter
@@ -32,8 +31,7 @@ import numpy as np
 import pandas as pd
 
 from bench.fashion import SHIFTS, build_model, fashion_arrays, predict, write_images_parquet
-from bench.machine import describe, host
-from pipelines.config import REPO_ROOT
+from bench.machine import describe, host, write_results
 from pipelines.monitoring.images import build_image_profile, pixel_statistics, score_image_batch
 from pipelines.specs import load_spec
 from pipelines.specs.drift import EMBEDDING_PREFIX
@@ -160,10 +158,7 @@ def main() -> None:
     print("embedding features alone, by principal components:")
     for k, rates in result["embedding_components"].items():
         print(f"  k={k:>2} " + "  ".join(f"{s} {r:.0%}" for s, r in rates.items()))
-    out = REPO_ROOT / "bench" / "results" / "drift_images.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"command": "python -m bench.drift_images", "machine": machine,
-                               "seconds": seconds, **result}, indent=1))
+    out = write_results("drift_images", "python -m bench.drift_images", machine, seconds, result)
     print(f"{seconds:.0f} s; results: bench/results/{out.name}")
 
 

@@ -45,3 +45,13 @@ def describe(m: dict[str, Any]) -> str:
         f"machine: {m['cpu']}, {m['cores']} cores ({m['cores_usable']} usable), {m['ram_gib']} GiB RAM, "
         f"{m['os']} (kernel {m['kernel']}), Python {m['python']}; load average at start {m['load_average_at_start']}"
     )
+
+
+def write_results(name: str, command: str, machine: dict[str, Any], seconds: float, result: dict[str, Any]) -> Path:
+    """``bench/results/<name>.json``: the command, the machine, the seconds and the figures."""
+    import json
+
+    out = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"command": command, "machine": machine, "seconds": seconds, **result}, indent=1))
+    return out
