@@ -14,6 +14,8 @@ variable moves it (shared storage at scale):
 | TFX pipeline and ML Metadata | ``<home>/tfx/<line>/root``, ``metadata.db`` | ``FACTORY_TFX_ROOT``, ``FACTORY_MLMD_URI`` |
 | serving store | ``<store>/<line>/<version>/`` (TF Serving's layout), ``.retired/`` | ``FACTORY_SERVING_STORE`` |
 | drift | ``<home>/drift/<line>/``: ``history.jsonl``, ``episodes.json``, ``reports/`` | |
+| prediction log | ``<home>/predictions/<line>/``: ``wal/`` (segments being written, JSON lines), ``log/date=<day>/`` (Parquet), ``labels/`` | ``FACTORY_PREDICTION_LOG`` |
+| model server | ``<home>/run/model-server.json`` (its record) | |
 
 Light: no import beyond the standard library and :mod:`pipelines.config`, so both
 environments and DAG files may import it.
@@ -431,3 +433,36 @@ def lines_with_records(home: Path | None = None, store: Path | None = None) -> l
         if root.is_dir():
             names.update(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     return sorted(names)
+
+
+# ---------------------------------------------------------------- online serving
+
+
+def prediction_log_root(home: Path | None = None) -> Path:
+    """Where the model server logs what it answered (every line below it)."""
+    root = os.environ.get("FACTORY_PREDICTION_LOG")
+    return Path(root) if root else _home(home) / "predictions"
+
+
+def prediction_log_dir(line: str, home: Path | None = None) -> Path:
+    return prediction_log_root(home) / line
+
+
+def prediction_wal_dir(line: str, home: Path | None = None) -> Path:
+    """Segments the server is writing or has closed, not yet compacted: JSON lines, one
+    record per answered instance, fsynced before the answer leaves the server."""
+    return prediction_log_dir(line, home) / "wal"
+
+
+def prediction_parquet_dir(line: str, home: Path | None = None) -> Path:
+    """Compacted segments: ``date=<YYYY-MM-DD>/<segment>.parquet``."""
+    return prediction_log_dir(line, home) / "log"
+
+
+def prediction_labels_dir(line: str, home: Path | None = None) -> Path:
+    """Labels attached later to logged predictions (by request id)."""
+    return prediction_log_dir(line, home) / "labels"
+
+
+def model_server_record(home: Path | None = None) -> Path:
+    return _home(home) / "run" / "model-server.json"
