@@ -74,7 +74,7 @@ class Server:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
                 health = httpx.get(f"{self.url}/healthz", timeout=2).json()
-                if health["lines"] == lines:
+                if all(health["lines"].get(k) == v for k, v in lines.items()):
                     return
             except httpx.HTTPError:
                 pass
@@ -395,6 +395,15 @@ def test_image_model_answers_png_as_b64_and_a_bad_png_fails_alone(store, server)
             t.join()
         assert [results[i].status_code for i in range(len(pngs))] == [200] * len(pngs)
         assert results[len(pngs)].status_code == 400, results[len(pngs)].text
+
+    # a line that appears in the store is served without a restart
+    run = layout.run_dir(IMAGE_LINE, "serving", home)
+    assert publish_again(home, run, "another-line", line="fashion_copy") == 1
+    server.wait({"fashion_copy": 1}, timeout=30)
+    r = httpx.post(f"{server.url}/v1/models/fashion_copy:predict", json={"instances": [{"image": {"b64": pngs[1]}}],
+                                                                         "signature_name": "predict_features"})
+    assert r.status_code == 200 and r.headers["X-Model-Version"] == "1"
+    assert r.json()["predictions"][0]["class_ids"] == results[1].json()["predictions"][0]["class_ids"]
 
 
 def test_a_stopped_server_closes_its_segment_and_an_unwritable_log_answers_nothing(store, tmp_path):
