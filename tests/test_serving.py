@@ -405,6 +405,19 @@ def test_image_model_answers_png_as_b64_and_a_bad_png_fails_alone(store, server)
     assert r.status_code == 200 and r.headers["X-Model-Version"] == "1"
     assert r.json()["predictions"][0]["class_ids"] == results[1].json()["predictions"][0]["class_ids"]
 
+    # ... and one that leaves it is no longer served, its prediction-log segment closed
+    import shutil
+
+    shutil.rmtree(layout.serving_base("fashion_copy", home))
+    deadline = time.monotonic() + 30
+    while "fashion_copy" in httpx.get(f"{server.url}/healthz").json()["lines"]:
+        assert time.monotonic() < deadline, "the line is still served"
+        time.sleep(0.2)
+    assert httpx.post(f"{server.url}/v1/models/fashion_copy:predict", json={}).status_code == 404
+    segments = [p for p in layout.prediction_wal_dir("fashion_copy", home).iterdir()
+                if predlog.segment_pid(p) == server.proc.pid]
+    assert len(segments) == 1 and not predlog.is_open_segment(segments[0]), segments
+
 
 def test_a_stopped_server_closes_its_segment_and_an_unwritable_log_answers_nothing(store, tmp_path):
     home, _ = store
