@@ -177,3 +177,21 @@ def test_bad_label_files_are_refused(home, tmp_path):
     assert predlog.read_labels("employment", home)["label"].tolist() == ["1", "0"]
     with pytest.raises(LabelError, match="no such file"):
         predlog.read_label_file(tmp_path / "nope.csv")
+
+
+def test_two_writers_with_the_same_pid_in_the_same_second_keep_both_segments(home):
+    """Segment names are ``<start second>-<pid>-<seq>``: a second writer of the line in
+    one process (a server that makes its log again), or a replica with the same pid in
+    another container on shared storage, starts at the same name in the same second."""
+    first = PredictionLog(LINE, home)
+    first.append([record("first")])
+    second = PredictionLog(LINE, home)
+    second.append([record("second")])
+    first.close()
+    second.append([record("second-2")])
+    second.close()
+    third = PredictionLog(LINE, home)
+    third.append([record("third")])
+    third.close()
+    assert sorted(predlog.read_predictions(LINE, home)["request_id"]) == ["first", "second", "second-2", "third"]
+    assert len(predlog.segments(LINE, home)) == 3
