@@ -427,7 +427,8 @@ def record_batch(
     record["recorded_at"] = _iso(now)
     with records.drift_lock(line, home):
         for earlier in records.read_drift_history(line, home, kind="batch"):
-            if earlier.get("batch_id") == record["batch_id"] and earlier.get("model_version") == model_version:
+            if earlier.get("batch_id") == record["batch_id"] and earlier.get("model_version") == model_version \
+                    and earlier.get("source") == record.get("source"):
                 return earlier.to_json()  # a retried scoring task: the batch counts once
         state, episode_id = apply_batch(load_state(line, home), record, now, policy)
         record["episode_id"] = episode_id
