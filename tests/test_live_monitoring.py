@@ -152,3 +152,18 @@ def test_image_lines_are_skipped_with_a_reason(home):
     out = live.score_live_windows("fashion", home, now=AFTER)
     assert out["status"] == "skipped" and "embedding" in out["reason"]
     assert live.waiting_windows("fashion", home, now=AFTER) == []
+
+
+def test_the_monitors_sensor_wakes_for_a_closed_window_and_for_new_labels(home, reference):
+    from pipelines.monitoring.sensor import _ready, pending_work
+
+    version = served_version(home, reference, "run-1")
+    assert not _ready(pending_work(LINE, str(home)))
+    traffic = lending_club_frame(4)
+    ids = log_traffic(home, traffic, version, W0)  # a window long closed
+    work = pending_work(LINE, str(home))
+    assert work["batches"] == [] and work["live"] == ["live-20261120T1000-v1"] and _ready(work)
+    live.score_live_windows(LINE, home)
+    assert not _ready(pending_work(LINE, str(home)))
+    attach_labels(LINE, pd.DataFrame({"request_id": ids, "label": traffic["Class"].tolist()}), home)
+    assert pending_work(LINE, str(home))["live"] == ["live-20261120T1000-v1-labelled"]
