@@ -195,3 +195,21 @@ def test_two_writers_with_the_same_pid_in_the_same_second_keep_both_segments(hom
     third.close()
     assert sorted(predlog.read_predictions(LINE, home)["request_id"]) == ["first", "second", "second-2", "third"]
     assert len(predlog.segments(LINE, home)) == 3
+
+
+def test_factory_labels_prints_the_counts_and_refuses_a_bad_file(home, tmp_path, monkeypatch, capsys):
+    from pipelines import cli
+
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    log = PredictionLog(LINE)
+    log.append([record("a"), record("b")])
+    log.close()
+    good = tmp_path / "labels.parquet"
+    pd.DataFrame({"request_id": ["a", "b", "c"], "instance": [0, 0, 0], "label": ["bad", "good", "good"]}).to_parquet(good)
+    assert cli.main(["labels", LINE, "--file", str(good)]) == 0
+    assert "3 label(s) attached: 2 matched a logged prediction, 1 unmatched" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,outcome\na,bad\n")
+    assert cli.main(["labels", LINE, "--file", str(bad)]) == 2
+    assert "missing ['label']" in capsys.readouterr().err
+    assert len(predlog.read_labels(LINE)) == 3
