@@ -167,3 +167,26 @@ def test_the_monitors_sensor_wakes_for_a_closed_window_and_for_new_labels(home, 
     assert not _ready(pending_work(LINE, str(home)))
     attach_labels(LINE, pd.DataFrame({"request_id": ids, "label": traffic["Class"].tolist()}), home)
     assert pending_work(LINE, str(home))["live"] == ["live-20261120T1000-v1-labelled"]
+
+
+@pytest.mark.integration
+def test_the_monitor_dag_scores_logged_traffic(airflow_db, home, reference, monkeypatch):
+    """``dag.test()`` of the monitor on a log of live traffic alone (no landed batch): the
+    window is scored, the log compacted, old days removed."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from pipelines.config import REPO_ROOT
+
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    version = served_version(home, reference, "run-1")
+    traffic = lending_club_frame(4).assign(annual_inc=lambda f: f["annual_inc"] * 1.5)
+    log_traffic(home, traffic, version, W0)
+    log_traffic(home, traffic.head(50), version, W0 - timedelta(days=60), prefix="old")  # past retention
+    dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[f"monitor_{LINE}"]
+    run = dag.test()
+    states = {ti.task_id: ti.state for ti in run.get_task_instances()}
+    assert states == {"wait": "success", "score": "success", "live": "success", "retrain": "skipped"}, states
+    [record] = read_drift_history(LINE, home, kind="batch")
+    assert record["batch_id"] == "live-20261120T1000-v1" and record["source"] == "live" and record["drifted"]
+    assert [p.name for p in layout.prediction_parquet_dir(LINE, home).iterdir()] == ["date=2026-11-20"]
+    assert not list(layout.prediction_wal_dir(LINE, home).glob("*.jsonl"))
