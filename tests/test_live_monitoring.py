@@ -148,6 +148,16 @@ def test_a_landed_batch_is_not_mistaken_for_a_live_window(home, reference):
         ("live-20261120T1000-v1", "live"), ("live-20261120T1000-v1", None)]
 
 
+def test_a_window_of_a_version_without_a_profile_is_named_not_scored(home, reference):
+    served_version(home, reference, "run-1")
+    log_traffic(home, lending_club_frame(4), 7, W0)  # answered by a version the store does not hold
+    out = live.score_live_windows(LINE, home, now=AFTER)
+    assert out["windows"] == [] and out["status"] == "nothing_to_score"
+    assert out["notes"] == [f"live-20261120T1000-v7 ({len(lending_club_frame(4))} rows) not scored: "
+                            "v7 is not in the serving store or has no reference profile"]
+    assert live.waiting_windows(LINE, home, now=AFTER) == []  # the sensor does not wake for it
+
+
 def test_image_lines_are_skipped_with_a_reason(home):
     out = live.score_live_windows("fashion", home, now=AFTER)
     assert out["status"] == "skipped" and "embedding" in out["reason"]

@@ -112,10 +112,13 @@ def plan_windows(line: str, home: Path | None = None, now: datetime | None = Non
             todo.append("unlabelled")
         if labelled >= min_labelled and batch_id + LABELLED_SUFFIX not in scored:
             todo.append("labelled")
+        profile = profiles.get(int(version))
         out.append({"batch_id": batch_id, "start": start.isoformat(), "end": end.isoformat(),
                     "model_version": int(version), "rows": rows, "labelled": labelled,
-                    "todo": todo if int(version) in profiles else [],
-                    "profile": str(profiles[int(version)]) if int(version) in profiles else None})
+                    "todo": todo if profile is not None else [],
+                    "blocked": None if profile is not None or not todo else (
+                        f"v{int(version)} is not in the serving store or has no reference profile"),
+                    "profile": None if profile is None else str(profile)})
     return out
 
 
@@ -196,6 +199,8 @@ def score_live_windows(line: str, home: Path | None = None, now: datetime | None
                         strict=True))
     score = LIVE_SCORERS[spec.modality]
     for window in plan:
+        if window["blocked"]:
+            notes.append(f"{window['batch_id']} ({window['rows']} rows) not scored: {window['blocked']}")
         if not window["todo"]:
             continue
         start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])
