@@ -56,19 +56,33 @@ def _writer(home, groups: int, mode: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+def _age(path, seconds: float = 60.0) -> None:
+    """Make a file look ``seconds`` old (its modification time)."""
+    import time
+
+    then = time.time() - seconds
+    os.utime(path, (then, then))
+
+
 def test_open_segment_of_a_dead_writer_is_compacted_and_a_partial_last_line_is_skipped(home):
     proc = _writer(home, 4, "exit")
     proc.communicate(timeout=60)
     assert proc.returncode == 0
     [segment] = predlog.segments(LINE, home)
-    assert predlog.is_open_segment(segment) and predlog.is_closed_segment(segment)  # its pid is gone
     # the writer died in the middle of its next group: half a record at the end
     whole = segment.read_bytes()
     with open(segment, "ab") as fh:
         fh.write(whole.splitlines(keepends=True)[0][:40])
-    # a live server's open segment beside it: read, never compacted
+    # nobody holds its lock, but a writer may have created it an instant ago: not yet
+    assert predlog.is_open_segment(segment) and not predlog.is_closed_segment(segment)
+    _age(segment)
+    assert predlog.is_closed_segment(segment)
+    # a live server's open segment beside it, as old: its writer holds its lock, so it is
+    # read, never compacted (what a pid cannot tell across containers)
     live = PredictionLog(LINE, home)
     live.append([record("live-1")])
+    _age(live.path)
+    assert not predlog.is_closed_segment(live.path)
     skipped: list[str] = []
     assert predlog.compact(LINE, home, skipped=skipped) == 12
     assert skipped and "1 line(s) not whole JSON" in skipped[0]

@@ -36,6 +36,7 @@ every request of the batch.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import threading
@@ -117,6 +118,10 @@ class PredictionLog:
                 break
             except FileExistsError:
                 continue
+        # Held for as long as the segment is open: how a compaction elsewhere (another
+        # process, another container on the same storage) tells a live writer's segment
+        # from a killed one's, where a pid means nothing across pid namespaces.
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         fsync_dir(self.dir)
         self._opened = time.monotonic()
         self._size = 0
@@ -231,22 +236,35 @@ def segment_stem(path: Path) -> str:
     return path.stem
 
 
-def _pid_alive(pid: int | None) -> bool:
-    if pid is None:
+# An open segment nobody holds is a dead writer's only once it is this old: a writer
+# takes its lock microseconds after creating the file.
+ORPHAN_AGE_S = 10.0
+
+
+def _writer_holds(path: Path) -> bool:
+    """Whether a live writer holds the segment's lock (see :meth:`PredictionLog._open`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process: alive
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
         return True
-    return True
+    finally:
+        os.close(fd)  # releases the probe's lock, if it got one
+    return False
 
 
 def is_closed_segment(path: Path) -> bool:
-    """Closed: renamed to ``.jsonl``, or still ``.open`` but its writer is gone."""
+    """Closed: renamed to ``.jsonl``, or still ``.open`` but no writer holds its lock (a
+    killed server's) and it is older than :data:`ORPHAN_AGE_S`."""
     if is_open_segment(path):
-        return not _pid_alive(segment_pid(path))
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False
+        return age >= ORPHAN_AGE_S and not _writer_holds(path)
     return path.name.endswith(CLOSED_SUFFIX)
 
 
