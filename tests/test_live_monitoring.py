@@ -18,7 +18,7 @@ from pipelines.monitoring import live
 from pipelines.monitoring.batch import monitor_batch
 from pipelines.monitoring.episodes import load_state
 from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile
-from pipelines.monitoring.stage import unscored_batches
+from pipelines.monitoring.stage import retrain_decision, unscored_batches
 from pipelines.serving.predlog import PredictionLog, attach_labels
 from pipelines.specs import load_spec
 
@@ -126,6 +126,12 @@ def test_a_window_whose_live_auc_drops_opens_an_episode(home, reference):
     assert labelled["drifted"] is True and labelled["auc"] < 0.7 and labelled["episode_id"]
     [episode] = load_state(LINE, home)["episodes"]
     assert episode["status"] == "open" and episode["opened_by"] == "live-20261120T1000-v1-labelled"
+    # the line retrains on new data, but no training will ever include a live window: the
+    # monitor claims the retrain itself, and the drift event names the episode
+    assert load_spec(LINE).training.retrain_on == "new_data"
+    event = retrain_decision(LINE, "monitor-run-1", home)
+    assert event["retrain"] is True and event["episode_id"] == episode["id"], event
+    assert retrain_decision(LINE, "monitor-run-2", home)["retrain"] is False  # one per episode
 
 
 def test_a_landed_batch_is_not_mistaken_for_a_live_window(home, reference):

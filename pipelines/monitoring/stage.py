@@ -267,6 +267,20 @@ def _trainings(line: str, home: Path | None) -> list[dict[str, Any]]:
     return out
 
 
+def _live_only_episode(line: str, home: Path | None) -> bool:
+    """Whether the line's open episode was opened by live traffic alone (windows of the
+    prediction log, no landed batch): no training will include those windows, so with
+    ``retrain_on: new_data`` there is nothing to adopt and the monitor claims the retrain,
+    as with ``retrain_on: drift``."""
+    from pipelines.monitoring.episodes import load_state, open_episode
+
+    episode = open_episode(load_state(line, home))
+    if episode is None or not episode.get("drifted_batches"):
+        return False
+    live = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch") if r.get("source") == "live"}
+    return set(episode["drifted_batches"]) <= live
+
+
 def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[str, Any]:
     """Link the line's open drift episode to its retrain; returns ``{"retrain": bool,
     "reason": ...}``. With ``retrain: True`` (``retrain_on: drift``, a retrain claimed:
@@ -277,7 +291,7 @@ def retrain_decision(line: str, run_id: str, home: Path | None = None) -> dict[s
     from pipelines.monitoring.episodes import adopt_existing_training, claim_retrain
 
     policy = line_drift_spec(line).retrain
-    if load_spec(line).training.retrain_on == "new_data":
+    if load_spec(line).training.retrain_on == "new_data" and not _live_only_episode(line, home):
         adopted = adopt_existing_training(line, _trainings(line, home), policy=policy, home=home)
         if adopted is None:
             why = ("no open drift episode without a retrain, or the training the drifted batch set off has not "
