@@ -37,7 +37,7 @@ import json
 import os
 import threading
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -166,3 +166,386 @@ def read_segment(path: Path) -> tuple[list[dict[str, Any]], int]:
             else:
                 bad += 1
     return records, bad
+
+
+# ---------------------------------------------------------------- reader side
+#
+# Compaction turns closed segments into Parquet, one file per segment and day:
+# ``log/date=<YYYY-MM-DD>/<segment stem>.parquet`` (the day of each record's ``time``, so
+# a segment open across midnight lands in both days). The Parquet file is written
+# atomically before its segment is removed, and readers read the segments before the
+# Parquet files: a record is always in one of the two when a reader looks (in both for a
+# moment, which the reader's one-row-per-(request_id, instance) rule absorbs).
+#
+# Labels are Parquet files under ``labels/``, named ``<seq>-<time>.parquet`` with a
+# sequence number taken under the folder's lock: the later file wins for the same
+# (request_id, instance), so a corrected label file overrides an earlier one.
+
+PREDICTION_COLUMNS = ["request_id", "instance", "time", "model_version", "signature", "latency_ms", "inputs",
+                      "outputs"]
+LABEL_COLUMNS = ["request_id", "instance", "label"]
+COMPACT_LOCK = "compact.lock"
+LABELS_LOCK = ".lock"
+
+
+class LabelError(ValueError):
+    """A label file that cannot be attached; the message says why."""
+
+
+def segment_stem(path: Path) -> str:
+    """``<start>-<pid>-<seq>``: a segment's name without ``.open.jsonl`` / ``.jsonl``."""
+    name = path.name
+    for suffix in (OPEN_SUFFIX, CLOSED_SUFFIX):
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if pid is None:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def is_closed_segment(path: Path) -> bool:
+    """Closed: renamed to ``.jsonl``, or still ``.open`` but its writer is gone."""
+    if is_open_segment(path):
+        return not _pid_alive(segment_pid(path))
+    return path.name.endswith(CLOSED_SUFFIX)
+
+
+def segments(line: str, home: Path | None = None) -> list[Path]:
+    """Every segment of the line's write-ahead folder (open and closed), oldest first."""
+    folder = layout.prediction_wal_dir(line, home)
+    try:
+        names = sorted(n for n in os.listdir(folder) if n.endswith(CLOSED_SUFFIX) and not n.startswith("."))
+    except FileNotFoundError:
+        return []
+    return [folder / n for n in names]
+
+
+def _frame(records: list[dict[str, Any]]):
+    """Records as the log's columns; ``inputs``/``outputs`` as JSON text (Parquet's form)."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        try:
+            rows.append({
+                "request_id": str(r["request_id"]),
+                "instance": int(r.get("instance", 0)),
+                "time": r["time"],
+                "line": r.get("line"),
+                "model_version": int(r["model_version"]) if r.get("model_version") is not None else None,
+                "signature": r.get("signature"),
+                "latency_ms": float(r["latency_ms"]) if r.get("latency_ms") is not None else None,
+                "inputs": json.dumps(r.get("inputs"), separators=(",", ":")),
+                "outputs": json.dumps(r.get("outputs"), separators=(",", ":")),
+            })
+        except (KeyError, TypeError, ValueError):
+            continue  # whole JSON but not a record: nothing a client was told about
+    frame = pd.DataFrame(rows, columns=["request_id", "instance", "time", "line", "model_version", "signature",
+                                        "latency_ms", "inputs", "outputs"])
+    frame["time"] = pd.to_datetime(frame["time"], utc=True, format="ISO8601")
+    frame["instance"] = frame["instance"].astype("int64")
+    frame["model_version"] = frame["model_version"].astype("Int64")
+    frame["latency_ms"] = frame["latency_ms"].astype("float64")
+    return frame
+
+
+def _write_parquet_atomic(frame, path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipelines.storage import fsync_dir
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = None) -> int:
+    """Closed segments -> ``log/date=<day>/<stem>.parquet``, then the segment is removed;
+    returns the records compacted. A partial last line (a killed writer) is skipped and
+    named in ``skipped``. One compaction at a time per line (a lock); the server's open
+    segment is left alone."""
+    from pipelines.storage import exclusive_lock, fsync_dir
+
+    root = layout.prediction_log_dir(line, home)
+    if not layout.prediction_wal_dir(line, home).is_dir():
+        return 0
+    done = 0
+    with exclusive_lock(root, COMPACT_LOCK):
+        for segment in segments(line, home):
+            if not is_closed_segment(segment):
+                continue
+            try:
+                recs, bad = read_segment(segment)
+            except FileNotFoundError:
+                continue
+            if bad and skipped is not None:
+                skipped.append(f"{segment.name}: {bad} line(s) not whole JSON skipped")
+            frame = _frame(recs)
+            stem = segment_stem(segment)
+            if len(frame):
+                days = frame["time"].dt.strftime("%Y-%m-%d")
+                for day, part in frame.groupby(days, sort=True):
+                    path = layout.prediction_parquet_dir(line, home) / f"date={day}" / f"{stem}.parquet"
+                    _write_parquet_atomic(part.reset_index(drop=True), path)
+            segment.unlink()
+            fsync_dir(segment.parent)
+            done += len(frame)
+    return done
+
+
+def _decode(frame):
+    frame = frame.copy()
+    for col in ("inputs", "outputs"):
+        frame[col] = [json.loads(v) if isinstance(v, str) else v for v in frame[col]]
+    return frame
+
+
+def _parquet_files(line: str, home: Path | None, since, until) -> list[Path]:
+    folder = layout.prediction_parquet_dir(line, home)
+    try:
+        days = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("date="))
+    except FileNotFoundError:
+        return []
+    out = []
+    for day in days:
+        name = day.name[len("date="):]
+        if since is not None and name < since.strftime("%Y-%m-%d"):
+            continue
+        if until is not None and name > until.strftime("%Y-%m-%d"):
+            continue
+        out.extend(sorted(p for p in day.glob("*.parquet") if not p.name.startswith(".")))
+    return out
+
+
+def _utc(t):
+    import pandas as pd
+
+    if t is None:
+        return None
+    t = pd.Timestamp(t)
+    return t.tz_localize("UTC") if t.tzinfo is None else t.tz_convert("UTC")
+
+
+def read_predictions(line: str, home: Path | None = None, since=None, until=None, *,
+                     columns: list[str] | None = None, skipped: list[str] | None = None):
+    """The line's logged predictions, one row per (request_id, instance), oldest first:
+    ``request_id, instance, time (datetime64 UTC), model_version, signature, latency_ms,
+    inputs (dict), outputs (dict)``, from the Parquet log and every segment (open ones
+    too). ``since`` (inclusive) / ``until`` (exclusive) bound ``time``. ``columns``: only
+    those (without ``inputs``/``outputs`` no JSON is decoded: cheap for counting)."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    since, until = _utc(since), _utc(until)
+    wanted = list(columns) if columns is not None else list(PREDICTION_COLUMNS)
+    read_cols = list(dict.fromkeys(["request_id", "instance", "time", *wanted]))
+    parts = []
+    # segments first: one compacted meanwhile is in Parquet by the time the folder is listed
+    for segment in segments(line, home):
+        try:
+            recs, bad = read_segment(segment)
+        except FileNotFoundError:
+            continue
+        if bad and skipped is not None:
+            skipped.append(f"{segment.name}: {bad} line(s) not whole JSON skipped")
+        parts.append(_frame(recs)[read_cols])
+    for path in _parquet_files(line, home, since, until):
+        try:
+            parts.append(pq.read_table(path, columns=read_cols).to_pandas())
+        except FileNotFoundError:  # removed by retention meanwhile
+            continue
+    if not parts:
+        empty = _frame([])[read_cols]
+        return _decode(empty)[wanted] if {"inputs", "outputs"} & set(wanted) else empty[wanted]
+    frame = pd.concat(parts, ignore_index=True)
+    frame["time"] = pd.to_datetime(frame["time"], utc=True)
+    if since is not None:
+        frame = frame[frame["time"] >= since]
+    if until is not None:
+        frame = frame[frame["time"] < until]
+    frame = frame.drop_duplicates(["request_id", "instance"], keep="first")
+    frame = frame.sort_values(["time", "request_id", "instance"], kind="stable").reset_index(drop=True)
+    if {"inputs", "outputs"} & set(wanted):
+        frame = _decode(frame)
+    return frame[wanted]
+
+
+def apply_retention(line: str, days: int, home: Path | None = None, now: datetime | None = None) -> list[str]:
+    """Remove the day partitions older than ``days`` days (by the partition's date; today
+    counts as day 0); returns the days removed."""
+    import shutil
+
+    from pipelines.storage import fsync_dir
+
+    if days < 1:
+        raise ValueError(f"retention must keep at least one day, got {days}")
+    now = now or datetime.now(UTC)
+    cutoff = (now - timedelta(days=days)).strftime("%Y-%m-%d")
+    folder = layout.prediction_parquet_dir(line, home)
+    removed = []
+    try:
+        partitions = sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("date="))
+    except FileNotFoundError:
+        return []
+    for part in partitions:
+        day = part.name[len("date="):]
+        if day < cutoff:
+            # renamed aside first: a reader sees the whole day or none of it
+            aside = folder / f".removing-{part.name}-{os.getpid()}"
+            os.rename(part, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            removed.append(day)
+    if removed:
+        fsync_dir(folder)
+    return removed
+
+
+# ---------------------------------------------------------------- labels
+
+
+def _label_key(value: Any) -> str | None:
+    """A label as the line's categories are written (``1.0`` from a CSV column with a gap
+    reads as ``1``)."""
+    import math
+
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if hasattr(value, "item"):  # numpy scalars
+        return _label_key(value.item())
+    return str(value).strip()
+
+
+def line_label_classes(line: str) -> tuple[str, list[str]]:
+    """The line's label column and its classes as text."""
+    from pipelines.specs import load_spec
+
+    spec = load_spec(line)
+    label = spec.schema.field(spec.schema.label.name)
+    return label.name, [str(c) for c in label.categories or []]
+
+
+def check_labels(line: str, frame) -> Any:
+    """The label frame as attached: ``request_id`` (text), ``instance`` (int, 0 when the
+    file has none), ``label`` (text, one of the line's classes); raise :class:`LabelError`
+    naming what is wrong."""
+    import pandas as pd
+
+    missing = [c for c in ("request_id", "label") if c not in frame.columns]
+    if missing:
+        raise LabelError(f"a label file needs the columns request_id and label (instance optional); "
+                         f"missing {missing}, found {list(frame.columns)}")
+    extra = sorted(set(frame.columns) - set(LABEL_COLUMNS))
+    if extra:
+        raise LabelError(f"unknown column(s) {extra}: a label file has request_id, instance (optional), label")
+    if len(frame) == 0:
+        raise LabelError("the label file has no rows")
+    out = pd.DataFrame({"request_id": frame["request_id"].map(lambda v: None if pd.isna(v) else str(v).strip())})
+    empty_ids = int(out["request_id"].isna().sum() + (out["request_id"] == "").sum())
+    if empty_ids:
+        raise LabelError(f"{empty_ids} row(s) have no request_id")
+    if "instance" in frame.columns:
+        instance = pd.to_numeric(frame["instance"], errors="coerce")
+        bad = frame["instance"][instance.isna() | (instance < 0) | (instance % 1 != 0)]
+        if len(bad):
+            raise LabelError(f"instance must be a whole number >= 0; got {bad.head(5).tolist()}")
+        out["instance"] = instance.astype("int64")
+    else:
+        out["instance"] = 0
+    name, classes = line_label_classes(line)
+    labels = frame["label"].map(_label_key)
+    unknown = sorted({str(v) for v in labels if v not in classes}, key=str)
+    if unknown:
+        raise LabelError(f"label(s) {unknown[:10]} are not classes of {line}'s label {name!r} (those are {classes})")
+    out["label"] = labels.astype(str)
+    return out
+
+
+def read_label_file(path: Path):
+    """A CSV or Parquet label file as a frame (not yet checked: :func:`check_labels`)."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"{path}: no such file")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        if path.suffix.lower() == ".csv":
+            return pd.read_csv(path, dtype={"request_id": str, "label": str})
+    except Exception as err:  # noqa: BLE001 - whatever the parser says, said with the file's name
+        raise LabelError(f"{path.name}: cannot be read: {err}") from None
+    raise LabelError(f"{path.name}: a label file is .csv or .parquet")
+
+
+def _label_files(line: str, home: Path | None) -> list[Path]:
+    folder = layout.prediction_labels_dir(line, home)
+    try:
+        return sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+    except FileNotFoundError:
+        return []
+
+
+def read_labels(line: str, home: Path | None = None):
+    """Every attached label, one per (request_id, instance): the last attached wins.
+    Columns ``request_id, instance, label, attached_at``."""
+    import pandas as pd
+    import pyarrow.parquet as pq
+
+    parts = []
+    for path in _label_files(line, home):
+        try:
+            parts.append(pq.read_table(path).to_pandas())
+        except FileNotFoundError:
+            continue
+    if not parts:
+        return pd.DataFrame({"request_id": pd.Series(dtype=str), "instance": pd.Series(dtype="int64"),
+                             "label": pd.Series(dtype=str), "attached_at": pd.Series(dtype=str)})
+    frame = pd.concat(parts, ignore_index=True)
+    return frame.drop_duplicates(["request_id", "instance"], keep="last").reset_index(drop=True)
+
+
+def attach_labels(line: str, frame, home: Path | None = None) -> dict[str, Any]:
+    """Check ``frame`` (:func:`check_labels`) and keep it as a new label file; returns
+    ``rows``, ``matched`` (rows whose prediction is in the log now), ``unmatched`` (kept
+    all the same: the prediction may still be on its way) and ``path``."""
+    from pipelines.storage import exclusive_lock
+
+    labels = check_labels(line, frame).drop_duplicates(["request_id", "instance"], keep="last")
+    attached_at = now_iso()
+    labels["attached_at"] = attached_at
+    folder = layout.prediction_labels_dir(line, home)
+    folder.mkdir(parents=True, exist_ok=True)
+    with exclusive_lock(folder, LABELS_LOCK):
+        seqs = [int(p.name.split("-", 1)[0]) for p in _label_files(line, home) if p.name.split("-", 1)[0].isdigit()]
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        path = folder / f"{max(seqs, default=0) + 1:08d}-{stamp}.parquet"
+        _write_parquet_atomic(labels.reset_index(drop=True), path)
+    logged = read_predictions(line, home, columns=["request_id", "instance"])
+    keys = set(zip(logged["request_id"], logged["instance"].astype(int), strict=True))
+    matched = sum((r, int(i)) in keys for r, i in zip(labels["request_id"], labels["instance"], strict=True))
+    return {"line": line, "rows": int(len(labels)), "matched": int(matched), "unmatched": int(len(labels) - matched),
+            "path": str(path)}

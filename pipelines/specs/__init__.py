@@ -288,6 +288,29 @@ class TrainingSpec(_Strict):
     model: ModelSpec = Field(default_factory=ModelSpec)
 
 
+class PredictionLogSpec(_Strict):
+    """The model server's prediction log: compacted day partitions older than
+    ``retention_days`` are removed by the monitor."""
+
+    retention_days: Annotated[int, Field(ge=1, le=3650)] = 30
+
+
+class LiveSpec(_Strict):
+    """Live-traffic monitoring: the prediction log is cut into windows of
+    ``window_minutes`` (aligned to the epoch); a closed window with at least ``min_rows``
+    answered instances of one model version is scored like a landed batch."""
+
+    window_minutes: Annotated[int, Field(ge=1, le=10080)] = 60
+    min_rows: Annotated[int, Field(ge=1)] = 200
+
+
+class ServingSpec(_Strict):
+    """Online serving (``serving:``): the prediction log and live monitoring."""
+
+    prediction_log: PredictionLogSpec = Field(default_factory=PredictionLogSpec)
+    live: LiveSpec = Field(default_factory=LiveSpec)
+
+
 class LineSpec(_Strict):
     """One product line, as declared in ``include/lines/<name>.yaml``."""
 
@@ -307,6 +330,7 @@ class LineSpec(_Strict):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     evaluation: dict[str, Any] = Field(default_factory=dict)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
