@@ -7,7 +7,8 @@
     factory run [LINE ...]              the whole line: start Airflow, land real batches,
                                         trigger ingestion through the REST API, follow the
                                         runs it sets off (training), print a summary, stop
-    factory start | stop                the Airflow runtime (API server + UI, scheduler, ...)
+    factory start | stop                the runtime (Airflow's API server + UI, scheduler, ...,
+                                        and the model server)
     factory trigger DAG [--conf JSON]   trigger a DAG through the REST API
     factory rollback LINE               serve the previous model version again
 
@@ -312,6 +313,8 @@ def cmd_start(args: argparse.Namespace) -> int:
     record = runtime.start(echo=_out)
     creds = runtime.admin()
     _out(f"UI and REST API: {record['url']}  (user {creds.username}; FACTORY_ADMIN_PASSWORD sets the password)")
+    if "model-server" in record["pids"]:
+        _out(f"model server (TF Serving's REST API): {record['serving_url']}/v1/models/<line>:predict")
     _out("stop it with: factory stop")
     return 0
 
@@ -373,7 +376,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lines", nargs="*", help="product lines (default: all)")
     p.add_argument("--keep-running", action="store_true", help="leave the runtime up afterwards")
     p.set_defaults(func=cmd_run)
-    sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer)").set_defaults(
+    sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer) and the model server").set_defaults(
         func=cmd_start
     )
     sub.add_parser("stop", help="stop the runtime, leaving no process behind").set_defaults(func=cmd_stop)

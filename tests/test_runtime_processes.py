@@ -29,7 +29,8 @@ class Reached(Exception):
 @pytest.fixture
 def loopback(monkeypatch):
     for name in ("FACTORY_API_HOST", "FACTORY_ADMIN_PASSWORD", "FACTORY_VIEWER_PASSWORD",
-                 "FACTORY_ADMIN_USER", "FACTORY_VIEWER_USER", "AIRFLOW__API_AUTH__JWT_SECRET"):
+                 "FACTORY_ADMIN_USER", "FACTORY_VIEWER_USER", "AIRFLOW__API_AUTH__JWT_SECRET",
+                 "FACTORY_SERVING_HOST", "FACTORY_SERVING_PORT", "FACTORY_SERVING_ALLOW_REMOTE"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -217,6 +218,58 @@ def test_default_passwords_are_refused_beyond_loopback(home, monkeypatch, loopba
         monkeypatch.delenv("FACTORY_VIEWER_PASSWORD", raising=False)
         with pytest.raises(Reached):
             runtime.start(home)
+
+
+def test_model_server_beyond_loopback_is_refused_unless_allowed(home, monkeypatch, loopback):
+    def migrate(env, logs):
+        raise Reached
+
+    monkeypatch.setattr(supervisor, "_migrate", migrate)
+    monkeypatch.setenv("FACTORY_SERVING_HOST", "0.0.0.0")
+    with pytest.raises(runtime.RuntimeFailure, match="FACTORY_SERVING_ALLOW_REMOTE=1") as info:
+        runtime.start(home)
+    assert "0.0.0.0" in str(info.value) and "FACTORY_SERVING_HOST" in str(info.value)
+    monkeypatch.setenv("FACTORY_SERVING_ALLOW_REMOTE", "1")
+    with pytest.raises(Reached):
+        runtime.start(home)
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not supervisor.ml_python().exists(), reason="ML environment not set up")
+def test_model_server_starts_and_stops_with_the_runtime(home, monkeypatch, loopback):
+    """The real model server (ML environment) is a component: `start` waits for its
+    /healthz, `stop` leaves nothing of it."""
+    import socket
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FACTORY_SERVING_PORT", str(port))
+    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "model-server"))
+    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
+    monkeypatch.setattr(supervisor, "_wait_airflow", lambda record, echo, deadline: None)
+    argv = supervisor._component_argv
+    monkeypatch.setattr(supervisor, "_component_argv",
+                        lambda name: ["sleep", "600"] if name == "api-server" else argv(name))
+    said: list[str] = []
+    record = runtime.start(home, echo=said.append)
+    try:
+        server = record["pids"]["model-server"]
+        assert record["serving_url"] == f"http://127.0.0.1:{port}"
+        assert any("model server is up" in s for s in said), said
+        assert httpx.get(f"{record['serving_url']}/healthz").json() == {"status": "ok", "lines": {}}
+        with open(f"/proc/{server}/environ", "rb") as fh:
+            environ = fh.read().split(b"\0")
+        assert f"{supervisor.RUNTIME_TAG}={record['tag']}".encode() in environ
+        assert not [v for v in environ if v.startswith(b"AIRFLOW")]  # no Airflow settings or secrets
+    finally:
+        assert sorted(runtime.stop(home)) == ["api-server", "model-server"]
+    assert not _live(server)
+    assert runtime.status(home) is None
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"{record['serving_url']}/healthz")
 
 
 def test_runtime_secrets_are_private(home, loopback):

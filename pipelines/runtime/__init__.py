@@ -1,7 +1,8 @@
 """Running the factory: the embedded Airflow runtime, the REST API client, the Assets.
 
 - :mod:`~pipelines.runtime.supervisor`: ``factory start`` / ``stop`` / ``status`` (the
-  Airflow components as local processes, their credentials and environment);
+  Airflow components and the model server as local processes, their credentials and
+  environment);
 - :mod:`~pipelines.runtime.api`: the factory's calls to Airflow's REST API;
 - :mod:`~pipelines.runtime.assets`: the Assets that link the DAGs of a line;
 - :mod:`~pipelines.runtime.params`: a run's conf against its DAG's params (every DAG's
@@ -25,6 +26,7 @@ from pipelines.runtime.supervisor import (
     group_processes,
     runtime_environment,
     runtime_processes,
+    serving_url,
     start,
     status,
     stop,
@@ -43,6 +45,7 @@ __all__ = [
     "group_processes",
     "runtime_environment",
     "runtime_processes",
+    "serving_url",
     "start",
     "status",
     "stop",

@@ -1,11 +1,13 @@
 """The Airflow runtime on one machine: API server (with the UI), scheduler, DAG
 processor and triggerer as separate processes, on the embedded default (SQLite,
-LocalExecutor) or on PostgreSQL when ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says so.
+LocalExecutor) or on PostgreSQL when ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says so;
+and the model server (:mod:`pipelines.serving.server`, TF Serving's REST API over the
+serving store) in the ML environment, one more component of the runtime.
 
 ``start`` holds the runtime's lock (``<home>/run/runtime.lock``) from its check to its
 record, so of two starts at once the second is refused; it refuses a start while a
 runtime runs, waits until the API answers healthy and stops everything again if it
-does not. The record (``<home>/run/runtime.json``) names each component by pid *and*
+does not (and for the model server's ``/healthz``). The record (``<home>/run/runtime.json``) names each component by pid *and*
 start time on this boot, so a stale record (a runtime that died, a reboot) never gets
 another process signalled. ``stop`` sends SIGTERM to every process the runtime started
 (the components' process groups, every process whose environment carries the runtime's
@@ -23,8 +25,12 @@ Credentials come from configuration, with documented local defaults:
 | ``FACTORY_VIEWER_USER``      | ``viewer``| viewer (read-only) |
 | ``FACTORY_VIEWER_PASSWORD``  | ``viewer``|       |
 | ``FACTORY_API_HOST`` / ``FACTORY_API_PORT`` | ``127.0.0.1`` / ``8080`` | |
+| ``FACTORY_SERVING_HOST`` / ``FACTORY_SERVING_PORT`` | ``127.0.0.1`` / ``8501`` | the model server |
 
 The default passwords are refused when ``FACTORY_API_HOST`` is not a loopback address.
+The model server has no authentication of its own: a ``FACTORY_SERVING_HOST`` beyond
+loopback is refused unless ``FACTORY_SERVING_ALLOW_REMOTE=1`` says that the deployment
+puts its authentication in front of it.
 The JWT signing secret is ``AIRFLOW__API_AUTH__JWT_SECRET`` if set, else a random
 one made once and kept (mode 600) in the Airflow home, shared by all components; the
 auth manager's passwords file is written there with mode 600 too.
@@ -45,11 +51,18 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.config import airflow_environment, airflow_home, factory_home
+from pipelines.config import (
+    airflow_environment,
+    airflow_home,
+    factory_home,
+    ml_python,
+    ml_subprocess_environment,
+)
 from pipelines.runtime.tether import proc_stat
 from pipelines.storage import Busy, exclusive_lock, write_json_atomic
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "model-server")
+MODEL_SERVER = "model-server"  # runs in the ML environment, not Airflow's
 START_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 45
 # In the environment of every component, so of every process they start: how `stop`
@@ -82,6 +95,19 @@ def base_url() -> str:
     return os.environ.get("FACTORY_API_URL", f"http://{api_host()}:{api_port()}")
 
 
+def serving_host() -> str:
+    return os.environ.get("FACTORY_SERVING_HOST", "127.0.0.1")
+
+
+def serving_port() -> int:
+    return int(os.environ.get("FACTORY_SERVING_PORT", "8501"))
+
+
+def serving_url() -> str:
+    host = serving_host()
+    return f"http://{f'[{host}]' if ':' in host and not host.startswith('[') else host}:{serving_port()}"
+
+
 def admin() -> Credentials:
     return Credentials(os.environ.get("FACTORY_ADMIN_USER", "admin"), os.environ.get("FACTORY_ADMIN_PASSWORD", "admin"))
 
@@ -102,7 +128,15 @@ def _is_loopback(host: str) -> bool:
 
 
 def check_exposure() -> None:
-    """Refuse the local default passwords when the API server would listen beyond loopback."""
+    """Refuse the local default passwords when the API server would listen beyond loopback,
+    and a model server (no authentication of its own) beyond loopback unless allowed."""
+    serving = serving_host()
+    if not _is_loopback(serving) and os.environ.get("FACTORY_SERVING_ALLOW_REMOTE", "") != "1":
+        raise RuntimeFailure(
+            f"the model server would listen on {serving} (FACTORY_SERVING_HOST), reachable from other machines, "
+            "and it has no authentication of its own: put the deployment's authentication in front of it and "
+            "set FACTORY_SERVING_ALLOW_REMOTE=1, or leave FACTORY_SERVING_HOST at 127.0.0.1"
+        )
     host = api_host()
     if _is_loopback(host):
         return
@@ -350,18 +384,25 @@ def start(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: N
         pids, starts = {}, {}
         record = {"pids": pids, "starts": starts, "boot_id": _boot_id(), "tag": tag,
                   "url": base_url(), "started_at": time.time(), "logs": str(logs)}
+        components = list(COMPONENTS)
+        if MODEL_SERVER in components:
+            record["serving_url"] = serving_url()
+            if not ml_python().exists():
+                components.remove(MODEL_SERVER)
+                echo(f"no ML environment ({ml_python()}): the model server is not started")
         try:
-            for name in COMPONENTS:
+            for name in components:
                 with open(logs / f"{name}.log", "ab") as log:
                     proc = subprocess.Popen(
-                        _component_argv(name), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                        _component_argv(name), env=_component_env(name, env, home), stdout=log,
+                        stderr=subprocess.STDOUT, start_new_session=True
                     )
                 pids[name] = proc.pid
                 starts[name] = _start_time(proc.pid)
         finally:
             # written even if a component failed to start, so that `stop` finds the others
             write_json_atomic(_pidfile(home), record)
-        echo(f"starting Airflow ({', '.join(COMPONENTS)}); logs in {logs}")
+        echo(f"starting the factory runtime ({', '.join(components)}); logs in {logs}")
         try:
             _wait_healthy(record, echo)
         except BaseException:
@@ -372,7 +413,21 @@ def start(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: N
 
 def _component_argv(name: str) -> list[str]:
     """The command line of one component."""
+    if name == MODEL_SERVER:
+        return [str(ml_python()), "-m", "pipelines.serving.server", "--host", serving_host(),
+                "--port", str(serving_port())]
     return ["airflow", name]
+
+
+def _component_env(name: str, env: dict[str, str], home: Path) -> dict[str, str]:
+    """A component's environment: Airflow's, or for the model server the ML environment's
+    (no Airflow settings or secrets), both with the runtime's tag."""
+    if name != MODEL_SERVER:
+        return env
+    served = ml_subprocess_environment()
+    served.setdefault("TF_USE_LEGACY_KERAS", "1")
+    served.update({"FACTORY_HOME": str(home), RUNTIME_TAG: env[RUNTIME_TAG]})
+    return served
 
 
 def _migrate(env: dict[str, str], logs: Path) -> None:
@@ -383,14 +438,47 @@ def _migrate(env: dict[str, str], logs: Path) -> None:
 
 
 def _wait_healthy(record: dict, echo: Callable[[str], None]) -> None:
+    """Wait for the API server (and the scheduler) to be healthy, then the model server."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    _wait_airflow(record, echo, deadline)
+    if MODEL_SERVER in record["pids"]:
+        _wait_serving(record, echo, deadline)
+
+
+def _check_alive(record: dict) -> None:
+    dead = [n for n, pid in record["pids"].items() if not _alive(pid)]
+    if dead:
+        raise RuntimeFailure(f"runtime component(s) {dead} exited during start; see {record['logs']}")
+
+
+def _wait_serving(record: dict, echo: Callable[[str], None], deadline: float) -> None:
+    """The model server answers ``/healthz`` once it has loaded what the store holds."""
     import httpx
 
-    deadline = time.monotonic() + START_TIMEOUT_S
     last = "no answer"
     while time.monotonic() < deadline:
-        dead = [n for n, pid in record["pids"].items() if not _alive(pid)]
-        if dead:
-            raise RuntimeFailure(f"Airflow component(s) {dead} exited during start; see {record['logs']}")
+        _check_alive(record)
+        try:
+            r = httpx.get(f"{record['serving_url']}/healthz", timeout=5)
+            if r.status_code == 200:
+                lines = r.json().get("lines") or {}
+                served = ", ".join(f"{k} v{v}" for k, v in lines.items()) or "no model in the store yet"
+                echo(f"the model server is up at {record['serving_url']} ({served})")
+                return
+            last = f"HTTP {r.status_code}"
+        except (httpx.HTTPError, ValueError) as err:
+            last = type(err).__name__
+        time.sleep(0.5)
+    raise RuntimeFailure(f"the model server did not answer /healthz within {START_TIMEOUT_S}s (last: {last}); "
+                         f"see {record['logs']}")
+
+
+def _wait_airflow(record: dict, echo: Callable[[str], None], deadline: float) -> None:
+    import httpx
+
+    last = "no answer"
+    while time.monotonic() < deadline:
+        _check_alive(record)
         try:
             r = httpx.get(f"{record['url']}/api/v2/monitor/health", timeout=5)
             if r.status_code == 200:
@@ -459,5 +547,5 @@ def _stop(home: Path, echo: Callable[[str], None]) -> list[str]:
     path.unlink(missing_ok=True)
     if left:
         raise RuntimeFailure(f"processes {left} of the factory runtime are still running after SIGKILL")
-    echo("Airflow stopped")
+    echo("the factory runtime stopped")
     return list(record["pids"])
