@@ -11,6 +11,8 @@
                                         and the model server)
     factory trigger DAG [--conf JSON]   trigger a DAG through the REST API
     factory rollback LINE               serve the previous model version again
+    factory labels LINE --file F        attach labels (request_id[,instance],label) to logged
+                                        predictions, by request id
 
 One module for one command: the sub-commands share their argument parser, the output
 helpers and the follow-the-runs loop of ``factory run``, which is what makes it long.
@@ -28,6 +30,7 @@ from pipelines.catalog.layout import exported_model, line_paths, training_log_pa
 from pipelines.catalog.records import latest_training_run, read_drift_history
 from pipelines.config import factory_home
 from pipelines.ingest import landing
+from pipelines.serving.predlog import LabelError
 from pipelines.specs import SpecError, load_spec, load_specs
 
 
@@ -343,6 +346,16 @@ def cmd_rollback(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_labels(args: argparse.Namespace) -> int:
+    from pipelines.serving.predlog import attach_labels, read_label_file
+
+    load_spec(args.line)
+    done = attach_labels(args.line, read_label_file(Path(args.file)))
+    _out(f"{args.line}: {done['rows']} label(s) attached: {done['matched']} matched a logged prediction, "
+         f"{done['unmatched']} unmatched (kept: their predictions may not be compacted yet)")
+    return 0
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     import json
 
@@ -384,6 +397,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("line")
     p.add_argument("--reason", help="why (recorded with the retired version)")
     p.set_defaults(func=cmd_rollback)
+    p = sub.add_parser("labels", help="attach labels to a line's logged predictions (by request id)")
+    p.add_argument("line")
+    p.add_argument("--file", required=True, help="a CSV or Parquet file: request_id, instance (optional), label")
+    p.set_defaults(func=cmd_labels)
     p = sub.add_parser("trigger", help="trigger a DAG through the REST API")
     p.add_argument("dag_id")
     p.add_argument("--conf", help="the run's conf, a JSON object (checked against the DAG's params)")
@@ -397,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (SpecError, landing.LandingError) as err:
+    except (SpecError, landing.LandingError, LabelError) as err:
         sys.stderr.write(f"factory: {err}\n")
         return 2
     except Exception as err:

@@ -160,11 +160,28 @@ def test_train_params_accept_good_values(dagbag):
 def test_monitor_wiring(dagbag):
     for line in ("credit_risk", "employment"):
         dag = dagbag.dags[f"monitor_{line}"]
-        assert {t.task_id for t in dag.tasks} == {"wait", "score", "retrain"}
+        assert {t.task_id for t in dag.tasks} == {"wait", "score", "live", "retrain"}
         wait = dag.get_task("wait")
         assert type(wait).__name__ == "NewBatchesSensor" and wait.soft_fail
         assert [o.name for o in dag.get_task("retrain").outlets] == [f"{line}.drift"]
         assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
+        assert f"{line}.live_labels" in str(dag.timetable.asset_condition)
+        assert {t.task_id for t in dag.get_task("live").upstream_list} == {"wait"}
+
+
+def test_labels_dags_take_a_label_file_and_announce_live_labels(dagbag):
+    from airflow.exceptions import ParamValidationError
+
+    for line in ("credit_risk", "employment", "fashion"):
+        dag = dagbag.dags[f"labels_{line}"]
+        assert type(dag.timetable).__name__ == "NullTimetable"  # triggered, never scheduled
+        assert [o.name for o in dag.get_task("attach").outlets] == [f"{line}.live_labels"]
+        param = dag.params.get_param("file")
+        assert param.resolve("/data/labels.csv") == "/data/labels.csv"
+        assert param.resolve("/data/day 2/labels.parquet") == "/data/day 2/labels.parquet"
+        for bad in ("labels.csv", "/data/labels.txt", "/data/labels.csv\n", 3, ["/a.csv"]):
+            with pytest.raises(ParamValidationError):
+                param.resolve(bad)
 
 
 def test_every_dag_refuses_unknown_conf_keys_in_its_first_task(dagbag, tmp_path, monkeypatch):

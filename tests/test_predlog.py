@@ -177,3 +177,39 @@ def test_bad_label_files_are_refused(home, tmp_path):
     assert predlog.read_labels("employment", home)["label"].tolist() == ["1", "0"]
     with pytest.raises(LabelError, match="no such file"):
         predlog.read_label_file(tmp_path / "nope.csv")
+
+
+def test_two_writers_with_the_same_pid_in_the_same_second_keep_both_segments(home):
+    """Segment names are ``<start second>-<pid>-<seq>``: a second writer of the line in
+    one process (a server that makes its log again), or a replica with the same pid in
+    another container on shared storage, starts at the same name in the same second."""
+    first = PredictionLog(LINE, home)
+    first.append([record("first")])
+    second = PredictionLog(LINE, home)
+    second.append([record("second")])
+    first.close()
+    second.append([record("second-2")])
+    second.close()
+    third = PredictionLog(LINE, home)
+    third.append([record("third")])
+    third.close()
+    assert sorted(predlog.read_predictions(LINE, home)["request_id"]) == ["first", "second", "second-2", "third"]
+    assert len(predlog.segments(LINE, home)) == 3
+
+
+def test_factory_labels_prints_the_counts_and_refuses_a_bad_file(home, tmp_path, monkeypatch, capsys):
+    from pipelines import cli
+
+    monkeypatch.setenv("FACTORY_HOME", str(home))
+    log = PredictionLog(LINE)
+    log.append([record("a"), record("b")])
+    log.close()
+    good = tmp_path / "labels.parquet"
+    pd.DataFrame({"request_id": ["a", "b", "c"], "instance": [0, 0, 0], "label": ["bad", "good", "good"]}).to_parquet(good)
+    assert cli.main(["labels", LINE, "--file", str(good)]) == 0
+    assert "3 label(s) attached: 2 matched a logged prediction, 1 unmatched" in capsys.readouterr().out
+    bad = tmp_path / "bad.csv"
+    bad.write_text("request_id,outcome\na,bad\n")
+    assert cli.main(["labels", LINE, "--file", str(bad)]) == 2
+    assert "missing ['label']" in capsys.readouterr().err
+    assert len(predlog.read_labels(LINE)) == 3

@@ -49,8 +49,10 @@ def monitor_batch(
     config: DriftSpec | dict[str, Any] | None = None,
     home: Path | None = None,
     now: datetime | None = None,
+    record_extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score, report and record one batch; returns a summary dict (plain values only).
+    ``record_extra``: fields kept on the batch's history record (a live window's).
 
     A tabular profile scores the batch's features and the model's ``scores``; an image
     profile (``modality: image``) scores the batch's pixel statistics (``frame``), the
@@ -81,6 +83,7 @@ def monitor_batch(
         policy=cfg.retrain,
         home=home,
         now=now,
+        extra=record_extra,
     )
     return {
         "line": line,
@@ -91,6 +94,7 @@ def monitor_batch(
         "why": [f"{d['feature']}: {d['by']}" for d in report["drifted_features"]],
         "episode_id": record["episode_id"],
         "model_version": record["model_version"],
+        "auc": record.get("auc"),
         "report_path": str(json_path),
         "html_path": str(html_path),
     }

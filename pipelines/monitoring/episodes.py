@@ -412,18 +412,23 @@ def record_batch(
     policy: RetrainPolicy | None = None,
     home: Path | None = None,
     now: datetime | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Record a scored batch: update the episodes and append the history record (with its
-    ``episode_id``), atomically under the line's lock. Returns the record."""
+    ``episode_id``), atomically under the line's lock. Returns the record. ``extra``:
+    fields kept on the history record besides the report's (a live window's ``source``
+    and bounds)."""
     now = _now(now)
     record = batch_record(
         report, line=line, model_version=model_version, batch_id=batch_id, report_path=report_path,
         html_path=html_path,
     )
+    record.update({k: v for k, v in (extra or {}).items() if k not in record})
     record["recorded_at"] = _iso(now)
     with records.drift_lock(line, home):
         for earlier in records.read_drift_history(line, home, kind="batch"):
-            if earlier.get("batch_id") == record["batch_id"] and earlier.get("model_version") == model_version:
+            if earlier.get("batch_id") == record["batch_id"] and earlier.get("model_version") == model_version \
+                    and earlier.get("source") == record.get("source"):
                 return earlier.to_json()  # a retried scoring task: the batch counts once
         state, episode_id = apply_batch(load_state(line, home), record, now, policy)
         record["episode_id"] = episode_id

@@ -4,7 +4,10 @@
 to :class:`NewBatchesTrigger`, which the triggerer runs: an asyncio loop that holds no
 worker slot while it waits. It fires when the line has validated batches that are not
 in its drift history yet AND a model is in serving to compare them with (until then
-there is nothing to score against, and waiting is the right answer, not a failure).
+there is nothing to score against, and waiting is the right answer, not a failure), or
+when a closed window of live traffic, or a window with enough new labels, waits to be
+scored (:func:`pipelines.monitoring.live.waiting_windows`: scored against the version
+that answered it, which need not be in serving any more).
 """
 
 from __future__ import annotations
@@ -26,18 +29,27 @@ def pending_work(line: str, home: str | None = None) -> dict[str, Any]:
 
     h = Path(home) if home else None
     served = serving_model(line, h)
-    return {
+    work: dict[str, Any] = {
         "batches": unscored_batches(line, h),
         "model_version": None if served is None else served[0],
+        "live": [],
     }
+    try:
+        from pipelines.monitoring.live import waiting_windows
+
+        work["live"] = waiting_windows(line, h)
+    except Exception as err:  # noqa: BLE001 - a damaged prediction log must not stop batch monitoring
+        work["live_error"] = f"{type(err).__name__}: {err}"
+    return work
 
 
 def _ready(work: dict[str, Any]) -> bool:
-    return bool(work["batches"]) and work["model_version"] is not None
+    return (bool(work["batches"]) and work["model_version"] is not None) or bool(work.get("live"))
 
 
 class NewBatchesTrigger(BaseTrigger):
-    """Fires once the line has unscored validated batches and a serving model."""
+    """Fires once the line has unscored validated batches and a serving model, or live
+    windows to score."""
 
     def __init__(self, line: str, poll_seconds: float = 30.0, home: str | None = None):
         super().__init__()
@@ -60,7 +72,8 @@ class NewBatchesTrigger(BaseTrigger):
 
 
 class NewBatchesSensor(BaseSensorOperator):
-    """Waits for new validated batches of ``line`` with a model in serving; returns them."""
+    """Waits for new validated batches of ``line`` with a model in serving, or live windows
+    to score; returns them."""
 
     template_fields = ("line",)
 

@@ -168,8 +168,10 @@ def serving_model(line: str, home: Path | None = None) -> tuple[int, Path] | Non
 
 
 def unscored_batches(line: str, home: Path | None = None) -> list[str]:
-    """Validated batches not yet in the line's drift history, oldest first."""
-    scored = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch")}
+    """Validated batches not yet in the line's drift history, oldest first (live windows'
+    records, ``source: "live"``, are not landed batches, whatever their ids look like)."""
+    scored = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch")
+              if r.get("source") != "live"}
     batches = ledger.all_records(line_paths(line, home))
     return [r["batch_id"] for r in batches if r.get("status") == ledger.VALIDATED and r["batch_id"] not in scored]
 

@@ -17,3 +17,11 @@ def drift_asset(line: str):
     from airflow.sdk import Asset
 
     return Asset(name=f"{line}.drift", uri=f"factory://{line}/drift", group="factory")
+
+
+def live_labels(line: str):
+    """Announced when labels were attached to the line's logged predictions; the drift
+    monitor is scheduled on it (a window with enough labels gets its live ROC AUC)."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{line}.live_labels", uri=f"factory://{line}/live_labels", group="factory")

@@ -17,7 +17,10 @@ A record is one answered instance (one row of a request), a JSON object on a lin
 
 Segments: ``<home>/predictions/<line>/wal/<start>-<pid>-<seq>.open.jsonl`` while a server
 process writes it (``<start>``: ``YYYYmmddTHHMMSSZ`` when it was opened); renamed to
-``<start>-<pid>-<seq>.jsonl`` when it is closed (rotation, or the server stopping). A
+``<start>-<pid>-<seq>.jsonl`` when it is closed (rotation, or the server stopping). Names
+are never shared: a writer with the same pid that starts in the same second (another log
+object, a replica in another container on shared storage) takes the next free ``<seq>``,
+and closing never replaces a closed segment. A
 segment whose name still says ``.open`` but whose process is gone (a killed server) is
 closed too: its complete lines are the records it acknowledged.
 
@@ -93,12 +96,27 @@ class PredictionLog:
         """The segment being written, if one is open."""
         return self._path
 
+    def _fresh_stem(self, start: str) -> str:
+        """The next ``<start>-<pid>-<seq>`` no segment has, open or closed. Another writer
+        with this pid may start in the same second (a second log object in this process,
+        a replica in another container on shared storage): names are never shared."""
+        while True:
+            self._seq += 1
+            stem = f"{start}-{os.getpid()}-{self._seq:06d}"
+            if not (self.dir / f"{stem}{OPEN_SUFFIX}").exists() and not (self.dir / f"{stem}{CLOSED_SUFFIX}").exists():
+                return stem
+
     def _open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        self._seq += 1
         start = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-        self._path = self.dir / f"{start}-{os.getpid()}-{self._seq:06d}{OPEN_SUFFIX}"
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o644)
+        while True:
+            self._path = self.dir / f"{self._fresh_stem(start)}{OPEN_SUFFIX}"
+            try:  # O_EXCL: a writer that took the name since it was checked keeps it
+                self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC,
+                                   0o644)
+                break
+            except FileExistsError:
+                continue
         fsync_dir(self.dir)
         self._opened = time.monotonic()
         self._size = 0
@@ -109,7 +127,18 @@ class PredictionLog:
         os.fsync(self._fd)
         os.close(self._fd)
         closed = self._path.with_name(self._path.name[: -len(OPEN_SUFFIX)] + CLOSED_SUFFIX)
-        os.rename(self._path, closed)
+        start = closed.name.split("-", 1)[0]
+        while True:
+            try:  # a link never replaces a closed segment of the same name; rename would
+                os.link(self._path, closed)
+            except FileExistsError:
+                closed = self.dir / f"{self._fresh_stem(start)}{CLOSED_SUFFIX}"
+                continue
+            except OSError:  # a filesystem without hard links
+                os.rename(self._path, closed)
+                break
+            os.unlink(self._path)
+            break
         fsync_dir(self.dir)
         self._fd, self._path = None, None
 
