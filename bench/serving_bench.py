@@ -239,6 +239,15 @@ def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return out
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of a process (all its threads): ``pid``, else this one."""
+    if pid is None:
+        t = os.times()
+        return t.user + t.system
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _total(metrics: dict, name: str, **labels: str) -> float:
     return sum(v for (n, ls), v in metrics.items()
                if n == name and all(dict(ls).get(k) == want for k, want in labels.items()))
@@ -323,12 +332,14 @@ def load(url: str, line: str, rows: list[dict[str, Any]], clients: int, seconds:
 
 
 def bench_line(url: str, line: str, rows: list[dict[str, Any]], levels: list[tuple[int, int]],
-               seconds: float) -> list[dict]:
+               seconds: float, server_pid: int) -> list[dict]:
     """Each level is (clients, instances per request)."""
     out = []
     for clients, per_request in levels:
         before = scrape(url)
+        cpu0 = (cpu_seconds(server_pid), cpu_seconds(), time.perf_counter())
         result = load(url, line, rows, clients, seconds, per_request=per_request)
+        cpu1 = (cpu_seconds(server_pid), cpu_seconds(), time.perf_counter())
         after = scrape(url)
         appends = _delta(before, after, "factory_model_server_prediction_log_seconds_count", line=line)
         log_s = _delta(before, after, "factory_model_server_prediction_log_seconds_sum", line=line)
@@ -343,10 +354,17 @@ def bench_line(url: str, line: str, rows: list[dict[str, Any]], levels: list[tup
             "log_appends": int(appends),
             "log_ms_per_append": round(1000 * log_s / appends, 3) if appends else None,
             "log_ms_per_request": round(1000 * log_s / answered, 3) if answered else None,
+            "log_us_per_instance": round(1e6 * log_s / batched, 2) if batched else None,
         }
+        # CPU over the whole level (warm-up included), server process and load client apart:
+        # on a small machine the clients' share is CPU the server did not get.
+        wall = cpu1[2] - cpu0[2]
+        result["cpu_cores_used"] = {"server": round((cpu1[0] - cpu0[0]) / wall, 2),
+                                    "clients": round((cpu1[1] - cpu0[1]) / wall, 2)}
         print(f"  {line:12s} {clients:3d} clients x {per_request:3d} rows: {result['requests_per_s']:8.1f} req/s  "
               f"p50 {result['p50_ms']:7.2f} ms  p99 {result['p99_ms']:7.2f} ms  errors {result['errors'] or 0}  "
-              f"batch {result['server']['mean_batch_size']}  log {result['server']['log_ms_per_request']} ms/req",
+              f"batch {result['server']['mean_batch_size']}  log {result['server']['log_ms_per_request']} ms/req  "
+              f"cores: server {result['cpu_cores_used']['server']}, clients {result['cpu_cores_used']['clients']}",
               flush=True)
         out.append(result)
     return out
@@ -409,7 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"model server ready in {time.monotonic() - t0:.1f}s", flush=True)
         for line in lines:
             plan = [(c, 1) for c in levels] + [(8, min(BATCHED_INSTANCES, len(rows[line])))]
-            results[line]["levels"] = bench_line(server.url, line, rows[line], plan, args.seconds)
+            results[line]["levels"] = bench_line(server.url, line, rows[line], plan, args.seconds, server.proc.pid)
             fl = results[line]["floor"]["rows_per_s"]
             for lv in results[line]["levels"]:
                 lv["ratio_to_floor"] = round(lv["rows_per_s"] / fl, 4)
