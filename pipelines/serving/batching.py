@@ -65,6 +65,15 @@ class Batcher:
         return await pending.future
 
     async def _work(self, key: Any, queue: asyncio.Queue, call: Callable, log: Any) -> None:
+        try:
+            await self._batches(key, queue, call, log)
+        finally:  # ended (idle, or cancelled): a later request makes a new worker
+            if self._queues.get(key) is queue:
+                del self._queues[key]
+            while not queue.empty():
+                _fail(queue.get_nowait().future, RuntimeError("the batch queue was stopped"))
+
+    async def _batches(self, key: Any, queue: asyncio.Queue, call: Callable, log: Any) -> None:
         loop = asyncio.get_running_loop()
         carry: Pending | None = None
         while True:
@@ -74,8 +83,7 @@ class Batcher:
                 try:
                     first = await asyncio.wait_for(queue.get(), IDLE_EXIT_S)
                 except TimeoutError:
-                    if queue.empty():  # no await between this check and the removal
-                        del self._queues[key]
+                    if queue.empty():  # no await between this check and the removal (in _work)
                         return
                     continue
             batch, rows = [first], first.rows
@@ -96,7 +104,11 @@ class Batcher:
                     break
                 batch.append(nxt)
                 rows += nxt.rows
-            await self._run(key, batch, rows, call, log)
+            try:
+                await self._run(key, batch, rows, call, log)
+            except Exception as err:  # noqa: BLE001 - the queue must go on serving its key
+                for p in batch:
+                    _fail(p.future, err)
 
     async def _run(self, key: Any, batch: list[Pending], rows: int, call: Callable, log: Any) -> None:
         self.on_batch(key, rows)
@@ -104,15 +116,14 @@ class Batcher:
             outputs = await asyncio.to_thread(_call_batch, call, batch)
         except BaseException as err:  # noqa: BLE001 - every request of the batch gets it
             for p in batch:
-                if not p.future.done():
-                    p.future.set_exception(err)
+                _fail(p.future, err)
             if isinstance(err, asyncio.CancelledError):
                 raise
             return
         records, answered = [], []
         for p, out in zip(batch, outputs, strict=True):
             if isinstance(out, BaseException):
-                p.future.set_exception(out)
+                _fail(p.future, out)
             else:
                 records.extend(p.records(out))
                 answered.append((p, out))
@@ -123,13 +134,19 @@ class Batcher:
             if not isinstance(err, PredictionLogError):
                 err = PredictionLogError(f"the prediction log failed: {err!r}")
             for p, _ in answered:
-                p.future.set_exception(err)
+                _fail(p.future, err)
             return
         finally:
             self.on_log(key, time.perf_counter() - started)
         for p, out in answered:
             if not p.future.done():
                 p.future.set_result(out)
+
+
+def _fail(future: asyncio.Future, err: BaseException) -> None:
+    """Fail a request's future unless it is settled already (its client went away)."""
+    if not future.done():
+        future.set_exception(err)
 
 
 def _call_batch(call: Callable, batch: list[Pending]) -> list[Any]:

@@ -23,6 +23,7 @@ from pipelines.catalog.records import read_model_info
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+FLOAT32_MAX = 3.4028234663852886e38
 INIT_OP = "__saved_model_init_op"
 
 
@@ -39,7 +40,8 @@ def _tf():
 @dataclass(frozen=True)
 class Input:
     name: str
-    kind: str  # integer | double | string | image | example (a serialized tf.Example) | binary
+    # integer | double (float32) | float64 | string | image | example (a serialized tf.Example) | binary
+    kind: str
 
 
 def _check_value(inp: Input, value: Any, where: str) -> Any:
@@ -51,11 +53,13 @@ def _check_value(inp: Input, value: Any, where: str) -> Any:
         if not INT64_MIN <= value <= INT64_MAX:
             raise BadInput(f"{where}: {inp.name!r} is out of the int64 range")
         return value
-    if kind == "double":
+    if kind in ("double", "float64"):
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise BadInput(f"{where}: {inp.name!r} must be a number, got {_shown(value)}")
         if not math.isfinite(value):
             raise BadInput(f"{where}: {inp.name!r} must be finite")
+        if kind == "double" and abs(value) > FLOAT32_MAX:  # the model would see infinity
+            raise BadInput(f"{where}: {inp.name!r} = {value!r} is beyond the float32 range of the model's input")
         return float(value)
     if isinstance(value, dict):
         if set(value) != {"b64"} or not isinstance(value["b64"], str):
@@ -225,6 +229,8 @@ class Servable:
                             tf.float64: "double"}.get(spec.dtype, "binary")
                     if kind == "binary" and arg == "examples" and len(specs) == 1:
                         kind = "example"
+                if kind == "double" and spec.dtype == tf.float64:
+                    kind = "float64"
                 inputs.append(Input(arg, kind))
             self.signatures[name] = Signature(name, fn, inputs)
 
