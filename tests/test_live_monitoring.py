@@ -148,6 +148,16 @@ def test_a_landed_batch_is_not_mistaken_for_a_live_window(home, reference):
         ("live-20261120T1000-v1", "live"), ("live-20261120T1000-v1", None)]
 
 
+def test_a_window_of_a_version_without_a_profile_is_named_not_scored(home, reference):
+    served_version(home, reference, "run-1")
+    log_traffic(home, lending_club_frame(4), 7, W0)  # answered by a version the store does not hold
+    out = live.score_live_windows(LINE, home, now=AFTER)
+    assert out["windows"] == [] and out["status"] == "nothing_to_score"
+    assert out["notes"] == [f"live-20261120T1000-v7 ({len(lending_club_frame(4))} rows) not scored: "
+                            "v7 is not in the serving store or has no reference profile"]
+    assert live.waiting_windows(LINE, home, now=AFTER) == []  # the sensor does not wake for it
+
+
 def test_image_lines_are_skipped_with_a_reason(home):
     out = live.score_live_windows("fashion", home, now=AFTER)
     assert out["status"] == "skipped" and "embedding" in out["reason"]
@@ -190,3 +200,24 @@ def test_the_monitor_dag_scores_logged_traffic(airflow_db, home, reference, monk
     assert record["batch_id"] == "live-20261120T1000-v1" and record["source"] == "live" and record["drifted"]
     assert [p.name for p in layout.prediction_parquet_dir(LINE, home).iterdir()] == ["date=2026-11-20"]
     assert not list(layout.prediction_wal_dir(LINE, home).glob("*.jsonl"))
+
+
+def test_a_window_is_scored_only_after_the_answers_of_its_last_moments_are_logged(home, reference):
+    """A record's time is when the server answered; the record reaches the log a group
+    commit later. A window scored the instant it ends would miss the answers of its last
+    moments that were still on their way, and never count them."""
+    version = served_version(home, reference, "run-1")
+    traffic = lending_club_frame(4)
+    log_traffic(home, traffic, version, W0)
+    end = W0 + timedelta(hours=1)
+    early = live.score_live_windows(LINE, home, now=end + timedelta(milliseconds=5))
+    # the last request of the hour, answered 1 ms before its end, lands in the log now
+    log = PredictionLog(LINE, home)
+    row = traffic.iloc[0][[f.name for f in load_spec(LINE).schema.features]].astype(object).to_dict()
+    log.append([{"request_id": "last", "instance": 0, "time": (end - timedelta(milliseconds=1)).isoformat(),
+                 "line": LINE, "model_version": version, "signature": "predict_features", "inputs": row,
+                 "outputs": {"probabilities": [0.2]}, "latency_ms": 2.0}])
+    log.close()
+    scored = early["windows"] + live.score_live_windows(LINE, home, now=end + live.CLOSE_GRACE)["windows"]
+    [window] = scored
+    assert window["rows"] == len(traffic) + 1

@@ -213,3 +213,25 @@ def test_factory_labels_prints_the_counts_and_refuses_a_bad_file(home, tmp_path,
     assert cli.main(["labels", LINE, "--file", str(bad)]) == 2
     assert "missing ['label']" in capsys.readouterr().err
     assert len(predlog.read_labels(LINE)) == 3
+
+
+def test_a_segment_named_like_one_already_compacted_does_not_replace_its_parquet(home):
+    """Once a segment is compacted its name is free in ``wal/``: a writer with the same pid
+    that opens a segment in the same second (a second log object in this process, a
+    replica in another container) gets the same stem."""
+    for attempt in range(50):
+        first = PredictionLog(LINE, home)
+        first.append([record(f"first-{attempt}")])
+        stem = predlog.segment_stem(first.path)
+        first.close()
+        predlog.compact(LINE, home)
+        second = PredictionLog(LINE, home)
+        second.append([record(f"second-{attempt}")])
+        same = predlog.segment_stem(second.path) == stem
+        second.close()
+        predlog.compact(LINE, home)
+        if same:
+            break
+    assert same, "no two segments opened within one second"
+    logged = set(predlog.read_predictions(LINE, home)["request_id"])
+    assert {f"first-{attempt}", f"second-{attempt}"} <= logged

@@ -64,12 +64,24 @@ def _field(data, name):
         # the evaluation section fails at load too, not when a candidate reaches the gate
         (lambda d: d["evaluation"]["slices"].append("nope"), "evaluation.slices.2: 'nope' is not a field"),
         (lambda d: d["evaluation"]["thresholds"].update(aucc={"min": 0.5}), "evaluation.thresholds"),
+        # the serving section
+        (lambda d: d["serving"]["live"].update(window_minutes=0), "serving.live.window_minutes: Input should be"),
+        (lambda d: d["serving"]["prediction_log"].update(retention_days=0), "serving.prediction_log.retention_days"),
+        (lambda d: d["serving"]["live"].update(min_row=10), "serving.live.min_row: Extra inputs are not permitted"),
     ],
 )
 def test_invalid_spec_names_the_field(mutate, expected):
     message = _broken(mutate)
     assert expected.replace("Value error, ", "") in message
     assert message.startswith("invalid product-line spec") or "credit_risk.yaml" in message
+
+
+def test_serving_settings_default_when_absent():
+    data = copy.deepcopy(REAL["credit_risk"])
+    assert parse_spec(data, Path("credit_risk.yaml")).serving.live.min_rows == 200
+    data.pop("serving")
+    serving = parse_spec(data, Path("credit_risk.yaml")).serving
+    assert (serving.prediction_log.retention_days, serving.live.window_minutes, serving.live.min_rows) == (30, 60, 200)
 
 
 def test_name_must_match_file():

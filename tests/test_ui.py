@@ -776,3 +776,43 @@ def test_the_evaluation_adapter_refuses_a_bad_matrix():
             evaluation_view(bad)
     only_images = evaluation_view(None, [{"image_id": "x", "png": b"\x89PNG junk", "caption": "true 1"}])
     assert only_images.confusion is None and only_images.gallery[0].problem.startswith("cannot be decoded")
+
+
+def test_live_serving_shows_the_version_rate_latency_and_window_verdicts(home):
+    """The model server's log of the last hour and the monitor's live windows, written by
+    their own writers (:class:`PredictionLog`, :func:`score_live_windows`)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.monitoring.live import score_live_windows
+    from pipelines.serving.predlog import PredictionLog
+
+    assert gather(home, [LINE]).line(LINE).live is None  # nothing logged yet: no section
+    version = layout.serving_base(LINE, home) / "1"
+    save_profile(reference_profile(), layout.model_profile_path(version))
+    now = datetime.now(UTC)
+    earlier = now.replace(minute=0, second=0, microsecond=0) - timedelta(hours=2)  # a window that has closed
+    frame = batch_frame(250, 0.3)
+    log = PredictionLog(LINE, home)
+
+    def answered(rid: str, i: int, at: datetime, latency: float, row: dict) -> dict:
+        return {"request_id": rid, "instance": i, "time": at.isoformat(timespec="microseconds"), "line": LINE,
+                "model_version": 1, "signature": "predict_features", "inputs": {"int_rate": row["int_rate"],
+                "term": row["term"]}, "outputs": {"probabilities": [row["score"]]}, "latency_ms": latency}
+
+    rows = frame.to_dict("records")
+    log.append([answered(f"w{i}", 0, earlier + timedelta(seconds=10 * i), 5.0, r) for i, r in enumerate(rows)])
+    # the last hour: 90 requests of two instances each (too few for a window), two slow
+    log.append([answered(f"h{i}", j, now - timedelta(minutes=50) + timedelta(seconds=i), 300.0 if i >= 88 else 2.0 + i % 3,
+                         rows[i]) for i in range(90) for j in (0, 1)])
+    log.close()
+    [window] = score_live_windows(LINE, home)["windows"]
+    view = gather(home, [LINE]).line(LINE)
+    live = view.live
+    assert live.version == 1 and (live.requests, live.instances) == (90, 180)
+    assert live.per_minute == round(90 / 60, 2)
+    assert live.latency_p50_ms == 3.0 and live.latency_p99_ms == 300.0
+    [scored] = live.windows
+    assert scored.batch_id == window["batch_id"] == f"live-{earlier:%Y%m%dT%H%M}-v1"
+    assert scored.model_version == "1" and scored.drifted is False and scored.report
+    html = render.page(gather(home, [LINE]), user="admin", nonce="abc")
+    assert "<h3>Live serving</h3>" in html and window["batch_id"] in html and "p99" in html

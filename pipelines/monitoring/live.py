@@ -3,7 +3,8 @@
 The model server logs every answered instance (:mod:`pipelines.serving.predlog`). The
 monitor cuts the log into windows of ``serving.live.window_minutes`` (aligned to the
 epoch: an hour's window starts on the hour), one per model version that answered in it,
-and scores each window once it has closed and holds ``serving.live.min_rows`` rows:
+and scores each window once it has closed (:data:`CLOSE_GRACE` after its end) and holds
+``serving.live.min_rows`` rows:
 
 - the frame is the logged inputs (the raw features of ``predict_features``), the scores
   the logged positive-class probability (``outputs["probabilities"][0]``), against the
@@ -36,6 +37,10 @@ LIVE = "live"
 LIVE_PREFIX = "live-"
 LABELLED_SUFFIX = "-labelled"
 UNPARSED_SIGNATURES = ("serving_default",)
+# A record's ``time`` is when the server answered; the record reaches the log one group
+# commit later (and the server's clock may run a little behind this one). A window counts
+# as closed this long after its end, so the answers of its last moments are in it.
+CLOSE_GRACE = timedelta(minutes=2)
 
 
 def window_batch_id(start: datetime, version: int) -> str:
@@ -103,8 +108,8 @@ def plan_windows(line: str, home: Path | None = None, now: datetime | None = Non
     for (start_s, version), group in frame.groupby(["_start", "model_version"], sort=True):
         start = datetime.fromtimestamp(float(start_s), UTC)
         end = start + width
-        if end > now:
-            continue  # still open
+        if end + CLOSE_GRACE > now:
+            continue  # still open, or its last answers may still be on their way
         batch_id = window_batch_id(start, int(version))
         rows, labelled = int(len(group)), int(group["_labelled"].sum())
         todo = []
@@ -112,10 +117,13 @@ def plan_windows(line: str, home: Path | None = None, now: datetime | None = Non
             todo.append("unlabelled")
         if labelled >= min_labelled and batch_id + LABELLED_SUFFIX not in scored:
             todo.append("labelled")
+        profile = profiles.get(int(version))
         out.append({"batch_id": batch_id, "start": start.isoformat(), "end": end.isoformat(),
                     "model_version": int(version), "rows": rows, "labelled": labelled,
-                    "todo": todo if int(version) in profiles else [],
-                    "profile": str(profiles[int(version)]) if int(version) in profiles else None})
+                    "todo": todo if profile is not None else [],
+                    "blocked": None if profile is not None or not todo else (
+                        f"v{int(version)} is not in the serving store or has no reference profile"),
+                    "profile": None if profile is None else str(profile)})
     return out
 
 
@@ -185,17 +193,23 @@ def score_live_windows(line: str, home: Path | None = None, now: datetime | None
             f"{line} is an {spec.modality} line: its drift profile compares pixel statistics and the model's "
             f"embedding, which the server's answers do not carry; live windows are not scored"))
         return summary
-    frame = read_predictions(line, home)
-    unparsed = int(frame["signature"].isin(UNPARSED_SIGNATURES).sum())
+    keys = read_predictions(line, home, columns=["request_id", "instance", "time", "model_version", "signature"])
+    unparsed = int(keys["signature"].isin(UNPARSED_SIGNATURES).sum())
     if unparsed:
         notes.append(f"{unparsed} logged row(s) answered through serving_default (serialized tf.Examples) "
                      f"are not scored live")
-    plan = plan_windows(line, home, now, frame)
+    plan = plan_windows(line, home, now, keys)
+    todo = [w for w in plan if w["todo"]]
+    # the inputs and outputs (JSON) of the windows to score only, not of the whole log
+    frame = read_predictions(line, home, since=min(w["start"] for w in todo), until=max(w["end"] for w in todo)) \
+        if todo else keys.iloc[0:0]
     labels = read_labels(line, home)
     label_of = dict(zip(zip(labels["request_id"], labels["instance"].astype(int), strict=True), labels["label"],
                         strict=True))
     score = LIVE_SCORERS[spec.modality]
     for window in plan:
+        if window["blocked"]:
+            notes.append(f"{window['batch_id']} ({window['rows']} rows) not scored: {window['blocked']}")
         if not window["todo"]:
             continue
         start, end = datetime.fromisoformat(window["start"]), datetime.fromisoformat(window["end"])

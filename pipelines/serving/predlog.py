@@ -201,7 +201,8 @@ def read_segment(path: Path) -> tuple[list[dict[str, Any]], int]:
 #
 # Compaction turns closed segments into Parquet, one file per segment and day:
 # ``log/date=<YYYY-MM-DD>/<segment stem>.parquet`` (the day of each record's ``time``, so
-# a segment open across midnight lands in both days). The Parquet file is written
+# a segment open across midnight lands in both days; ``<stem>.<n>.parquet`` when a
+# segment of the same name was compacted before). The Parquet file is written
 # atomically before its segment is removed, and readers read the segments before the
 # Parquet files: a record is always in one of the two when a reader looks (in both for a
 # moment, which the reader's one-row-per-(request_id, instance) rule absorbs).
@@ -310,6 +311,26 @@ def _write_parquet_atomic(frame, path: Path) -> None:
     fsync_dir(path.parent)
 
 
+def _compacted_path(folder: Path, stem: str, part) -> Path:
+    """``<stem>.parquet``, unless that holds other records: a segment of the same name was
+    compacted before (a writer with the same pid opened one in the same second after the
+    first had left ``wal/``); then ``<stem>.<n>.parquet``. A file holding the same records
+    is this segment's own from a compaction that died before removing it: replaced."""
+    import pyarrow.parquet as pq
+
+    keys = set(zip(part["request_id"], part["instance"].astype(int), strict=True))
+    n = 0
+    while True:
+        path = folder / (f"{stem}.parquet" if n == 0 else f"{stem}.{n}.parquet")
+        try:
+            held = pq.read_table(path, columns=["request_id", "instance"]).to_pandas()
+        except FileNotFoundError:
+            return path
+        if set(zip(held["request_id"], held["instance"].astype(int), strict=True)) == keys:
+            return path
+        n += 1
+
+
 def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = None) -> int:
     """Closed segments -> ``log/date=<day>/<stem>.parquet``, then the segment is removed;
     returns the records compacted. A partial last line (a killed writer) is skipped and
@@ -336,7 +357,7 @@ def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = 
             if len(frame):
                 days = frame["time"].dt.strftime("%Y-%m-%d")
                 for day, part in frame.groupby(days, sort=True):
-                    path = layout.prediction_parquet_dir(line, home) / f"date={day}" / f"{stem}.parquet"
+                    path = _compacted_path(layout.prediction_parquet_dir(line, home) / f"date={day}", stem, part)
                     _write_parquet_atomic(part.reset_index(drop=True), path)
             segment.unlink()
             fsync_dir(segment.parent)

@@ -29,6 +29,7 @@ MAX_MODELS = 20
 MAX_DRIFT_POINTS = 60
 MAX_QUARANTINE_IMAGES = 24  # quarantined images shown per image line, from its latest batches
 MAX_GALLERY = 48  # images in an evaluation's gallery
+MAX_LIVE_WINDOWS = 8  # the latest scored windows of live traffic shown per line
 SHADES = 10  # steps of a confusion matrix cell's colour
 DRIFT_METRIC = "psi"
 SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
@@ -151,6 +152,34 @@ class DriftBatch:
 
 
 @dataclass
+class LiveWindow:
+    """A scored window of live traffic (a ``source: "live"`` drift history record)."""
+
+    batch_id: str | None
+    window_start: str | None
+    model_version: str | None
+    drifted: bool
+    drifted_features: list[str]
+    labelled: bool = False
+    auc: float | None = None
+    report: str | None = None
+
+
+@dataclass
+class LiveServing:
+    """What the model server did for a line over the last hour (its prediction log) and
+    the verdicts of the latest live windows."""
+
+    version: int | None  # the version in service (the highest live one)
+    requests: int = 0  # in the last hour
+    instances: int = 0
+    per_minute: float = 0.0
+    latency_p50_ms: float | None = None
+    latency_p99_ms: float | None = None
+    windows: list[LiveWindow] = field(default_factory=list)
+
+
+@dataclass
 class GalleryImage:
     """One image of a gallery: ``src`` is a ``data:`` URI of the image re-encoded for display
     (:mod:`pipelines.ui.images`), or None with ``problem`` saying why it cannot be shown."""
@@ -235,6 +264,7 @@ class LineView:
     modality: str = "tabular"  # the spec's modality: which of the parts below it has
     quarantine_images: list[GalleryImage] = field(default_factory=list)  # image lines
     evaluation: Evaluation | None = None
+    live: LiveServing | None = None  # None: nothing logged and no live window scored
     notes: list[str] = field(default_factory=list)
 
 

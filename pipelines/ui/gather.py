@@ -8,6 +8,7 @@ records, each through its one reader in :mod:`pipelines.catalog`:
 | training runs, evaluations | :func:`pipelines.catalog.records.training_runs`: manifest, training result, MLflow run, the gate's result and report |
 | serving | :func:`pipelines.catalog.records.serving_versions`: push info, retirements; TF Serving serves the highest live version |
 | drift | :func:`pipelines.catalog.records.read_drift_history` (``kind: "batch"`` records) and the reports they name (:func:`~pipelines.catalog.records.read_drift_report`, :func:`~pipelines.catalog.records.drift_report_html`) |
+| live serving | :func:`pipelines.serving.predlog.read_predictions` (the last hour: requests, latency) and the ``source: "live"`` drift history records |
 | quarantined images (``modality: image``) | :func:`pipelines.catalog.records.read_quarantine` of the latest batches |
 
 What differs by the spec's ``modality`` is in one table, :data:`MODALITY_PARTS`, looked up
@@ -23,7 +24,7 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
@@ -38,6 +39,7 @@ from pipelines.ui.data import (
     MAX_DRIFT_POINTS,
     MAX_FEATURE,
     MAX_GALLERY,
+    MAX_LIVE_WINDOWS,
     MAX_MODELS,
     MAX_QUARANTINE_IMAGES,
     SCORE_FEATURE,
@@ -50,6 +52,8 @@ from pipelines.ui.data import (
     Evaluation,
     GalleryImage,
     LineView,
+    LiveServing,
+    LiveWindow,
     MlflowInfo,
     Model,
     Overview,
@@ -281,6 +285,50 @@ def read_drift(line: str, home: Path, notes: list[str]) -> tuple[list[DriftSerie
     # the score first, then the features that moved most
     out.sort(key=lambda s: (s.feature != SCORE_FEATURE, -s.peak, s.feature))
     return out, list(reversed(batches))
+
+
+# -- live serving -------------------------------------------------------------------------
+
+
+def read_live(line: str, home: Path, notes: list[str], version: int | None,
+              now: datetime | None = None) -> LiveServing | None:
+    """The last hour of the line's prediction log (requests, instances, the requests'
+    latency p50 and p99) and its latest scored live windows; None when nothing was logged
+    in that hour and no window was scored."""
+    import numpy as np
+
+    from pipelines.serving.predlog import read_predictions
+
+    now = now or datetime.now(UTC)
+    live = LiveServing(version=version)
+    try:
+        frame = read_predictions(line, home, since=now - timedelta(hours=1), until=now,
+                                 columns=["request_id", "instance", "time", "latency_ms"])
+    except Exception as err:  # noqa: BLE001 - a damaged log is a note, not an error page
+        notes.append(_note("prediction log", f"{type(err).__name__}: {err}", home))
+        frame = None
+    if frame is not None and len(frame):
+        requests = frame.drop_duplicates("request_id")
+        latency = requests["latency_ms"].dropna().to_numpy(dtype=float)
+        live.requests, live.instances = int(len(requests)), int(len(frame))
+        live.per_minute = round(live.requests / 60.0, 2)
+        if len(latency):
+            live.latency_p50_ms = _float(float(np.percentile(latency, 50)))
+            live.latency_p99_ms = _float(float(np.percentile(latency, 99)))
+    history = _read("drift history", home, [],
+                    lambda skipped: records.read_drift_history(line, home, kind="batch", skipped=skipped), [])
+    scored = [r for r in history if r.get("source") == "live"]
+    scored.sort(key=lambda r: (r.get("window_start") or "", r.batch_id or ""))
+    live.windows = [
+        LiveWindow(batch_id=r.batch_id, window_start=r.get("window_start"),
+                   model_version=None if r.model_version is None else str(r.model_version),
+                   drifted=bool(r.drifted), drifted_features=[str(d["feature"]) for d in r.drifted_features],
+                   labelled=bool(r.get("labelled")), auc=_float(r.auc), report=_drift_report_link(r, line, home))
+        for r in reversed(scored[-MAX_LIVE_WINDOWS:])
+    ]
+    if not live.requests and not live.windows:
+        return None
+    return live
 
 
 # -- images -------------------------------------------------------------------------------
@@ -517,6 +565,7 @@ def gather_line(
                 m.aliases = sorted(v.get("aliases") or [])
 
     view.drift_series, view.drift_batches = read_drift(line, home, notes)
+    view.live = read_live(line, home, notes, view.serving_version)
     return view
 
 
