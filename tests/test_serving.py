@@ -51,7 +51,7 @@ def _free_port() -> int:
 class Server:
     """A model server process on a free port."""
 
-    def __init__(self, home: Path, log: Path) -> None:
+    def __init__(self, home: Path, log: Path, **extra: str) -> None:
         from pipelines.training.launch import worker_environment
 
         self.port = _free_port()
@@ -61,6 +61,7 @@ class Server:
                                   "FACTORY_SERVING_MAX_INSTANCES": str(MAX_INSTANCES)})
         for var in ("FACTORY_SERVING_STORE", "FACTORY_PREDICTION_LOG"):
             env.pop(var, None)
+        env.update(extra)
         self.log = log
         with open(log, "ab") as out:
             self.proc = subprocess.Popen(
@@ -73,7 +74,7 @@ class Server:
             assert self.proc.poll() is None, self.log.read_text()[-3000:]
             try:
                 health = httpx.get(f"{self.url}/healthz", timeout=2).json()
-                if health["lines"] == lines:
+                if all(health["lines"].get(k) == v for k, v in lines.items()):
                     return
             except httpx.HTTPError:
                 pass
@@ -394,3 +395,56 @@ def test_image_model_answers_png_as_b64_and_a_bad_png_fails_alone(store, server)
             t.join()
         assert [results[i].status_code for i in range(len(pngs))] == [200] * len(pngs)
         assert results[len(pngs)].status_code == 400, results[len(pngs)].text
+
+    # a line that appears in the store is served without a restart
+    run = layout.run_dir(IMAGE_LINE, "serving", home)
+    assert publish_again(home, run, "another-line", line="fashion_copy") == 1
+    server.wait({"fashion_copy": 1}, timeout=30)
+    r = httpx.post(f"{server.url}/v1/models/fashion_copy:predict", json={"instances": [{"image": {"b64": pngs[1]}}],
+                                                                         "signature_name": "predict_features"})
+    assert r.status_code == 200 and r.headers["X-Model-Version"] == "1"
+    assert r.json()["predictions"][0]["class_ids"] == results[1].json()["predictions"][0]["class_ids"]
+
+    # ... and one that leaves it is no longer served, its prediction-log segment closed
+    import shutil
+
+    shutil.rmtree(layout.serving_base("fashion_copy", home))
+    deadline = time.monotonic() + 30
+    while "fashion_copy" in httpx.get(f"{server.url}/healthz").json()["lines"]:
+        assert time.monotonic() < deadline, "the line is still served"
+        time.sleep(0.2)
+    assert httpx.post(f"{server.url}/v1/models/fashion_copy:predict", json={}).status_code == 404
+    segments = [p for p in layout.prediction_wal_dir("fashion_copy", home).iterdir()
+                if predlog.segment_pid(p) == server.proc.pid]
+    assert len(segments) == 1 and not predlog.is_open_segment(segments[0]), segments
+
+
+def test_a_stopped_server_closes_its_segment_and_an_unwritable_log_answers_nothing(store, tmp_path):
+    home, _ = store
+    row = _rows(home, 1)[0]
+    body = {"signature_name": "predict_features", "instances": [row]}
+    s = Server(home, tmp_path / "stopped.log")
+    try:
+        s.wait({LINE: 1, IMAGE_LINE: 1})
+        assert httpx.post(f"{s.url}/v1/models/{LINE}:predict", json=body,
+                          headers={"X-Request-Id": "before-stop"}).status_code == 200
+    finally:
+        s.stop()
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert s.proc.returncode in (0, -signal.SIGTERM)
+    mine = [p for p in layout.prediction_wal_dir(LINE, home).iterdir() if predlog.segment_pid(p) == s.proc.pid]
+    assert len(mine) == 1 and not predlog.is_open_segment(mine[0])  # SIGTERM: closed, renamed
+    assert [r["request_id"] for r in predlog.read_segment(mine[0])[0]] == ["before-stop"]
+
+    # the log's folder cannot be made: 503, and the server goes on answering so
+    (tmp_path / "not-a-folder").write_text("")
+    s = Server(home, tmp_path / "unlogged.log", FACTORY_PREDICTION_LOG=str(tmp_path / "not-a-folder" / "log"))
+    try:
+        s.wait({LINE: 1, IMAGE_LINE: 1})
+        for _ in range(2):
+            r = httpx.post(f"{s.url}/v1/models/{LINE}:predict", json=body)
+            assert r.status_code == 503 and "prediction log" in r.json()["error"], r.text
+            assert "predictions" not in r.json()
+        assert 'code="503"' in httpx.get(f"{s.url}/metrics").text
+    finally:
+        s.stop()

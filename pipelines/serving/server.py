@@ -159,8 +159,11 @@ class ModelServer:
         listing = await asyncio.to_thread(self._scan)
         for name in list(self.lines):
             if name not in listing:
-                if self.lines.pop(name).served is not None:
+                state = self.lines.pop(name)  # its folder is gone: not served, its segment closed
+                if state.served is not None:
                     self.metrics.served.remove(name)
+                if state.log is not None:
+                    await asyncio.to_thread(_close_log, state.log)
         for name, live in listing.items():
             state = self.lines.get(name)
             if state is None:
@@ -213,8 +216,7 @@ class ModelServer:
     def close(self) -> None:
         for state in self.lines.values():
             if state.log is not None:
-                with contextlib.suppress(OSError):
-                    state.log.close()
+                _close_log(state.log)
 
     # ------------------------------------------------------------------ requests
 
@@ -296,6 +298,13 @@ class ModelServer:
                 raise HTTPError(400, _tf_message(err)) from None
             raise
         return _answer(outputs, fmt)
+
+
+def _close_log(plog: PredictionLog) -> None:
+    try:
+        plog.close()
+    except OSError as err:
+        log.error("closing the prediction log %s failed: %s", plog.dir, err)
 
 
 def _load_warm(cls: Any, line: str, version: int, path: Path) -> Any:
