@@ -659,6 +659,50 @@ def test_grafana_provisioning_and_dashboard(compose):
         assert var["datasource"]["uid"] == ds["uid"]
 
 
+def test_serving_dashboard_shows_the_model_server(tmp_path):
+    """The model server's dashboard: provisioned with the others (same folder), on the same
+    datasource, a clean grid, every metric the server exposes and no other, requests and
+    latency per line and version, and every query valid PromQL (promtool parses them as rules)."""
+    from pipelines.serving.server import Metrics
+
+    exposed = set(re.findall(r"^# TYPE (\S+) ", Metrics().text().decode(), flags=re.MULTILINE))
+    (ds,) = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yml").read_text())["datasources"]
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/serving.json").read_text())
+    other = json.loads((DEPLOY / "grafana/dashboards/factory.json").read_text())
+    assert dashboard["uid"] and dashboard["uid"] != other["uid"]
+    cells, exprs = set(), {}
+    for p in dashboard["panels"]:
+        g = p["gridPos"]
+        assert 0 <= g["x"] and g["x"] + g["w"] <= 24, p["title"]
+        for cell in ((x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])):
+            assert cell not in cells, f"{p['title']} overlaps another panel"
+            cells.add(cell)
+        if p["type"] == "row":
+            continue
+        assert p["datasource"] == {"type": "prometheus", "uid": ds["uid"]} and p["targets"], p["title"]
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == ds["uid"] and t["expr"].strip(), p["title"]
+            exprs[f"{p['title']} {t['refId']}"] = t["expr"]
+    exprs.update({f"annotation {a['name']}": a["expr"] for a in dashboard["annotations"]["list"] if "expr" in a})
+    text = " ".join(exprs.values())
+    used = {re.sub(r"_(sum|count|bucket)$", "", n) for n in re.findall(r"\b(factory_[a-z_]+)", text)}
+    assert used == exposed, f"shown but not exposed: {sorted(used - exposed)}; not shown: {sorted(exposed - used)}"
+    assert re.search(r"by \(line, version\) \(rate\(factory_model_server_requests_total", text)
+    for q in ("0.5", "0.99"):
+        assert f"histogram_quantile({q}, sum by (line, version, le) (rate(factory_model_server_request_seconds_bucket" in text
+    assert 'code!~"2.."' in text  # the error rate counts 4xx and 5xx
+    for var in dashboard["templating"]["list"]:
+        assert var["datasource"]["uid"] == ds["uid"]
+    if not shutil.which("promtool"):
+        pytest.skip("promtool not installed (Debian package prometheus): the queries are not parsed")
+    rules = {"groups": [{"name": "serving-dashboard", "rules": [
+        {"record": f"dashboard:query_{i}", "expr": e.replace("$line", ".*")} for i, e in enumerate(exprs.values())]}]}
+    path = tmp_path / "rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    done = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
 def test_dashboard_factory_metrics_are_ones_the_exporter_writes(tmp_path):
     from pipelines.observability.exporter import exposition
 
