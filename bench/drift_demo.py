@@ -70,7 +70,13 @@ import pyarrow.parquet as pq
 from scipy import stats
 
 from bench.machine import describe, host
-from bench.realdata import employment_frame, lending_club_frame, make_validated_batch
+from bench.realdata import (
+    employment_frame,
+    label_rate_sample,
+    lending_club_frame,
+    make_validated_batch,
+    tilt_to,
+)
 from pipelines.catalog.layout import training_root
 from pipelines.config import REPO_ROOT
 from pipelines.monitoring.batch import line_drift_spec, monitor_batch
@@ -281,50 +287,6 @@ def monitor(
 
 
 # -- shifted batches from real rows -------------------------------------------------------
-
-
-def weighted_sample(weights: np.ndarray, size: int, seed: int) -> np.ndarray:
-    """Row indices drawn WITHOUT replacement with probability proportional to ``weights``
-    (Efraimidis-Spirakis: the ``size`` largest ``log(u) / w``)."""
-    w = np.asarray(weights, dtype="float64")
-    u = np.random.default_rng(seed).random(len(w))
-    keys = np.log(u) / np.maximum(w, 1e-300)
-    return np.sort(np.argpartition(-keys, size - 1)[:size])
-
-
-def tilt_to(
-    frame: pd.DataFrame, size: int, seed: int, weight_fn, measure, target: float
-) -> tuple[pd.DataFrame, float]:
-    """The sample whose ``measure`` is closest to ``target``, bisecting the tilt parameter
-    (same seed throughout, so the draws differ only by the weights)."""
-    lo, hi = 0.0, 1.0
-    while measure(frame.iloc[weighted_sample(weight_fn(hi), size, seed)]) < target and hi < 1e3:
-        lo, hi = hi, hi * 2
-    for _ in range(40):
-        mid = (lo + hi) / 2
-        if measure(frame.iloc[weighted_sample(weight_fn(mid), size, seed)]) < target:
-            lo = mid
-        else:
-            hi = mid
-    idx = weighted_sample(weight_fn(hi), size, seed)
-    return frame.iloc[idx].reset_index(drop=True), hi
-
-
-def label_rate_sample(
-    frame: pd.DataFrame, label: str, positive: Any, rate: float, size: int, seed: int
-) -> pd.DataFrame:
-    """``size`` rows without replacement, a share ``rate`` of them positive, uniform within
-    each class (P(features | label) unchanged)."""
-    rng = np.random.default_rng(seed)
-    pos = np.flatnonzero((frame[label].astype(str) == str(positive)).to_numpy())
-    neg = np.flatnonzero((frame[label].astype(str) != str(positive)).to_numpy())
-    n_pos = round(rate * size)
-    if n_pos > len(pos) or size - n_pos > len(neg):
-        raise ValueError(f"not enough rows for a {rate:.0%} positive batch of {size}")
-    idx = np.concatenate(
-        [rng.choice(pos, n_pos, replace=False), rng.choice(neg, size - n_pos, replace=False)]
-    )
-    return frame.iloc[np.sort(idx)].reset_index(drop=True)
 
 
 # -- comparing two models on held-out rows ------------------------------------------------
