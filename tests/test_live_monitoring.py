@@ -201,9 +201,12 @@ def test_the_monitor_dag_scores_logged_traffic(airflow_db, home, reference, monk
     dag = DagBag(dag_folder=str(REPO_ROOT / "dags")).dags[f"monitor_{LINE}"]
     run = dag.test()
     states = {ti.task_id: ti.state for ti in run.get_task_instances()}
-    assert states == {"wait": "success", "score": "success", "live": "success", "retrain": "skipped"}, states
+    # the shifted traffic opens an episode, and the monitor claims its retrain (the drift Asset)
+    assert states == {"wait": "success", "score": "success", "live": "success", "retrain": "success"}, states
     [record] = read_drift_history(LINE, home, kind="batch")
     assert record["batch_id"] == "live-20261120T1000-v1" and record["source"] == "live" and record["drifted"]
+    [claim] = read_drift_history(LINE, home, kind="retrain")
+    assert claim["episode_id"] == record["episode_id"] and claim["event"] == "pending"
     assert [p.name for p in layout.prediction_parquet_dir(LINE, home).iterdir()] == ["date=2026-11-20"]
     assert not list(layout.prediction_wal_dir(LINE, home).glob("*.jsonl"))
 

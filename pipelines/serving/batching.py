@@ -1,11 +1,16 @@
 """Server-side micro-batching, as TF Serving's batching does: the requests for one
-(line, version, signature) that arrive within ``window_s`` (or until ``max_rows`` rows)
-are one call of the signature, made in a worker thread so the event loop keeps
-accepting requests; the outputs are split back per request.
+(line, version, signature) waiting when the key's worker is free (up to ``max_rows``
+rows; ``window_s`` > 0 also waits that long for more) are one call of the signature,
+made in a worker thread so the event loop keeps accepting requests; the outputs are
+split back per request. With no window (the default) a lone request is not held back,
+and under load the batches grow by themselves: the requests that arrive while one batch
+runs are the next batch.
 
 Each batch's records go to the prediction log with one :meth:`PredictionLog.append`
 (one ``fsync``) *before* any of its requests is answered: a request whose records could
-not be made durable gets :class:`PredictionLogError` instead of its outputs.
+not be made durable gets :class:`PredictionLogError` instead of its outputs. The log
+write of one batch overlaps the model call of the next (both leave the interpreter
+free: TensorFlow's kernels and ``fsync`` release the GIL).
 
 No TensorFlow here: the batch calls what it is given.
 """
@@ -20,9 +25,11 @@ from typing import Any
 
 from pipelines.serving.predlog import PredictionLogError
 
-WINDOW_S = 0.002
+WINDOW_S = 0.0
 MAX_ROWS = 512
 IDLE_EXIT_S = 30.0
+# log writes of one key in flight at once; the key's worker waits beyond (backpressure)
+LOGS_IN_FLIGHT = 2
 
 
 @dataclass
@@ -48,6 +55,7 @@ class Batcher:
         self.on_log = on_log
         self._queues: dict[Any, asyncio.Queue] = {}
         self._tasks: set[asyncio.Task] = set()
+        self._log_slots: dict[Any, asyncio.Semaphore] = {}
 
     async def submit(self, key: Any, call: Callable[[dict[str, list[Any]]], list[dict[str, Any]]],
                      log: Any, pending: Pending) -> list[dict[str, Any]]:
@@ -127,6 +135,15 @@ class Batcher:
             else:
                 records.extend(p.records(out))
                 answered.append((p, out))
+        # logged and answered while the worker takes the next batch
+        slots = self._log_slots.setdefault(key, asyncio.Semaphore(LOGS_IN_FLIGHT))
+        await slots.acquire()
+        task = asyncio.create_task(self._log_and_answer(key, records, answered, log, slots))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _log_and_answer(self, key: Any, records: list[dict[str, Any]], answered: list, log: Any,
+                              slots: asyncio.Semaphore) -> None:
         started = time.perf_counter()
         try:
             await asyncio.to_thread(log.append, records)
@@ -137,6 +154,7 @@ class Batcher:
                 _fail(p.future, err)
             return
         finally:
+            slots.release()
             self.on_log(key, time.perf_counter() - started)
         for p, out in answered:
             if not p.future.done():

@@ -77,6 +77,30 @@ def _check_value(inp: Input, value: Any, where: str) -> Any:
     raise BadInput(f"{where}: {inp.name!r} must be {expected}, got {_shown(value)}")
 
 
+def _check_column(inp: Input, values: list[Any]) -> list[Any] | None:
+    """A whole column checked at once, as :func:`_check_value` would pass each value; None
+    when some value does not pass (the caller then finds it, value by value, to name it).
+    The common case of a large request: a few C-speed passes instead of a call per value."""
+    kind = inp.kind
+    if kind == "integer":
+        if not all(type(v) is int for v in values) or min(values) < INT64_MIN or max(values) > INT64_MAX:
+            return None
+        return values
+    if kind in ("double", "float64"):
+        if not all(type(v) is float or type(v) is int for v in values):
+            return None
+        floats = [float(v) for v in values]
+        low, high = min(floats), max(floats)
+        if not (math.isfinite(low) and math.isfinite(high)) or any(map(math.isnan, floats)):
+            return None
+        if kind == "double" and max(-low, high) > FLOAT32_MAX:
+            return None
+        return floats
+    if kind == "string" and all(type(v) is str for v in values):
+        return [v.encode() for v in values]
+    return None  # binary values: checked one by one (base64, tf.Example)
+
+
 def _check_example(data: bytes, name: str, where: str) -> None:
     from google.protobuf.message import DecodeError
     from tensorflow.core.example.example_pb2 import Example
@@ -144,11 +168,14 @@ class Signature:
             n = next(iter(lengths.values()))
             sent = [{name: cols[name][i] for name in cols} for i in range(n)]
             fmt = "columnar"
-        out = {inp.name: [] for inp in self.inputs}
-        for i, row in enumerate(sent):
-            where = f"instance {i}" if fmt == "row" else f'"inputs"[{i}]'
-            for inp in self.inputs:
-                out[inp.name].append(_check_value(inp, row[inp.name], where))
+        out = {}
+        for inp in self.inputs:
+            values = cols[inp.name] if fmt == "columnar" else [row[inp.name] for row in sent]
+            checked = _check_column(inp, values)
+            if checked is None:  # some value does not fit: the first one, with its place
+                checked = [_check_value(inp, v, f"instance {i}" if fmt == "row" else f'"inputs"[{i}]')
+                           for i, v in enumerate(values)]
+            out[inp.name] = checked
         return out, sent, fmt
 
     def _check_names(self, names: set[str], where: str) -> None:

@@ -8,6 +8,9 @@ lines that appear later too): the highest live integer version answers, the one 
 stays loaded so a rollback switches back at once. The store is polled every
 ``FACTORY_SERVING_POLL_S`` seconds (default 1); a new version is loaded and warmed (one
 call) before it is switched in, and a request keeps the version it started with.
+Micro-batching (:mod:`pipelines.serving.batching`) takes the requests waiting when a
+line's worker is free; ``FACTORY_SERVING_BATCH_WINDOW_MS`` (default 0) makes it also wait
+that long for more, as TF Serving's ``batch_timeout_micros`` does.
 
 API (https://www.tensorflow.org/tfx/serving/api_rest):
 
@@ -130,6 +133,7 @@ class ModelServer:
         self.poll_s = _env_float("FACTORY_SERVING_POLL_S", POLL_S)
         self.metrics = Metrics()
         self.batcher = Batcher(
+            window_s=_env_float("FACTORY_SERVING_BATCH_WINDOW_MS", 0.0) / 1000.0,
             on_batch=lambda key, rows: self.metrics.batch.labels(key[0]).observe(rows),
             on_log=lambda key, s: self.metrics.log_seconds.labels(key[0]).observe(s),
         )
