@@ -41,6 +41,7 @@ import json
 import os
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,11 @@ class PredictionLog:
     and line. Thread-safe."""
 
     def __init__(self, line: str, home: Path | None = None, *, max_bytes: int = MAX_SEGMENT_BYTES,
-                 max_age_s: float = MAX_SEGMENT_AGE_S) -> None:
+                 max_age_s: float = MAX_SEGMENT_AGE_S, encode: Callable[[dict[str, Any]], bytes] | None = None) -> None:
+        """``encode``: one record as a JSON line's bytes without the newline (the model server
+        passes orjson's, several times faster than the standard library's, the default)."""
         self.line = line
+        self.encode = encode or _encode
         self.dir = layout.prediction_wal_dir(line, home)
         self.max_bytes = max_bytes
         self.max_age_s = max_age_s
@@ -152,7 +156,7 @@ class PredictionLog:
         if not records:
             return
         try:
-            data = "".join(json.dumps(r, separators=(",", ":"), allow_nan=False) + "\n" for r in records).encode()
+            data = b"\n".join(map(self.encode, records)) + b"\n"
         except (TypeError, ValueError) as err:
             raise PredictionLogError(f"a prediction record is not JSON: {err}") from err
         with self._lock:
@@ -179,6 +183,10 @@ class PredictionLog:
 
     def close(self) -> None:
         self.rotate()
+
+
+def _encode(record: dict[str, Any]) -> bytes:
+    return json.dumps(record, separators=(",", ":"), allow_nan=False).encode()
 
 
 def read_segment(path: Path) -> tuple[list[dict[str, Any]], int]:

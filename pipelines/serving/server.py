@@ -45,6 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from pipelines.catalog import layout
 from pipelines.config import factory_home
 from pipelines.serving.batching import Batcher, Pending
@@ -251,7 +253,7 @@ class ModelServer:
     def prediction_log(self, line: str) -> PredictionLog:
         state = self.lines[line]
         if state.log is None:
-            state.log = PredictionLog(line, self.home)
+            state.log = PredictionLog(line, self.home, encode=_encode_record)
         return state.log
 
     async def predict(self, line: str, version: str | None, raw: bytes, request_id: str,
@@ -261,7 +263,7 @@ class ModelServer:
         servable = self.servable(line, version)
         headers["X-Model-Version"] = str(servable.version)
         try:
-            body = json.loads(raw)
+            body = orjson.loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise HTTPError(400, f"the request body is not JSON: {err}") from None
         if not isinstance(body, dict):
@@ -302,6 +304,12 @@ class ModelServer:
                 raise HTTPError(400, _tf_message(err)) from None
             raise
         return _answer(outputs, fmt)
+
+
+def _encode_record(record: dict[str, Any]) -> bytes:
+    """A prediction record as JSON bytes: orjson (apache-beam's and tfx's pin in the ML
+    environment) encodes a 512-row batch's records several times faster than ``json``."""
+    return orjson.dumps(record)
 
 
 def _close_log(plog: PredictionLog) -> None:
@@ -398,7 +406,7 @@ def create_app(server: ModelServer, *, record: Path | None = None, address: tupl
             raw = await read_body(request)
             answer = await server.predict(line, version, raw, request_id, arrived, headers)
             code = 200
-            return JSONResponse(answer, headers=headers)
+            return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
         except HTTPError as err:
             code = err.status
             return error(err.status, err.reason, headers)
