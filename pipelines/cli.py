@@ -273,7 +273,44 @@ def _run_line(client, spec, home: Path) -> bool:
             time.sleep(5)
         left = unscored_batches(line, home)
         _out(f"  monitor_{line}: " + (f"{len(left)} batch(es) not scored yet" if left else "every batch scored"))
+        _ask_served_model(line, home)
     return ok
+
+
+def _ask_served_model(line: str, home: Path) -> None:
+    """Ask the model server for predictions on a few rows of the line's last validated
+    batch, through TF Serving's REST API, as a client would."""
+    from pipelines import runtime
+    from pipelines.catalog.records import read_model_info
+    from pipelines.monitoring.stage import serving_model
+    from pipelines.serving.client import ServingError, example_instances, predict, wait_for_version
+
+    served = serving_model(line, home)
+    record = runtime.status(home) or {}
+    url = record.get("serving_url")
+    if served is None or not url:
+        _out(f"== {line}: no model in serving" if served is None else f"== {line}: the model server is not running")
+        return
+    version, model_dir = served
+    validated = [r for r in ledger.all_records(line_paths(line, home)) if r.get("status") == ledger.VALIDATED]
+    info = read_model_info(model_dir) or {}
+    features = [f["name"] for f in info.get("features") or []]
+    if not validated or not features:
+        return
+    _out(f"== {line}: asking the model server ({url}) for predictions on 3 rows of batch {validated[-1]['batch_id']}")
+    if not wait_for_version(url, line, version):
+        _out(f"  version {version} is not served yet")
+        return
+    try:
+        answer = predict(url, line, example_instances(features, Path(validated[-1]["cleaning"]["clean_path"])))
+    except (ServingError, OSError, KeyError, ValueError) as err:
+        _out(f"  the model server did not answer: {err}")
+        return
+    for i, p in enumerate(answer.predictions):
+        shown = {k: (round(v[0], 4) if isinstance(v, list) and len(v) == 1 else v) for k, v in p.items()
+                 if k != "embedding" and not (isinstance(v, list) and len(v) > 10)}
+        _out(f"  v{answer.version} row {i}: {shown}")
+    _out(f"  (POST {url}/v1/models/{line}:predict; request {answer.request_id} is in the prediction log)")
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -448,3 +448,26 @@ def test_a_stopped_server_closes_its_segment_and_an_unwritable_log_answers_nothi
         assert 'code="503"' in httpx.get(f"{s.url}/metrics").text
     finally:
         s.stop()
+
+
+def test_the_documented_client_asks_with_rows_of_a_cleaned_batch(store, server):
+    """``pipelines.serving.client`` (what ``factory run`` and the docs use): rows of the
+    validated batch the model was trained on, as instances of the model's features, answered
+    by the served version; an error answer is raised with the server's reason."""
+    from pipelines.catalog import ledger
+    from pipelines.catalog.records import read_model_info
+    from pipelines.serving.client import ServingError, example_instances, predict, served_version
+
+    home, _ = store
+    [batch] = ledger.all_records(layout.line_paths(LINE, home))
+    features = [f["name"] for f in read_model_info(layout.serving_base(LINE, home) / "1")["features"]]
+    instances = example_instances(features, Path(batch["cleaning"]["clean_path"]), n=5)
+    assert len(instances) == 5 and set(instances[0]) == set(features)
+    assert served_version(server.url, LINE) == "1"
+    answer = predict(server.url, LINE, instances, request_id="client-1")
+    assert answer.version == "1" and answer.request_id == "client-1" and len(answer.predictions) == 5
+    assert all(0.0 <= p["probabilities"][0] <= 1.0 for p in answer.predictions)
+    with pytest.raises(ServingError, match="404"):
+        predict(server.url, "no_such_line", instances)
+    with pytest.raises(ServingError, match="400: .*unknown input"):
+        predict(server.url, LINE, [{**instances[0], "height_cm": 180}])
