@@ -45,8 +45,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from pipelines.catalog import layout
 from pipelines.config import factory_home
 from pipelines.serving.batching import Batcher, Pending
@@ -263,7 +261,7 @@ class ModelServer:
         servable = self.servable(line, version)
         headers["X-Model-Version"] = str(servable.version)
         try:
-            body = orjson.loads(raw)
+            body = _orjson().loads(raw)
         except (ValueError, UnicodeDecodeError) as err:
             raise HTTPError(400, f"the request body is not JSON: {err}") from None
         if not isinstance(body, dict):
@@ -306,10 +304,18 @@ class ModelServer:
         return _answer(outputs, fmt)
 
 
+def _orjson():
+    """orjson, imported where the server runs (the ML environment); the module's metrics and
+    helpers stay importable from the orchestration environment."""
+    import orjson
+
+    return orjson
+
+
 def _encode_record(record: dict[str, Any]) -> bytes:
     """A prediction record as JSON bytes: orjson (apache-beam's and tfx's pin in the ML
     environment) encodes a 512-row batch's records several times faster than ``json``."""
-    return orjson.dumps(record)
+    return _orjson().dumps(record)
 
 
 def _close_log(plog: PredictionLog) -> None:
@@ -406,7 +412,7 @@ def create_app(server: ModelServer, *, record: Path | None = None, address: tupl
             raw = await read_body(request)
             answer = await server.predict(line, version, raw, request_id, arrived, headers)
             code = 200
-            return Response(orjson.dumps(answer), media_type="application/json", headers=headers)
+            return Response(_orjson().dumps(answer), media_type="application/json", headers=headers)
         except HTTPError as err:
             code = err.status
             return error(err.status, err.reason, headers)
