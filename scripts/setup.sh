@@ -66,6 +66,12 @@ make_env() {
   local name=$1 lock=$2 key dir
   key=$( (cat "$lock" "$ROOT/requirements/data-packages.txt"; echo "$ENV_REVISION") | sha256sum | cut -c1-12)
   dir="$ENVS/$name-$key"
+  # Two setups at once (two clones on one machine) take turns: the second finds the
+  # environment the first made, instead of deleting it half-made and racing it.
+  mkdir -p "$ENVS"
+  local lockfd
+  exec {lockfd}>"$ENVS/.$name.lock"
+  flock "$lockfd"
   if [ ! -f "$dir/.complete" ]; then
     log "creating the $name environment ($dir)"
     rm -rf "$dir"
@@ -90,6 +96,7 @@ make_env() {
     "$UV" pip install -q --python "$dir/bin/python" --no-deps -e "$ROOT"
     echo "$ROOT" > "$dir/.project-root"
   fi
+  exec {lockfd}>&-
 }
 
 install_horovod() {
