@@ -32,13 +32,22 @@ def train_and_publish(home: Path, *, rows: int = 4000, epochs: int = 3, name: st
     """Train one employment model on ``rows`` real rows for ``epochs`` epochs (one
     Horovod rank); publish it; return (its version, the run folder)."""
     from bench.realdata import employment_frame, make_validated_batch
-    from pipelines.training.launch import worker_environment
     from pipelines.training.prepare import prepare_run
 
     make_validated_batch(home, LINE, "y2015", employment_frame(2015).head(rows))
     run = layout.run_dir(LINE, name, home)
     prepare_run(LINE, run, {"workers": 1, "epochs": epochs, "batch_size": 128}, home=home)
-    mlflow_run = tracking.start_run(LINE, name, {"factory.run_dir": str(run)}, {}, home=home)
+    train_on_one_rank(home, run, name)
+    return _publish(home, LINE, run, "model"), run
+
+
+def train_on_one_rank(home: Path, run: Path, name: str, *, log_model: bool = False, line: str = LINE) -> None:
+    """Train a prepared run folder as the training stage does: an MLflow run, the Horovod
+    worker on one rank (Gloo), the run finished (with the model as its ``model`` artifact
+    when ``log_model``)."""
+    from pipelines.training.launch import worker_environment
+
+    mlflow_run = tracking.start_run(line, name, {"factory.run_dir": str(run)}, {}, home=home)
     layout.mlflow_run_file(run).write_text(mlflow_run)
     horovodrun = ml_python().parent / "horovodrun"
     cmd = [str(horovodrun), "-np", "1", "-H", "localhost:1", "--gloo",
@@ -46,8 +55,8 @@ def train_and_publish(home: Path, *, rows: int = 4000, epochs: int = 3, name: st
     env = worker_environment({**tracking.worker_env(mlflow_run, home), "FACTORY_HOME": str(home)})
     done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tracking.finish_run(mlflow_run, status="FINISHED", home=home)
-    return _publish(home, LINE, run, "model"), run
+    artifacts = [("model", layout.exported_model(run))] if log_model else None
+    tracking.finish_run(mlflow_run, status="FINISHED", artifacts=artifacts, home=home)
 
 
 def publish_again(home: Path, run_dir: Path, tag: str, line: str = LINE) -> int:

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from serving_models import train_on_one_rank
 
 from bench.realdata import employment_frame, make_validated_batch
 from pipelines import tracking
@@ -82,7 +83,6 @@ def _train(home: Path, name: str, shuffle_labels: bool = False) -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.training.launch import worker_environment
     from pipelines.training.prepare import prepare_run
 
     run = home / "training" / LINE / name
@@ -93,16 +93,7 @@ def _train(home: Path, name: str, shuffle_labels: bool = False) -> Path:
             i = table.schema.get_field_index("employed")
             labels = np.random.default_rng(3).permutation(table.column(i).to_numpy())
             pq.write_table(table.set_column(i, "employed", pa.array(labels, pa.int64())), shard)
-    mlflow_run = tracking.start_run(LINE, name, {"factory.run_dir": str(run)}, {}, home=home)
-    (run / "mlflow_run_id").write_text(mlflow_run)
-    horovodrun = ml_python().parent / "horovodrun"
-    cmd = [str(horovodrun), "-np", "1", "-H", "localhost:1", "--gloo",
-           str(ml_python()), "-m", "pipelines.training.worker", "--run-dir", str(run)]
-    env = worker_environment({**tracking.worker_env(mlflow_run, home), "FACTORY_HOME": str(home)})
-    done = subprocess.run(cmd, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    tracking.finish_run(mlflow_run, status="FINISHED", artifacts=[("model", run / "model" / "Format-Serving")],
-                        home=home)
+    train_on_one_rank(home, run, name, log_model=True)
     return run
 
 

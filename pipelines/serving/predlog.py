@@ -357,6 +357,18 @@ def _compacted_path(folder: Path, stem: str, part) -> Path:
         n += 1
 
 
+def _segment_records(segment: Path, skipped: list[str] | None) -> list[dict[str, Any]] | None:
+    """A segment's whole records (None if it was compacted away meanwhile); lines that are
+    not whole JSON are named in ``skipped``."""
+    try:
+        recs, bad = read_segment(segment)
+    except FileNotFoundError:
+        return None
+    if bad and skipped is not None:
+        skipped.append(f"{segment.name}: {bad} line(s) not whole JSON skipped")
+    return recs
+
+
 def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = None) -> int:
     """Closed segments -> ``log/date=<day>/<stem>.parquet``, then the segment is removed;
     returns the records compacted. A partial last line (a killed writer) is skipped and
@@ -372,12 +384,9 @@ def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = 
         for segment in segments(line, home):
             if not is_closed_segment(segment):
                 continue
-            try:
-                recs, bad = read_segment(segment)
-            except FileNotFoundError:
+            recs = _segment_records(segment, skipped)
+            if recs is None:
                 continue
-            if bad and skipped is not None:
-                skipped.append(f"{segment.name}: {bad} line(s) not whole JSON skipped")
             frame = _frame(recs)
             stem = segment_stem(segment)
             if len(frame):
@@ -440,13 +449,9 @@ def read_predictions(line: str, home: Path | None = None, since=None, until=None
     parts = []
     # segments first: one compacted meanwhile is in Parquet by the time the folder is listed
     for segment in segments(line, home):
-        try:
-            recs, bad = read_segment(segment)
-        except FileNotFoundError:
-            continue
-        if bad and skipped is not None:
-            skipped.append(f"{segment.name}: {bad} line(s) not whole JSON skipped")
-        parts.append(_frame(recs)[read_cols])
+        recs = _segment_records(segment, skipped)
+        if recs is not None:
+            parts.append(_frame(recs)[read_cols])
     for path in _parquet_files(line, home, since, until):
         try:
             parts.append(pq.read_table(path, columns=read_cols).to_pandas())
