@@ -26,6 +26,8 @@ pytestmark = [
 ]
 LINE = "credit_risk"
 PORT = "18480"
+# the model server's: off the default too, so a factory running here does not collide
+SERVING_PORT = "18581"
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +100,10 @@ def served_and_drifted(dagbag) -> str:
 
 @pytest.fixture(scope="module")
 def admin(served_and_drifted):
-    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
+    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "FACTORY_SERVING_PORT",
+                                       "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
     os.environ["FACTORY_API_PORT"] = PORT
+    os.environ["FACTORY_SERVING_PORT"] = SERVING_PORT
     os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
     record = runtime.start()
     try:

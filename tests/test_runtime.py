@@ -21,12 +21,16 @@ from pipelines.specs import load_spec
 pytestmark = pytest.mark.integration
 
 PORT = "18080"
+# the model server's: off the default too, so a factory running here does not collide
+SERVING_PORT = "18501"
 
 
 @pytest.fixture(scope="module")
 def running():
-    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
+    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "FACTORY_SERVING_PORT",
+                                       "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
     os.environ["FACTORY_API_PORT"] = PORT
+    os.environ["FACTORY_SERVING_PORT"] = SERVING_PORT
     # Only what a test unpauses runs (no training set off by the asset event).
     os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
     record = runtime.start()

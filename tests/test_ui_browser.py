@@ -39,6 +39,7 @@ from pipelines.ui.data import run_folder_name
 pytestmark = pytest.mark.integration
 
 PORT = "18280"
+SERVING_PORT = "18281"  # the model server's, off the default like the API's
 LINE = "credit_risk"
 MLFLOW_UI = "http://mlflow.factory.invalid:5000"
 RESULTS = REPO_ROOT / "bench" / "results" / "ui"
@@ -70,6 +71,7 @@ def factory(tmp_path_factory):
     os.environ.update({
         "FACTORY_HOME": str(home),
         "FACTORY_API_PORT": PORT,
+        "FACTORY_SERVING_PORT": SERVING_PORT,
         # only what this test unpauses runs (no training set off by the asset event)
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "FACTORY_MLFLOW_UI": MLFLOW_UI,
