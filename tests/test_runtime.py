@@ -82,6 +82,34 @@ def test_official_python_client(running, admin):
         assert final["state"] == "success"
 
 
+def test_labels_reach_logged_predictions_through_the_rest_api(running, admin, tmp_path):
+    """A system that learns outcomes triggers labels_<line> through the REST API with its
+    file: the labels are attached to the predictions the model server logged (the real
+    writer), and a file with a label the line does not have fails the run, attaching nothing."""
+    from pipelines.serving.predlog import PredictionLog, read_labels
+
+    log = PredictionLog("credit_risk")
+    log.append([{"request_id": f"loan-{i}", "instance": 0, "time": "2026-11-30T10:00:00.000000+00:00",
+                 "line": "credit_risk", "model_version": 1, "signature": "predict_features",
+                 "inputs": {"int_rate": 11.5}, "outputs": {"probabilities": [0.1]}, "latency_ms": 2.0}
+                for i in range(3)])
+    log.close()
+    good, bad = tmp_path / "outcomes.csv", tmp_path / "typo.csv"
+    good.write_text("request_id,label\nloan-0,bad\nloan-1,good\nloan-9,good\n")
+    bad.write_text("request_id,label\nloan-2,defaulted\n")
+    admin.unpause("labels_credit_risk")
+    run = admin.trigger("labels_credit_risk", {"file": str(good)})
+    assert admin.wait("labels_credit_risk", run["dag_run_id"], timeout_s=300)["state"] == "success"
+    result = admin.xcom("labels_credit_risk", run["dag_run_id"], "attach")
+    assert (result["matched"], result["unmatched"]) == (2, 1), result
+    labels = read_labels("credit_risk")
+    assert dict(zip(labels["request_id"], labels["label"], strict=True)) == {"loan-0": "bad", "loan-1": "good",
+                                                                           "loan-9": "good"}
+    run = admin.trigger("labels_credit_risk", {"file": str(bad)})
+    assert admin.wait("labels_credit_risk", run["dag_run_id"], timeout_s=300)["state"] == "failed"
+    assert "loan-2" not in set(read_labels("credit_risk")["request_id"])
+
+
 def test_no_token_is_401(running):
     r = httpx.post(f"{running['url']}/api/v2/dags/ingest_credit_risk/dagRuns", json={"logical_date": None})
     assert r.status_code == 401
@@ -149,30 +177,3 @@ def test_stop_leaves_no_process_behind(running, admin):
     with pytest.raises(httpx.HTTPError):
         httpx.get(f"{running['url']}/api/v2/monitor/health", timeout=3)
 
-
-def test_labels_reach_logged_predictions_through_the_rest_api(running, admin, tmp_path):
-    """A system that learns outcomes triggers labels_<line> through the REST API with its
-    file: the labels are attached to the predictions the model server logged (the real
-    writer), and a file with a label the line does not have fails the run, attaching nothing."""
-    from pipelines.serving.predlog import PredictionLog, read_labels
-
-    log = PredictionLog("credit_risk")
-    log.append([{"request_id": f"loan-{i}", "instance": 0, "time": "2026-11-30T10:00:00.000000+00:00",
-                 "line": "credit_risk", "model_version": 1, "signature": "predict_features",
-                 "inputs": {"int_rate": 11.5}, "outputs": {"probabilities": [0.1]}, "latency_ms": 2.0}
-                for i in range(3)])
-    log.close()
-    good, bad = tmp_path / "outcomes.csv", tmp_path / "typo.csv"
-    good.write_text("request_id,label\nloan-0,bad\nloan-1,good\nloan-9,good\n")
-    bad.write_text("request_id,label\nloan-2,defaulted\n")
-    admin.unpause("labels_credit_risk")
-    run = admin.trigger("labels_credit_risk", {"file": str(good)})
-    assert admin.wait("labels_credit_risk", run["dag_run_id"], timeout_s=300)["state"] == "success"
-    result = admin.xcom("labels_credit_risk", run["dag_run_id"], "attach")
-    assert (result["matched"], result["unmatched"]) == (2, 1), result
-    labels = read_labels("credit_risk")
-    assert dict(zip(labels["request_id"], labels["label"], strict=True)) == {"loan-0": "bad", "loan-1": "good",
-                                                                           "loan-9": "good"}
-    run = admin.trigger("labels_credit_risk", {"file": str(bad)})
-    assert admin.wait("labels_credit_risk", run["dag_run_id"], timeout_s=300)["state"] == "failed"
-    assert "loan-2" not in set(read_labels("credit_risk")["request_id"])
