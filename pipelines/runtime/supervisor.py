@@ -451,47 +451,55 @@ def _check_alive(record: dict) -> None:
         raise RuntimeFailure(f"runtime component(s) {dead} exited during start; see {record['logs']}")
 
 
-def _wait_serving(record: dict, echo: Callable[[str], None], deadline: float) -> None:
-    """The model server answers ``/healthz`` once it has loaded what the store holds."""
+def _poll_health(record: dict, url: str, judge: Callable, deadline: float, pause_s: float) -> tuple[bool, str]:
+    """GET ``url`` until ``judge(response)`` answers ``(True, what)``, or the deadline passes;
+    raises at once if a component died. ``judge`` answers ``(False, why)`` while not ready.
+    Returns ``(True, what)`` when ready, else ``(False, the last reason)``."""
     import httpx
 
     last = "no answer"
     while time.monotonic() < deadline:
         _check_alive(record)
         try:
-            r = httpx.get(f"{record['serving_url']}/healthz", timeout=5)
-            if r.status_code == 200:
-                lines = r.json().get("lines") or {}
-                served = ", ".join(f"{k} v{v}" for k, v in lines.items()) or "no model in the store yet"
-                echo(f"the model server is up at {record['serving_url']} ({served})")
-                return
-            last = f"HTTP {r.status_code}"
+            ready, what = judge(httpx.get(url, timeout=5))
+            if ready:
+                return True, what
+            last = what
         except (httpx.HTTPError, ValueError) as err:
             last = type(err).__name__
-        time.sleep(0.5)
-    raise RuntimeFailure(f"the model server did not answer /healthz within {START_TIMEOUT_S}s (last: {last}); "
-                         f"see {record['logs']}")
+        time.sleep(pause_s)
+    return False, last
+
+
+def _wait_serving(record: dict, echo: Callable[[str], None], deadline: float) -> None:
+    """The model server answers ``/healthz`` once it has loaded what the store holds."""
+
+    def judge(r) -> tuple[bool, str]:
+        if r.status_code != 200:
+            return False, f"HTTP {r.status_code}"
+        lines = r.json().get("lines") or {}
+        return True, ", ".join(f"{k} v{v}" for k, v in lines.items()) or "no model in the store yet"
+
+    ready, said = _poll_health(record, f"{record['serving_url']}/healthz", judge, deadline, 0.5)
+    if not ready:
+        raise RuntimeFailure(f"the model server did not answer /healthz within {START_TIMEOUT_S}s (last: {said}); "
+                             f"see {record['logs']}")
+    echo(f"the model server is up at {record['serving_url']} ({said})")
 
 
 def _wait_airflow(record: dict, echo: Callable[[str], None], deadline: float) -> None:
-    import httpx
+    """The API server answers healthy for its metadata database and the scheduler."""
 
-    last = "no answer"
-    while time.monotonic() < deadline:
-        _check_alive(record)
-        try:
-            r = httpx.get(f"{record['url']}/api/v2/monitor/health", timeout=5)
-            if r.status_code == 200:
-                health = r.json()
-                states = {k: v.get("status") for k, v in health.items() if isinstance(v, dict)}
-                if states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy":
-                    echo(f"Airflow is up at {record['url']}")
-                    return
-                last = str(states)
-        except httpx.HTTPError as err:
-            last = type(err).__name__
-        time.sleep(2)
-    raise RuntimeFailure(f"Airflow did not become healthy within {START_TIMEOUT_S}s (last: {last})")
+    def judge(r) -> tuple[bool, str]:
+        if r.status_code != 200:
+            return False, f"HTTP {r.status_code}"
+        states = {k: v.get("status") for k, v in r.json().items() if isinstance(v, dict)}
+        return states.get("metadatabase") == "healthy" and states.get("scheduler") == "healthy", str(states)
+
+    ready, said = _poll_health(record, f"{record['url']}/api/v2/monitor/health", judge, deadline, 2.0)
+    if not ready:
+        raise RuntimeFailure(f"Airflow did not become healthy within {START_TIMEOUT_S}s (last: {said})")
+    echo(f"Airflow is up at {record['url']}")
 
 
 def stop(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: None) -> list[str]:
