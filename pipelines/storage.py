@@ -8,8 +8,8 @@ or the new, never a part, and two processes that change the same record take tur
   it), so a killed task never leaves a line locked. :func:`hold_lock` takes one as a
   descriptor that can be handed to a child process tree (the run-folder lock of a
   training or a gate).
-- :func:`write_text_atomic` / :func:`write_json_atomic`: a temp file in the same folder,
-  fsync, rename. JSON is strict: a NaN or an infinity is a :class:`ValueError` at write
+- :func:`write_text_atomic` / :func:`write_json_atomic` (and :func:`atomic_file` for any
+  other writer, e.g. Parquet): a temp file in the same folder, fsync, rename. JSON is strict: a NaN or an infinity is a :class:`ValueError` at write
   time, never invalid JSON in a file that other tools (Prometheus, a browser, ``jq``) read.
   A writer whose value can be missing writes ``null`` for it, on purpose.
 - :func:`append_line`: one whole line appended to a log (``O_APPEND``, one ``write``, fsync);
@@ -97,21 +97,34 @@ def fsync_tree(root: Path) -> None:
         fsync_dir(Path(dirpath))
 
 
-def write_text_atomic(path: Path, text: str) -> Path:
-    """Write ``text`` so that readers see the old or the new content, never a part."""
+@contextlib.contextmanager
+def atomic_file(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` for the block to write (any writer: text,
+    Parquet, ...); when the block ends it is fsynced and renamed over ``path``, so readers
+    see the old or the new file, never a part; if the block raises it is removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    """Write ``text`` so that readers see the old or the new content, never a part."""
+    with atomic_file(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
 
 
 def dumps(data: Any, indent: int | None = 2) -> str:

@@ -319,21 +319,10 @@ def _write_parquet_atomic(frame, path: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipelines.storage import fsync_dir
+    from pipelines.storage import atomic_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_file(path) as tmp:
         pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), tmp)
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     fsync_dir(path.parent)
 
 
@@ -374,7 +363,7 @@ def compact(line: str, home: Path | None = None, *, skipped: list[str] | None = 
     returns the records compacted. A partial last line (a killed writer) is skipped and
     named in ``skipped``. One compaction at a time per line (a lock); the server's open
     segment is left alone."""
-    from pipelines.storage import exclusive_lock, fsync_dir
+    from pipelines.storage import exclusive_lock
 
     root = layout.prediction_log_dir(line, home)
     if not layout.prediction_wal_dir(line, home).is_dir():
@@ -477,8 +466,6 @@ def apply_retention(line: str, days: int, home: Path | None = None, now: datetim
     """Remove the day partitions older than ``days`` days (by the partition's date; today
     counts as day 0); returns the days removed."""
     import shutil
-
-    from pipelines.storage import fsync_dir
 
     if days < 1:
         raise ValueError(f"retention must keep at least one day, got {days}")
