@@ -277,7 +277,9 @@ def _live_only_episode(line: str, home: Path | None) -> bool:
     episode = open_episode(load_state(line, home))
     if episode is None or not episode.get("drifted_batches"):
         return False
-    live = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch") if r.get("source") == "live"}
+    from pipelines.monitoring.live import is_live
+
+    live = {r.get("batch_id") for r in records.read_drift_history(line, home, kind="batch") if is_live(r)}
     return set(episode["drifted_batches"]) <= live
 
 

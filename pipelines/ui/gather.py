@@ -32,6 +32,7 @@ from urllib.parse import quote
 from pipelines.catalog import layout, ledger, records
 from pipelines.catalog.records import BatchRecord, DriftRecord, RecordError, TrainingRun, ValidationSummary
 from pipelines.config import factory_home
+from pipelines.monitoring.live import is_live
 from pipelines.ui import images
 from pipelines.ui.data import (
     DRIFT_METRIC,
@@ -254,11 +255,17 @@ def _thresholds(line: str) -> Callable[[str], float | None]:
     return lambda feature: config.thresholds_for(feature).get(DRIFT_METRIC)
 
 
-def read_drift(line: str, home: Path, notes: list[str]) -> tuple[list[DriftSeries], list[DriftBatch]]:
-    """The PSI of each feature over the last scored batches (:mod:`pipelines.monitoring.episodes`'
-    history records), and those batches, newest first."""
-    history = _read("drift history", home, notes,
-                    lambda skipped: records.read_drift_history(line, home, kind="batch", skipped=skipped), [])
+def read_drift_records(line: str, home: Path, notes: list[str]) -> list[DriftRecord]:
+    """The line's scored batches and live windows (``kind: "batch"`` history records), read
+    once for the drift chart and the live serving section; unreadable lines are noted."""
+    return _read("drift history", home, notes,
+                 lambda skipped: records.read_drift_history(line, home, kind="batch", skipped=skipped), [])
+
+
+def read_drift(line: str, home: Path, notes: list[str],
+               history: list[DriftRecord]) -> tuple[list[DriftSeries], list[DriftBatch]]:
+    """The PSI of each feature over the last scored batches of ``history``
+    (:func:`read_drift_records`), and those batches, newest first."""
     history = sorted(history, key=lambda r: r.scored_at or r.recorded_at or "")[-MAX_DRIFT_POINTS:]
 
     series: dict[str, list[DriftPoint]] = {}
@@ -290,11 +297,12 @@ def read_drift(line: str, home: Path, notes: list[str]) -> tuple[list[DriftSerie
 # -- live serving -------------------------------------------------------------------------
 
 
-def read_live(line: str, home: Path, notes: list[str], version: int | None,
+def read_live(line: str, home: Path, notes: list[str], version: int | None, history: list[DriftRecord],
               now: datetime | None = None) -> LiveServing | None:
     """The last hour of the line's prediction log (requests, instances, the requests'
-    latency p50 and p99) and its latest scored live windows; None when nothing was logged
-    in that hour and no window was scored."""
+    latency p50 and p99) and its latest scored live windows (from ``history``,
+    :func:`read_drift_records`); None when nothing was logged in that hour and no window
+    was scored."""
     import numpy as np
 
     from pipelines.serving.predlog import read_predictions
@@ -315,9 +323,7 @@ def read_live(line: str, home: Path, notes: list[str], version: int | None,
         if len(latency):
             live.latency_p50_ms = _float(float(np.percentile(latency, 50)))
             live.latency_p99_ms = _float(float(np.percentile(latency, 99)))
-    history = _read("drift history", home, [],
-                    lambda skipped: records.read_drift_history(line, home, kind="batch", skipped=skipped), [])
-    scored = [r for r in history if r.get("source") == "live"]
+    scored = [r for r in history if is_live(r)]
     scored.sort(key=lambda r: (r.get("window_start") or "", r.batch_id or ""))
     live.windows = [
         LiveWindow(batch_id=r.batch_id, window_start=r.get("window_start"),
@@ -564,8 +570,9 @@ def gather_line(
                 m.registry_version = str(v.get("version"))
                 m.aliases = sorted(v.get("aliases") or [])
 
-    view.drift_series, view.drift_batches = read_drift(line, home, notes)
-    view.live = read_live(line, home, notes, view.serving_version)
+    history = read_drift_records(line, home, notes)
+    view.drift_series, view.drift_batches = read_drift(line, home, notes, history)
+    view.live = read_live(line, home, notes, view.serving_version, history)
     return view
 
 
