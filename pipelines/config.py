@@ -58,6 +58,16 @@ def mlflow_artifact_root(home: Path | None = None) -> str:
     return root or ((home or factory_home()) / "mlflow" / "artifacts").as_uri()
 
 
+def optuna_storage(home: Path | None = None) -> str:
+    """Where Optuna keeps the studies that every trial task shares: the deployment's
+    database from ``FACTORY_OPTUNA_STORAGE`` (``postgresql+psycopg2://...``) at scale,
+    else a SQLite file under the factory home."""
+    uri = os.environ.get("FACTORY_OPTUNA_STORAGE")
+    if uri:
+        return uri
+    return f"sqlite:///{(home or factory_home()) / 'tuning' / 'optuna.db'}"
+
+
 def horovod_hosts(workers: int) -> str:
     """``horovodrun -H``: ``FACTORY_HOROVOD_HOSTS`` (e.g. ``gpu1:4,gpu2:4``) at scale,
     else ``workers`` processes on this machine."""

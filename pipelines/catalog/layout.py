@@ -466,3 +466,45 @@ def prediction_labels_dir(line: str, home: Path | None = None) -> Path:
 
 def model_server_record(home: Path | None = None) -> Path:
     return _home(home) / "run" / "model-server.json"
+
+
+# ---------------------------------------------------------------- hyperparameter search
+
+
+def tuning_root(line: str, home: Path | None = None) -> Path:
+    """``<FACTORY_HOME>/tuning/<line>``: the line's studies and its tuned settings."""
+    return _home(home) / "tuning" / line
+
+
+def tuned_params_path(line: str, home: Path | None = None) -> Path:
+    """The line's tuned settings: the best trial of the last study, with its provenance."""
+    return tuning_root(line, home) / "tuned_params.json"
+
+
+def studies_dir(line: str, home: Path | None = None) -> Path:
+    return tuning_root(line, home) / "studies"
+
+
+def study_dir(line: str, study: str, home: Path | None = None) -> Path:
+    """One study's folder: its record, its data window and one run folder per trial."""
+    return studies_dir(line, home) / study
+
+
+def study_record_path(study: Path) -> Path:
+    return Path(study) / "study.json"
+
+
+def study_data_dir(study: Path) -> Path:
+    """The study's prepared data window (a run folder every trial's data comes from)."""
+    return Path(study) / "data"
+
+
+def trial_dir(study: Path, number: int) -> Path:
+    """A trial's run folder (the training stage's run folder layout)."""
+    return Path(study) / "trials" / f"trial-{number:04d}"
+
+
+def study_slot_lock(study: Path, slot: int) -> Path:
+    """One of the study's ``parallel`` trial slots: a trial runs while it holds one."""
+    return Path(study) / "slots" / f"{slot}.lock"
+

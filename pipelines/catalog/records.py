@@ -23,6 +23,8 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | drift episodes | a dict (:mod:`pipelines.monitoring.episodes` owns its shape) | :func:`write_episodes` | :func:`read_episodes` |
 | drift report | a dict (:mod:`pipelines.monitoring.detection`) | :func:`write_drift_report` | :func:`read_drift_report` |
 | reference profile (``drift_profile.json``) | a dict (:mod:`pipelines.monitoring.profile` owns and checks its format) | ``profile.save_profile`` at :func:`~pipelines.catalog.layout.drift_profile_path` | ``profile.load_profile`` |
+| tuned settings of a line | :class:`TunedParams` | :func:`write_tuned_params` (the tuning DAG) | :func:`read_tuned_params` |
+| tuning study | :class:`StudyRecord` | :func:`write_study_record` (the tuning DAG) | :func:`read_study_record`, :func:`read_study_records` |
 | the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
 
 One module for all record types, one section each: the table above is the whole
@@ -582,3 +584,97 @@ def drift_report_html(record: DriftRecord, line: str, home: Path | None = None) 
         return None
     path = layout.drift_reports_dir(line, home) / Path(record.html_path).name
     return path if path.suffix == ".html" and path.is_file() else None
+
+
+# ---------------------------------------------------------------- hyperparameter search
+
+
+class TunedParams(Record):
+    """A line's tuned settings: the best trial of a study, with where it came from. The
+    training stage applies ``params`` over the spec's ``training:`` (the run's own params
+    still override), and records this provenance in the run's manifest."""
+
+    line: str
+    params: dict[str, Any]
+    study: str
+    trial: int
+    metric: str  # the validation metric the study maximised (val_auc, val_accuracy)
+    value: float
+    batches: list[str] = []  # the study's data window
+    space: str | None = None
+    spec_version: int | None = None
+    mlflow_run_id: str | None = None  # the best trial's nested run
+    at: str | None = None
+
+
+def write_tuned_params(line: str, record: dict[str, Any], home: Path | None = None) -> Path:
+    return storage.write_json_atomic(layout.tuned_params_path(line, home),
+                                     TunedParams.model_validate(record).to_json())
+
+
+def read_tuned_params(line: str, home: Path | None = None) -> TunedParams | None:
+    return _load(layout.tuned_params_path(line, home), TunedParams)
+
+
+class TrialRecord(Record):
+    """One trial of a study as the study's record keeps it."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING
+    value: float | None = None
+    params: dict[str, Any] = {}
+    intermediate: dict[str, float] = {}  # epoch (as text) -> validation metric
+    started: str | None = None
+    completed: str | None = None
+    seconds: float | None = None
+    enqueued: bool | None = None  # a warm start or the current settings, not sampled
+    mlflow_run_id: str | None = None
+    error: str | None = None
+
+
+class StudyRecord(Record):
+    """One tuning study: its settings, every trial, the best one and the settings'
+    importances (written by the tuning DAG; the Model Factory view reads it)."""
+
+    study: str
+    line: str
+    metric: str
+    direction: str = "maximize"
+    state: str = "running"  # running, finished
+    space: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    trials_requested: int | None = None
+    parallel: int | None = None
+    batches: list[str] = []
+    started: str | None = None
+    finished: str | None = None
+    warm_start_from: str | None = None
+    mlflow_run_id: str | None = None  # the study's parent run
+    trials: list[TrialRecord] = []
+    best: dict[str, Any] | None = None  # {"trial", "value", "params"}
+    importances: dict[str, float] = {}
+
+
+def write_study_record(line: str, study: str, record: dict[str, Any], home: Path | None = None) -> Path:
+    path = layout.study_record_path(layout.study_dir(line, study, home))
+    return storage.write_json_atomic(path, StudyRecord.model_validate(record).to_json())
+
+
+def read_study_record(line: str, study: str, home: Path | None = None) -> StudyRecord | None:
+    return _load(layout.study_record_path(layout.study_dir(line, study, home)), StudyRecord)
+
+
+def read_study_records(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[StudyRecord]:
+    """The line's studies, oldest first (by start)."""
+    root = layout.studies_dir(line, home)
+    found: list[StudyRecord] = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            record = _load(layout.study_record_path(folder), StudyRecord)
+        except RecordError as err:
+            _pass_over(err, errors)
+            continue
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.started or "")

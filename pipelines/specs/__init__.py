@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.specs.drift import DriftSpec
+from pipelines.specs.tuning import TUNABLE, TuningSpec, set_setting
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
 FieldType = Literal["integer", "double", "string", "boolean", "image"]
@@ -331,6 +332,8 @@ class LineSpec(_Strict):
     evaluation: dict[str, Any] = Field(default_factory=dict)
     drift: DriftSpec = Field(default_factory=DriftSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    # Hyperparameter search (``tune_<line>``): a line without it has no tuning DAG.
+    tuning: TuningSpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -385,7 +388,29 @@ class LineSpec(_Strict):
         if unknown:
             raise ValueError(f"drift.features: {unknown} are not monitored features of a {self.modality} line "
                              f"(those are {monitored})")
+        if self.tuning is not None:
+            self._check_tuning(self.tuning)
         return self
+
+    def _check_tuning(self, tuning: TuningSpec) -> None:
+        """Every bound and choice of every search space gives training settings the
+        training accepts, for this line's model kind."""
+        kind = self.training.model.kind
+        base = self.training.model_dump()
+        for space, dims in tuning.spaces.items():
+            for name, dim in dims.items():
+                _, kinds, range_kind = TUNABLE[name]
+                if kind not in kinds:
+                    raise ValueError(f"tuning.spaces.{space}.{name}: does not apply to a {kind} model")
+                for value in dim.values_to_check(range_kind):
+                    candidate = TrainingSpec.model_validate(base).model_dump()
+                    set_setting(candidate, name, value)
+                    try:
+                        TrainingSpec.model_validate(candidate)
+                    except ValidationError as err:
+                        problem = err.errors()[0]["msg"]
+                        raise ValueError(f"tuning.spaces.{space}.{name}: {value!r} is not a valid setting: "
+                                         f"{problem}") from None
 
     @property
     def schema(self) -> SchemaSpec:  # type: ignore[override]

@@ -331,14 +331,23 @@ PREPARERS = {"tabular": _prepare_tabular, "image": _prepare_image}
 
 def prepare_run(
     line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None,
-    *, run_id: str | None = None,
+    *, run_id: str | None = None, spec: LineSpec | None = None,
 ) -> dict[str, Any]:
     """Write the run's data and manifest; return the manifest. Idempotent for one
     run folder: a retried task rewrites the same files (and keeps its checkpoints).
-    ``run_id``: the exact run id the manifest records (default: the folder's name)."""
+    ``run_id``: the exact run id the manifest records (default: the folder's name).
+
+    The settings are the spec's with the line's tuned settings over them
+    (:func:`pipelines.tuning.params.tuned_spec`; their provenance goes into the manifest
+    as ``tuned``), and ``overrides`` over both. ``spec``: train with exactly this spec
+    instead (a tuning trial's settings), no tuned settings applied."""
     import numpy as np
 
-    spec = load_spec(line)
+    from pipelines.tuning.params import tuned_spec
+
+    tuned = None
+    if spec is None:
+        spec, tuned = tuned_spec(load_spec(line), home)
     params = resolve_params(spec, overrides)
     records = window(spec, params, home)
     prepared = PREPARERS[spec.modality](spec, records)
@@ -382,6 +391,8 @@ def prepare_run(
         "model": spec.training.model.model_dump(),
         **sections,
     }
+    if tuned is not None:
+        manifest["tuned"] = tuned
     write_manifest(run_dir, manifest)
     return manifest
 

@@ -18,6 +18,7 @@ from pipelines.catalog import layout, records
 from pipelines.specs import load_spec
 from pipelines.training import launch
 from pipelines.training.prepare import TrainingInputError, prepare_run, read_manifest, resolve_params
+from pipelines.tuning.params import with_params
 
 
 def run_folder(line: str, run_id: str, home: Path | None = None) -> Path:
@@ -39,7 +40,10 @@ def _check_same_run(line: str, run_dir: Path, run_id: str, manifest: dict, overr
         raise TrainingInputError(
             f"{line}: run folder {run_dir} belongs to run {recorded!r}, not {run_id!r}; nothing was written"
         )
-    wanted = resolve_params(load_spec(line), overrides).to_dict()
+    # the tuned settings the run was prepared with, not whatever is tuned now
+    tuned = manifest.get("tuned") or {}
+    spec = with_params(load_spec(line), tuned.get("params") if tuned.get("used") else None)
+    wanted = resolve_params(spec, overrides).to_dict()
     before = manifest.get("params") or {}
     differ = {k: (before.get(k), wanted[k]) for k in wanted if before.get(k) != wanted[k]}
     if differ:
@@ -77,6 +81,14 @@ MODEL_PARAMS = {
 }
 
 
+def _tuned_tags(tuned: dict[str, Any] | None) -> dict[str, str]:
+    """MLflow tags naming the study and trial whose settings a run trained with."""
+    if not tuned or not tuned.get("used"):
+        return {}
+    return {"factory.tuned_study": str(tuned.get("study")), "factory.tuned_trial": str(tuned.get("trial")),
+            "factory.tuned_value": str(tuned.get("value"))}
+
+
 def train(
     line: str,
     run_dir: str | Path,
@@ -98,7 +110,8 @@ def train(
         mlflow_run = tracking.start_run(
             line,
             run_name=run_dir.name,
-            tags={**(tags or {}), "factory.run_dir": str(run_dir), "factory.spec_version": str(spec.version)},
+            tags={**(tags or {}), "factory.run_dir": str(run_dir), "factory.spec_version": str(spec.version),
+                  **_tuned_tags(manifest.get("tuned"))},
             params={
                 **{k: v for k, v in params.items() if k != "batches"},
                 "batches": ",".join(manifest["batches"]),
