@@ -486,17 +486,12 @@ def studies_dir(line: str, home: Path | None = None) -> Path:
 
 
 def study_dir(line: str, study: str, home: Path | None = None) -> Path:
-    """One study's folder: its record, its data window and one run folder per trial."""
+    """One study's folder: its record and one run folder per trial."""
     return studies_dir(line, home) / study
 
 
 def study_record_path(study: Path) -> Path:
     return Path(study) / "study.json"
-
-
-def study_data_dir(study: Path) -> Path:
-    """The study's prepared data window (a run folder every trial's data comes from)."""
-    return Path(study) / "data"
 
 
 def trial_dir(study: Path, number: int) -> Path:
