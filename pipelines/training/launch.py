@@ -93,12 +93,15 @@ def run_workers(
     log_path: Path,
     env_extra: dict[str, str] | None = None,
     echo: Callable[[str], None] | None = None,
+    on_line: Callable[[str], None] | None = None,
 ) -> list[str]:
     """Run ``horovodrun`` for this run folder; return its output lines.
 
     Output goes to ``log_path`` (and ``echo``, e.g. the task log) as it comes. On a
     non-zero exit, a kill, or the time limit, the whole process group is stopped and
-    :class:`TrainingFailed` raised with the workers' error.
+    :class:`TrainingFailed` raised with the workers' error. ``on_line`` sees every
+    output line as it comes and may stop the run by raising (a pruned tuning trial):
+    the workers are stopped, and the exception passes on once they are gone.
     """
     cmd = horovod_command(run_dir, workers)
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,8 @@ def run_workers(
                 log.flush()
                 if echo and ("factory-train" in line or "Error" in line):
                     echo(line)
+                if on_line:
+                    on_line(line)
             remaining = max(1.0, deadline - time.monotonic())
             try:
                 proc.wait(timeout=remaining)
