@@ -55,7 +55,8 @@ def dagbag():
 
 
 # Tasks whose failure is a verdict on the data or the params: a retry cannot change it.
-VERDICT_TASKS = {"batch.validate", "prepare", "verdict"}
+# A tuning trial is not retried either: a retry would ask Optuna for a new trial.
+VERDICT_TASKS = {"batch.validate", "prepare", "verdict", "start", "trial"}
 
 
 def test_policies(dagbag):
@@ -155,6 +156,48 @@ def test_train_params_accept_good_values(dagbag):
     assert params.get_param("workers").resolve(4) == 4
     assert params.get_param("learning_rate").resolve(0.01) == 0.01
     assert params.get_param("batches").resolve(["2015", "2016"]) == ["2015", "2016"]
+
+
+def test_tune_wiring(dagbag):
+    from pipelines.specs import load_specs
+
+    tuned = [s for s in load_specs() if s.tuning is not None]
+    assert {s.name for s in tuned} == {"credit_risk", "employment", "fashion"}
+    for spec in tuned:
+        dag = dagbag.dags[f"tune_{spec.name}"]
+        assert {t.task_id for t in dag.tasks} == {"start", "trial", "finish"}
+        assert {"tune", spec.name} <= set(dag.tags)
+        trial = dag.get_task("trial")
+        assert type(trial).__name__.endswith("MappedOperator") and trial.upstream_task_ids == {"start"}
+        assert trial.max_active_tis_per_dagrun == spec.tuning.parallel and trial.retries == 0
+        finish = dag.get_task("finish")
+        assert finish.trigger_rule == "all_done" and finish.upstream_task_ids == {"trial"}
+        assert [o.name for o in finish.outlets] == [f"{spec.name}.tuned_params"]
+        assert type(dag.timetable).__name__ == ("NullTimetable" if spec.tuning.schedule is None
+                                               else "CronTriggerTimetable")
+        assert dag.params.get_param("space").resolve("default") == "default"
+        assert dag.params.get_param("parallel").resolve(spec.tuning.parallel) == spec.tuning.parallel
+
+
+@pytest.mark.parametrize(
+    "name,bad",
+    [("trials", 0), ("trials", 1001), ("trials", "3"), ("parallel", 0), ("parallel", 3), ("space", "nope"),
+     ("epochs", 0), ("epochs", 1001), ("warm_start", "yes"), ("window_batches", -1), ("timeout_minutes", 0)],
+)
+def test_tune_params_reject_bad_values(dagbag, name, bad):
+    from airflow.exceptions import ParamValidationError
+
+    param = dagbag.dags["tune_credit_risk"].params.get_param(name)  # parallel: at most the spec's 2
+    with pytest.raises(ParamValidationError):
+        param.resolve(bad)
+
+
+def test_tune_params_accept_good_values(dagbag):
+    params = dagbag.dags["tune_credit_risk"].params
+    assert params.get_param("space").resolve("optimizer") == "optimizer"
+    assert params.get_param("epochs").resolve(None) is None and params.get_param("epochs").resolve(3) == 3
+    assert params.get_param("window_batches").resolve(0) == 0
+    assert params.get_param("warm_start").resolve(False) is False
 
 
 def test_monitor_wiring(dagbag):

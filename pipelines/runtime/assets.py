@@ -25,3 +25,11 @@ def live_labels(line: str):
     from airflow.sdk import Asset
 
     return Asset(name=f"{line}.live_labels", uri=f"factory://{line}/live_labels", group="factory")
+
+
+def tuned_params(line: str):
+    """Announced when a tuning study wrote the line's tuned settings (the best trial of
+    the study); the next training uses them."""
+    from airflow.sdk import Asset
+
+    return Asset(name=f"{line}.tuned_params", uri=f"factory://{line}/tuned_params", group="factory")
