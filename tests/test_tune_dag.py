@@ -130,39 +130,46 @@ def test_trials_fail_prune_and_warm_start_through_the_stages(home):
     make_validated_batch(home, LINE, "small", _small_batch())
 
     # a study on the small batch: a trial that cannot train fails and the study goes on
-    info = stage.start_study(LINE, "manual__one", {"trials": 4, "parallel": 1, "epochs": 2, "window_batches": 1},
+    info = stage.start_study(LINE, "manual__one", {"trials": 5, "parallel": 1, "epochs": 2, "window_batches": 1},
                              home)
     assert info["batches"] == ["small"] and info["enqueued"] == ["current settings"]
-    assert info["indices"] == [0, 1, 2, 3]
+    assert info["indices"] == [0, 1, 2, 3, 4]
     study = studies.load(info["study"], home)
     study.enqueue_trial({"batch_size": 256}, user_attrs={"enqueued": "too large a batch"})
     study.enqueue_trial({"batch_size": 64}, user_attrs={"enqueued": "a batch that fits"})
+    study.enqueue_trial({"embedding_dim": 0}, user_attrs={"enqueued": "a setting the line refuses"})
     assert stage.run_trial(LINE, info, 0, home)["state"] == "COMPLETE"
     with pytest.raises(stage.TrialFailed, match="too few for 1 workers with batch size 256"):
         stage.run_trial(LINE, info, 1, home)
     after = stage.run_trial(LINE, info, 2, home)
     assert after["state"] == "COMPLETE" and after["params"]["batch_size"] == 64 and after["value"] > 0
+    with pytest.raises(stage.TrialFailed, match=r"TuningError: .*invalid training\.model\.embedding_dim"):
+        stage.run_trial(LINE, info, 3, home)
     # a trial whose task died: asked, never told
     left = studies.load(info["study"], home).ask()
-    assert left.number == 3
+    assert left.number == 4
     done = stage.finish_study(LINE, info, home)
-    assert done["trials"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 2, "RUNNING": 0, "WAITING": 0}
+    assert done["trials"] == {"COMPLETE": 2, "PRUNED": 0, "FAIL": 3, "RUNNING": 0, "WAITING": 0}
     record = records.read_study_record(LINE, info["study"], home)
     by_number = {t.number: t for t in record.trials}
     assert by_number[1].state == "FAIL" and "too few" in by_number[1].error
-    assert by_number[3].state == "FAIL" and "task ended before the trial" in by_number[3].error
+    assert by_number[3].state == "FAIL" and "embedding_dim" in by_number[3].error
+    assert by_number[4].state == "FAIL" and "task ended before the trial" in by_number[4].error
     c = tracking.client(home)
     failed_run = c.get_run(by_number[1].mlflow_run_id)
     assert failed_run.info.status == "FAILED" and "too few" in failed_run.data.tags["factory.error"]
+    assert c.get_run(by_number[3].mlflow_run_id).data.tags["factory.trial_state"] == "FAIL"
     assert records.read_tuned_params(LINE, home).study == info["study"]
 
-    # the next study starts from the first one's best (trial 2; trial 0 is today's settings)
+    # the next study starts from the first one's results: its best is now the line's tuned
+    # settings (today's settings, tried first); its other completed trial is the warm start
+    best, other = record.best["trial"], ({0, 2} - {record.best["trial"]}).pop()
     second = stage.start_study(LINE, "manual__two", {"trials": 2, "parallel": 1, "epochs": 3, "window_batches": 0},
                                home)
-    assert second["enqueued"] == ["current settings", f"warm start: {info['study']} trial 2"]
+    assert second["enqueued"] == ["current settings", f"warm start: {info['study']} trial {other}"]
     waiting = studies.load(second["study"], home).get_trials(states=(optuna.trial.TrialState.WAITING,))
-    fixed = {k: studies.decode(v) for k, v in waiting[1].system_attrs["fixed_params"].items()}
-    assert fixed == by_number[2].params and fixed["batch_size"] == 64
+    fixed = [{k: studies.decode(v) for k, v in t.system_attrs["fixed_params"].items()} for t in waiting]
+    assert fixed == [by_number[best].params, by_number[other].params]
 
     # pruning: six finished trials that scored 1.0 at every epoch; a real one falls behind at once
     prior = studies.load(second["study"], home)

@@ -196,7 +196,8 @@ def start_study(line: str, run_id: str, options: dict[str, Any] | None = None, h
     attrs = {"metric": metric, "space": o["space"], "sampler": tuning.sampler, "pruner": tuning.pruner,
              "trials_requested": o["trials"], "parallel": o["parallel"], "batches": batches, "started": _iso(started),
              "warm_start_from": warm_from, "mlflow_run_id": parent, "epochs": o["epochs"],
-             "deadline": _iso(deadline), "spec_version": spec.version, "base_params": base_params}
+             "deadline": _iso(deadline), "spec_version": spec.version, "base_params": base_params,
+             "enqueued": [c["origin"] for c in queued]}
     for key, value in attrs.items():
         study.set_user_attr(key, value)
     if not study.get_trials(deepcopy=False):  # a retried start enqueues nothing twice
@@ -282,8 +283,6 @@ def run_trial(line: str, info: dict[str, Any], index: int, home: Path | None = N
         params: dict[str, Any] = {}
         try:
             params = studies.suggest(trial, tuning.spaces[info["space"]])
-            base = with_params(spec, study.user_attrs.get("base_params"))
-            trial_spec = with_params(base, params)
             run = layout.trial_dir(sdir, number)
             nested = tracking.start_run(
                 line, run_name=f"{name}/trial-{number}",
@@ -293,6 +292,8 @@ def run_trial(line: str, info: dict[str, Any], index: int, home: Path | None = N
                 home=home,
             )
             trial.set_user_attr("mlflow_run_id", nested)
+            # settings the line does not take (a TuningError) fail the trial like any other error
+            trial_spec = with_params(with_params(spec, study.user_attrs.get("base_params")), params)
             run.mkdir(parents=True, exist_ok=True)
             records.write_mlflow_run_id(run, nested)
             prepare_run(line, run, {"batches": info["batches"], "workers": tuning.workers, "epochs": info["epochs"]},

@@ -46,8 +46,12 @@ def storage(home: Path | None = None) -> optuna.storages.RDBStorage:
 def sampler(tuning: TuningSpec, seed: int | None = None) -> optuna.samplers.BaseSampler:
     """TPE (Bayesian optimisation; ``constant_liar`` so trials running at once do not all
     try the same point) after ``startup_trials`` random ones, or random search."""
+    import warnings
+
     import optuna
 
+    # Optuna marks constant_liar and multivariate experimental: not a warning in every trial's log
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     if tuning.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(n_startup_trials=tuning.startup_trials, seed=seed, constant_liar=True,
