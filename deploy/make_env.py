@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SECRETS: dict[str, int | None] = {
     "POSTGRES_PASSWORD": 32,
     "MLFLOW_DB_PASSWORD": 32,
+    "OPTUNA_DB_PASSWORD": 32,
     "REDIS_PASSWORD": 32,
     "FACTORY_ADMIN_PASSWORD": 24,
     "FACTORY_VIEWER_PASSWORD": 24,

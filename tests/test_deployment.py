@@ -8,7 +8,8 @@ Grafana dashboard, the StatsD mapping (against the installed Airflow's metrics
 registry) and the extra lock files are checked against each other and the repo.
 The integration tests run the compose file's own command lines for the MLflow
 server (on a throw-away PostgreSQL initialised by the compose init script) and the
-Spark standalone cluster on this machine's loopback, with their health checks.
+Spark standalone cluster on this machine's loopback, with their health checks, and two
+processes sharing one Optuna study in that PostgreSQL's tuning database.
 """
 
 from __future__ import annotations
@@ -323,6 +324,25 @@ def test_mlflow_is_not_published_to_the_host(compose):
     assert "ports" not in mlflow and 5000 in container_ports(mlflow)
     assert services(compose)["airflow-scheduler"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert "not published" in (DEPLOY / "README.md").read_text()
+
+
+def test_studies_live_in_the_deployments_postgres(compose):
+    """Every Airflow service that runs tasks (the Celery workers, and the one-off CLI) keeps
+    tuning studies in the ``optuna`` database of the postgres service, as the role the init
+    script makes from the postgres service's environment: trials on different workers share
+    one study (pipelines.config.optuna_storage)."""
+    pg = services(compose)["postgres"]["environment"]
+    user, password, db = pg["OPTUNA_DB_USER"], pg["OPTUNA_DB_PASSWORD"], pg["OPTUNA_DB_NAME"]
+    assert (user, db) == ("optuna", "optuna") and len(password) >= 32
+    url = f"postgresql+psycopg2://{user}:{password}@postgres:5432/{db}"
+    runs_tasks = [name for name, svc in services(compose).items()
+                  if svc.get("command", [])[:3] == ["airflow", "celery", "worker"]]
+    assert sorted(runs_tasks) == ["airflow-worker", "airflow-worker-gpu"]
+    for name in [*runs_tasks, "airflow-cli", "airflow-scheduler", "airflow-apiserver"]:
+        assert services(compose)[name]["environment"].get("FACTORY_OPTUNA_STORAGE") == url, name
+    script = (DEPLOY / "postgres" / "init" / "10-mlflow-database.sh").read_text()
+    assert "OPTUNA_DB_NAME" in script and "OPTUNA_DB_PASSWORD" in script
+    assert "FACTORY_OPTUNA_STORAGE" in (DEPLOY / "README.md").read_text()
 
 
 def test_compose_config_accepts_the_file_if_a_compose_binary_is_available(tmp_path, env_file):
@@ -995,3 +1015,56 @@ def test_spark_cluster_runs_with_the_compose_commands(compose, tmp_path):
     finally:
         for proc in reversed(procs):
             _stop(proc)
+
+
+_ASK_AND_TELL = textwrap.dedent(
+    """
+    import os, sys
+    import optuna
+    from pipelines.config import optuna_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(optuna_storage())
+    study = optuna.load_study(study_name=sys.argv[1], storage=storage)
+    for _ in range(3):
+        trial = study.ask({"learning_rate": optuna.distributions.FloatDistribution(1e-4, 3e-3, log=True)})
+        trial.set_user_attr("pid", os.getpid())
+        study.tell(trial, 0.7 + trial.params["learning_rate"])
+        print(trial.number, flush=True)
+    """
+)
+
+
+@pytest.mark.integration
+def test_trials_in_two_processes_share_one_study_in_postgres(compose_postgres, compose, monkeypatch):
+    """The optuna database the init script makes, reached as every worker reaches it
+    (FACTORY_OPTUNA_STORAGE through pipelines.config.optuna_storage): one process creates a
+    study, two others ask for trials and tell their values at the same time."""
+    import optuna
+
+    from pipelines.config import optuna_storage
+
+    url = services(compose)["airflow-worker"]["environment"]["FACTORY_OPTUNA_STORAGE"]
+    url = url.replace("@postgres:5432/", f"@127.0.0.1:{compose_postgres['port']}/")
+    monkeypatch.setenv("FACTORY_OPTUNA_STORAGE", url)
+    assert optuna_storage() == url
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(optuna_storage())
+    study = optuna.create_study(study_name="credit_risk-deploy-test", storage=storage, direction="maximize")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _ASK_AND_TELL, study.study_name], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err[-3000:]
+    told = [int(n) for out, _ in outs for n in out.split()]
+    trials = optuna.load_study(study_name=study.study_name, storage=optuna_storage()).get_trials()
+    assert sorted(told) == [t.number for t in trials] == list(range(6))
+    assert {t.state for t in trials} == {optuna.trial.TrialState.COMPLETE}
+    assert {t.user_attrs["pid"] for t in trials} == {p.pid for p in procs}
+    owner = subprocess.run(
+        ["psql", "-U", compose_postgres["env"]["POSTGRES_USER"], "-d", "postgres", "-tA", "-c",
+         "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = 'optuna'"],
+        env={**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(compose_postgres["port"])},
+        capture_output=True, text=True, check=True)
+    assert owner.stdout.strip() == "optuna"

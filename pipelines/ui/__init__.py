@@ -1,8 +1,10 @@
 """The "Model Factory" view of the Airflow UI: one page per factory, per product line its
 recent batches (cleaning counts, validation verdict, Data Docs), its models (metrics,
-blessing, which version is in serving, the MLflow registry's champion), its drift scores
-over time (for image lines also thumbnails of quarantined images with their reasons, and
-an evaluation's confusion matrix and example gallery), and links to the Airflow runs and MLflow runs behind each item.
+blessing, which version is in serving, the MLflow registry's champion), its hyperparameter
+search (the latest studies, the latest one's trials over time and its settings' importances,
+the tuned settings the next training uses), its drift scores over time (for image lines
+also thumbnails of quarantined images with their reasons, and an evaluation's confusion
+matrix and example gallery), and links to the Airflow runs and MLflow runs behind each item.
 
 - :mod:`~pipelines.ui.data`: what the page shows, as dataclasses;
 - :mod:`~pipelines.ui.gather`: fills them from the factory's catalog (batch ledger,

@@ -21,7 +21,7 @@ from pipelines.catalog.layout import run_folder_name
 __all__ = [
     "AirflowRuns", "Batch", "ConfusionMatrix", "DriftBatch", "DriftPoint", "DriftSeries", "Evaluation",
     "GalleryImage", "LineView", "MlflowInfo", "MlflowLine", "Model", "Overview", "RunRef", "ServingVersion",
-    "Validation", "mlflow_run_url", "run_folder_name",
+    "Study", "Trial", "TunedSettings", "Tuning", "Validation", "mlflow_run_url", "run_folder_name",
 ]
 
 MAX_BATCHES = 25
@@ -30,6 +30,8 @@ MAX_DRIFT_POINTS = 60
 MAX_QUARANTINE_IMAGES = 24  # quarantined images shown per image line, from its latest batches
 MAX_GALLERY = 48  # images in an evaluation's gallery
 MAX_LIVE_WINDOWS = 8  # the latest scored windows of live traffic shown per line
+MAX_STUDIES = 4  # a line's latest tuning studies shown
+MAX_IMPORTANCES = 12  # settings in a study's importance list
 SHADES = 10  # steps of a confusion matrix cell's colour
 DRIFT_METRIC = "psi"
 SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
@@ -243,6 +245,75 @@ class Evaluation:
 
 
 @dataclass
+class Trial:
+    """One trial of a study as its chart plots it."""
+
+    number: int
+    state: str  # COMPLETE, PRUNED, FAIL, RUNNING, WAITING (Optuna's states)
+    value: float | None = None  # a complete trial's value
+    last_intermediate: float | None = None  # the last epoch's validation value (where a pruned trial stopped)
+    last_epoch: int | None = None
+
+
+@dataclass
+class Study:
+    """A tuning study (its :class:`~pipelines.catalog.records.StudyRecord`) as the page shows it."""
+
+    study: str
+    state: str
+    metric: str
+    direction: str = "maximize"
+    space: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    trials_requested: int | None = None
+    parallel: int | None = None
+    batches: list[str] = field(default_factory=list)
+    started: str | None = None
+    finished: str | None = None
+    warm_start_from: str | None = None
+    mlflow_run_id: str | None = None  # the study's parent run
+    counts: dict[str, int] = field(default_factory=dict)  # complete, pruned, failed, running (+ waiting)
+    best_trial: int | None = None
+    best_value: float | None = None
+    best_params: dict[str, Any] = field(default_factory=dict)
+    importances: list[tuple[str, float]] = field(default_factory=list)  # largest first
+    trials: list[Trial] = field(default_factory=list)  # by number
+
+    @property
+    def trial_total(self) -> int:
+        return sum(self.counts.values())
+
+
+@dataclass
+class TunedSettings:
+    """The line's tuned settings (its :class:`~pipelines.catalog.records.TunedParams`) and
+    whether its next training uses them."""
+
+    params: dict[str, Any]
+    study: str
+    trial: int
+    metric: str
+    value: float | None
+    batches: list[str] = field(default_factory=list)  # the study's data window
+    space: str | None = None
+    at: str | None = None
+    mlflow_run_id: str | None = None  # the best trial's nested run
+    used: bool = False  # the spec's ``tuning.use_tuned`` and the settings still fit the spec
+    why_not: str | None = None
+
+
+@dataclass
+class Tuning:
+    """A line's hyperparameter search: its latest studies, newest first, and its tuned settings."""
+
+    studies: list[Study] = field(default_factory=list)
+    study_total: int = 0
+    tuned: TunedSettings | None = None
+    tune_dag: str = ""
+
+
+@dataclass
 class LineView:
     name: str
     description: str = ""
@@ -265,6 +336,7 @@ class LineView:
     quarantine_images: list[GalleryImage] = field(default_factory=list)  # image lines
     evaluation: Evaluation | None = None
     live: LiveServing | None = None  # None: nothing logged and no live window scored
+    tuning: Tuning | None = None  # None: no study and no tuned settings
     notes: list[str] = field(default_factory=list)
 
 

@@ -10,6 +10,7 @@ records, each through its one reader in :mod:`pipelines.catalog`:
 | drift | :func:`pipelines.catalog.records.read_drift_history` (``kind: "batch"`` records) and the reports they name (:func:`~pipelines.catalog.records.read_drift_report`, :func:`~pipelines.catalog.records.drift_report_html`) |
 | live serving | :func:`pipelines.serving.predlog.read_predictions` (the last hour: requests, latency) and the ``source: "live"`` drift history records |
 | quarantined images (``modality: image``) | :func:`pipelines.catalog.records.read_quarantine` of the latest batches |
+| hyperparameter search | :func:`pipelines.catalog.records.read_study_records` (the studies) and :func:`~pipelines.catalog.records.read_tuned_params` (the tuned settings) |
 
 What differs by the spec's ``modality`` is in one table, :data:`MODALITY_PARTS`, looked up
 by the spec's value; an evaluation's confusion matrix and example gallery come in through
@@ -30,7 +31,15 @@ from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import quote
 
 from pipelines.catalog import layout, ledger, records
-from pipelines.catalog.records import BatchRecord, DriftRecord, RecordError, TrainingRun, ValidationSummary
+from pipelines.catalog.records import (
+    BatchRecord,
+    DriftRecord,
+    RecordError,
+    StudyRecord,
+    TrainingRun,
+    TunedParams,
+    ValidationSummary,
+)
 from pipelines.config import factory_home
 from pipelines.monitoring.live import is_live
 from pipelines.ui import images
@@ -40,9 +49,11 @@ from pipelines.ui.data import (
     MAX_DRIFT_POINTS,
     MAX_FEATURE,
     MAX_GALLERY,
+    MAX_IMPORTANCES,
     MAX_LIVE_WINDOWS,
     MAX_MODELS,
     MAX_QUARANTINE_IMAGES,
+    MAX_STUDIES,
     SCORE_FEATURE,
     AirflowRuns,
     Batch,
@@ -59,6 +70,10 @@ from pipelines.ui.data import (
     Model,
     Overview,
     ServingVersion,
+    Study,
+    Trial,
+    TunedSettings,
+    Tuning,
     Validation,
 )
 
@@ -337,6 +352,101 @@ def read_live(line: str, home: Path, notes: list[str], version: int | None, hist
     return live
 
 
+# -- hyperparameter search ----------------------------------------------------------------
+
+# Optuna's trial states as the page counts them
+TRIAL_STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
+                "WAITING": "waiting"}
+
+
+def _last_intermediate(intermediate: dict[str, float]) -> tuple[int | None, float | None]:
+    """The last epoch a trial reported (``intermediate``: epoch as text -> value) and its value."""
+    epochs = []
+    for key, value in intermediate.items():
+        try:
+            epochs.append((int(key), value))
+        except (TypeError, ValueError):
+            continue
+    if not epochs:
+        return None, None
+    epoch, value = max(epochs)
+    return epoch, _float(value)
+
+
+def study_from_record(record: StudyRecord) -> Study:
+    """A study's record (:mod:`pipelines.tuning.study`'s summary) as the page shows it: its
+    trials counted by state, the best trial, the settings' importances largest first."""
+    counts = dict.fromkeys(("complete", "pruned", "failed", "running"), 0)
+    trials = []
+    for t in sorted(record.trials, key=lambda t: t.number):
+        state = TRIAL_STATES.get(t.state.upper(), t.state.lower())
+        counts[state] = counts.get(state, 0) + 1
+        epoch, last = _last_intermediate(t.intermediate)
+        trials.append(Trial(number=t.number, state=t.state.upper(), value=_float(t.value), last_intermediate=last,
+                            last_epoch=epoch))
+    study = Study(
+        study=record.study, state=record.state, metric=record.metric, direction=record.direction,
+        space=record.space, sampler=record.sampler, pruner=record.pruner, trials_requested=record.trials_requested,
+        parallel=record.parallel, batches=[str(b) for b in record.batches], started=record.started,
+        finished=record.finished, warm_start_from=record.warm_start_from, mlflow_run_id=record.mlflow_run_id,
+        counts=counts, trials=trials,
+        importances=sorted(((str(k), v) for k, x in record.importances.items() if (v := _float(x)) is not None),
+                           key=lambda kv: (-kv[1], kv[0]))[:MAX_IMPORTANCES],
+    )
+    best = record.best or {}
+    if best.get("trial") is not None:
+        study.best_trial = int(best["trial"])
+        study.best_value = _float(best.get("value"))
+        study.best_params = dict(best.get("params") or {})
+    else:  # a study still running: its best complete trial so far
+        done = [t for t in record.trials if t.state.upper() == "COMPLETE" and _float(t.value) is not None]
+        if done:
+            pick = (min if record.direction == "minimize" else max)(done, key=lambda t: t.value)
+            study.best_trial, study.best_value, study.best_params = pick.number, pick.value, dict(pick.params)
+    return study
+
+
+def tuned_from_record(record: TunedParams, spec: LineSpec | None) -> TunedSettings:
+    """The line's tuned settings with whether its next training uses them: the spec's
+    ``tuning.use_tuned``, and settings that still fit the spec (as the training stage decides,
+    :func:`pipelines.tuning.params.tuned_spec`)."""
+    tuned = TunedSettings(params=dict(record.params), study=record.study, trial=record.trial, metric=record.metric,
+                          value=_float(record.value), batches=[str(b) for b in record.batches], space=record.space,
+                          at=record.at, mlflow_run_id=record.mlflow_run_id)
+    if spec is None or spec.tuning is None:
+        tuned.why_not = "the line's spec has no tuning section"
+    elif not spec.tuning.use_tuned:
+        tuned.why_not = "tuning.use_tuned is false"
+    else:
+        from pipelines.tuning.params import TuningError, with_params
+
+        try:
+            with_params(spec, record.params)
+        except TuningError as err:
+            tuned.why_not = str(err)
+        else:
+            tuned.used = True
+    return tuned
+
+
+def read_tuning(line: str, spec: LineSpec | None, home: Path, notes: list[str],
+                max_studies: int = MAX_STUDIES) -> Tuning | None:
+    """The line's latest studies, newest first, and its tuned settings; None when it has
+    neither (unreadable study records and a malformed tuned-settings record become notes)."""
+    found = _read("tuning studies", home, notes, lambda errors: records.read_study_records(line, home, errors), [])
+    tuned = _read("tuned settings", home, notes, lambda _: records.read_tuned_params(line, home), None)
+    if not found and tuned is None:
+        return None
+    studies = []
+    for record in list(reversed(found))[:max_studies]:
+        try:
+            studies.append(study_from_record(record))
+        except (TypeError, ValueError) as err:  # e.g. a best trial that is not a number
+            notes.append(f"tuning study {record.study}: {err}")
+    return Tuning(studies=studies, study_total=len(found),
+                  tuned=None if tuned is None else tuned_from_record(tuned, spec), tune_dag=f"tune_{line}")
+
+
 # -- images -------------------------------------------------------------------------------
 
 QUARANTINE_COLUMNS = ["image_id", "file", "image", "label", "_reasons"]  # an image line's quarantine
@@ -573,6 +683,7 @@ def gather_line(
     history = read_drift_records(line, home, notes)
     view.drift_series, view.drift_batches = read_drift(line, home, notes, history)
     view.live = read_live(line, home, notes, view.serving_version, history)
+    view.tuning = read_tuning(line, spec, home, notes)
     return view
 
 

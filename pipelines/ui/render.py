@@ -11,7 +11,8 @@ Airflow UI, ``docs/...`` the Data Docs, so the page works under any base URL.
 The markup is in ``templates/`` (Jinja2, autoescaped): ``page.html.j2`` and
 ``unauthorized.html.j2`` on ``_base.html.j2``, a line's section in ``_line.html.j2``, its
 cells in ``_cells.html.j2``, its image parts (galleries, the confusion matrix) in
-``_images.html.j2``. Images are inline ``data:`` URIs of PNGs re-encoded for display
+``_images.html.j2``, its hyperparameter search (studies, tuned settings) in
+``_tuning.html.j2``. Images are inline ``data:`` URIs of PNGs re-encoded for display
 (:mod:`pipelines.ui.images`), which the page's Content-Security-Policy allows
 (``img-src 'self' data:``, see :mod:`pipelines.ui.app`).
 """
@@ -23,8 +24,8 @@ from urllib.parse import quote
 from markupsafe import Markup
 
 from pipelines.templating import environment
-from pipelines.ui.charts import line_chart
-from pipelines.ui.data import SHADES, DriftSeries, Overview, mlflow_run_url
+from pipelines.ui.charts import line_chart, trials_chart
+from pipelines.ui.data import SHADES, DriftSeries, Overview, Study, mlflow_run_url
 
 MAX_CHARTS = 24
 MAX_DRIFT_ROWS = 10
@@ -47,10 +48,25 @@ def _chart(series: DriftSeries, metric: str) -> Markup:
     return Markup(line_chart(series, metric=metric))  # rendered by the autoescaping line_chart.svg.j2
 
 
+def _trials_chart(study: Study) -> Markup:
+    return Markup(trials_chart(study))  # rendered by the autoescaping trials_chart.svg.j2
+
+
+def _setting(value: object) -> str:
+    """A tuned setting's value as text: floats to 4 significant digits, lists as written."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, list):
+        return "[" + ", ".join(_setting(v) for v in value) + "]"
+    return str(value)
+
+
 _ENV = environment(__file__)
-_ENV.filters.update(number=_number, short_time=_short_time, format_as=format, urlquote=lambda s: quote(s, safe=""))
+_ENV.filters.update(number=_number, short_time=_short_time, format_as=format, urlquote=lambda s: quote(s, safe=""),
+                    setting=_setting)
 _ENV.globals.update(
-    line_chart=_chart, mlflow_run_url=mlflow_run_url, max_charts=MAX_CHARTS, max_drift_rows=MAX_DRIFT_ROWS,
+    line_chart=_chart, trials_chart=_trials_chart, mlflow_run_url=mlflow_run_url, max_charts=MAX_CHARTS,
+    max_drift_rows=MAX_DRIFT_ROWS,
     shades=SHADES,
 )
 
