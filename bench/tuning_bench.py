@@ -75,10 +75,12 @@ def include_copy(work: Path, name: str, line: str, **tuning: Any) -> Path:
 
 def run_study(line: str, home: Path, tag: str, options: dict[str, Any], include: Path | None = None) -> dict[str, Any]:
     """One study through the tuning stage's functions; trials ``parallel`` at a time."""
-    from pipelines.catalog import records
+    # every study here starts from the spec's settings: no tuned settings of an earlier study
+    from pipelines.catalog import layout, records
     from pipelines.specs import load_spec
     from pipelines.tuning import stage
 
+    layout.tuned_params_path(line, home).unlink(missing_ok=True)
     previous = os.environ.get("FACTORY_INCLUDE")
     if include is not None:
         os.environ["FACTORY_INCLUDE"] = str(include)
@@ -223,7 +225,7 @@ def study_table(line: str, name: str, s: dict[str, Any]) -> list[str]:
     return [f"{line} {name}: {s['trials']} trials {s['states']}, wall {s['wall_s']:.0f}s, "
             f"mean {fmt(s['mean_trial_s'], '.1f')}s/trial, best val {fmt(best.get('value'))} "
             f"(trial {best.get('trial')}): {json.dumps(best.get('params'))}",
-            f"   importances: " + ", ".join(f"{k} {v:.2f}" for k, v in (s["importances"] or {}).items())]
+            "   importances: " + ", ".join(f"{k} {v:.2f}" for k, v in (s["importances"] or {}).items())]
 
 
 def compare_table(line: str, c: dict[str, Any]) -> list[str]:
