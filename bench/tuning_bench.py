@@ -134,6 +134,7 @@ def run_study(line: str, home: Path, tag: str, options: dict[str, Any], include:
         "states": states,
         "mean_trial_s": round(sum(seconds) / len(seconds), 1) if seconds else None,
         "mean_trial_wall_s": round(sum(t["wall_s"] for t in trials) / len(trials), 1) if trials else None,
+        "task_errors": [t["error"] for t in trials if t.get("error")],
         "best": record.best,
         "best_so_far": best_so_far,
         "importances": record.importances,
@@ -145,50 +146,61 @@ def run_study(line: str, home: Path, tag: str, options: dict[str, Any], include:
     }
 
 
-def final_models(line: str, home: Path, work: Path) -> dict[str, Any]:
-    """The spec's settings and the tuned settings, trained with the spec's training settings
-    and scored on the held-out evaluation split, next to the baselines on the same rows."""
+def final_models(line: str, home: Path, work: Path, repeats: int) -> dict[str, Any]:
+    """The spec's settings and the tuned settings, each trained ``repeats`` times with the
+    spec's training settings (the worker's dropout masks are not reproducible under XLA, so
+    one training is one draw) and scored on the held-out evaluation split, next to the
+    baselines fitted on the same training rows."""
+    import numpy as np
     import pandas as pd
     from sklearn.metrics import roc_auc_score
 
     from pipelines.specs import load_spec
     from pipelines.training.prepare import prepare_run
 
-    runs = {"default": work / f"final-{line}-default", "tuned": work / f"final-{line}-tuned"}
-    manifests = {
-        # exactly the spec (no tuned settings), and what the next training would use
-        "default": prepare_run(line, runs["default"], None, home, spec=load_spec(line)),
-        "tuned": prepare_run(line, runs["tuned"], None, home),
-    }
-    if manifests["tuned"].get("tuned", {}).get("used") is not True:
-        raise RuntimeError(f"{line}: the tuned settings were not applied: {manifests['tuned'].get('tuned')}")
-    trained = {}
-    for name, run in runs.items():
-        trained[name] = horovod(run, manifests[name]["params"]["workers"])
-        log(f"{line} {name}: val AUC {trained[name]['val_auc']:.4f} best epoch {trained[name]['best_epoch']}, "
-            f"wall {trained[name]['wall_s']:.0f}s")
+    runs: dict[str, list[Path]] = {"default": [], "tuned": []}
+    manifests: dict[str, dict[str, Any]] = {}
+    trained: dict[str, list[dict[str, Any]]] = {"default": [], "tuned": []}
+    for r in range(repeats):
+        for name in runs:
+            run = work / f"final-{line}-{name}-{r}"
+            # exactly the spec (no tuned settings), and what the next training would use
+            manifest = prepare_run(line, run, None, home, spec=load_spec(line) if name == "default" else None)
+            if name == "tuned" and (manifest.get("tuned") or {}).get("used") is not True:
+                raise RuntimeError(f"{line}: the tuned settings were not applied: {manifest.get('tuned')}")
+            manifests[name] = manifest
+            runs[name].append(run)
+            trained[name].append(horovod(run, manifest["params"]["workers"]))
+            log(f"{line} {name} #{r + 1}: val AUC {trained[name][-1]['val_auc']:.4f} "
+                f"best epoch {trained[name][-1]['best_epoch']}, wall {trained[name][-1]['wall_s']:.0f}s")
     score_models([(run / "model" / "Format-Serving", run / "data" / "eval.parquet", run / "eval_scores.parquet")
-                  for run in runs.values()])
-    split = read_split(runs["default"])
+                  for name in runs for run in runs[name]])
+    first = runs["default"][0]
+    split = read_split(first)
     label = manifests["default"]["label"]["name"]
     y = split["eval"][label].to_numpy()
-    tuned_eval = pd.read_parquet(runs["tuned"] / "data" / "eval.parquet")
-    if len(tuned_eval) != len(y) or not (tuned_eval[label].to_numpy() == y).all():
-        raise RuntimeError(f"{line}: the two runs' evaluation splits differ")
-    base = baselines(runs["default"], split)
-    scores = {name: pd.read_parquet(run / "eval_scores.parquet")["score"].to_numpy() for name, run in runs.items()}
-    out: dict[str, Any] = {"rows": manifests["default"]["rows"], "goal_auc": GOALS.get(line)}
+    for run in runs["tuned"]:
+        other = pd.read_parquet(run / "data" / "eval.parquet")[label].to_numpy()
+        if len(other) != len(y) or not (other == y).all():
+            raise RuntimeError(f"{line}: the runs' evaluation splits differ")
+    base = baselines(first, split)
+    out: dict[str, Any] = {"rows": manifests["default"]["rows"], "goal_auc": GOALS.get(line), "repeats": repeats}
     for name in runs:
+        scores = [pd.read_parquet(run / "eval_scores.parquet")["score"].to_numpy() for run in runs[name]]
+        aucs = [float(roc_auc_score(y, s)) for s in scores]
+        mean_scores = np.mean(scores, axis=0)
         out[name] = {
-            "eval_auc": float(roc_auc_score(y, scores[name])),
-            "val_auc": trained[name]["val_auc"],
-            "best_epoch": trained[name]["best_epoch"],
-            "epochs_run": trained[name]["epochs_run"],
-            "wall_s": trained[name]["wall_s"],
+            "eval_auc": float(np.mean(aucs)),
+            "eval_auc_each": aucs,
+            "eval_auc_sd": float(np.std(aucs, ddof=1)) if len(aucs) > 1 else None,
+            "val_auc_each": [t["val_auc"] for t in trained[name]],
+            "best_epoch_each": [t["best_epoch"] for t in trained[name]],
+            "wall_s_each": [t["wall_s"] for t in trained[name]],
             "params": {k: manifests[name]["params"][k] for k in ("batch_size", "learning_rate", "learning_rate_decay")},
             "model": manifests[name]["model"],
-            "minus_logreg": delong(y, scores[name], base["logreg"]["_scores"]),
-            "minus_lightgbm": delong(y, scores[name], base["lightgbm"]["_scores"]),
+            # the repeats' mean score against each baseline, paired on the same rows
+            "mean_score_minus_logreg": delong(y, mean_scores, base["logreg"]["_scores"]),
+            "mean_score_minus_lightgbm": delong(y, mean_scores, base["lightgbm"]["_scores"]),
         }
     out["tuned"]["provenance"] = manifests["tuned"]["tuned"]
     out["logreg"] = {k: v for k, v in base["logreg"].items() if not k.startswith("_")}
@@ -206,7 +218,8 @@ def fmt(v: Any, spec: str = ".4f") -> str:
 
 
 def quality_table(quality: dict[str, Any]) -> list[str]:
-    rows = ["Held-out evaluation split, ROC AUC (final models: the spec's training settings)",
+    rows = ["Held-out evaluation split, ROC AUC (final models: the spec's training settings; "
+            "default and tuned: mean of the repeats)",
             f"{'line':<12} {'default':>8} {'tuned':>8} {'logreg':>8} {'LightGBM':>9} {'goal':>6}  met",
             "-" * 62]
     for line, q in quality.items():
@@ -214,9 +227,12 @@ def quality_table(quality: dict[str, Any]) -> list[str]:
                     f"{q['logreg']['auc']:>8.4f} {q['lightgbm']['auc']:>9.4f} {fmt(q['goal_auc'], '.3f'):>6}  "
                     f"{'yes' if q['goal_met'] else 'no'}")
     for line, q in quality.items():
-        d = q["tuned"]["minus_lightgbm"]
-        rows.append(f"{line}: tuned - LightGBM {d['diff']:+.4f} (95% CI {d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f}); "
+        each = {k: ", ".join(f"{v:.4f}" for v in q[k]["eval_auc_each"]) for k in ("default", "tuned")}
+        rows.append(f"{line}: default runs {each['default']}; tuned runs {each['tuned']}; "
                     f"tuned - default {q['tuned']['eval_auc'] - q['default']['eval_auc']:+.4f}")
+        d = q["tuned"]["mean_score_minus_lightgbm"]
+        rows.append(f"{line}: tuned (mean score of the runs) - LightGBM {d['diff']:+.4f} "
+                    f"(95% CI {d['ci95'][0]:+.4f} .. {d['ci95'][1]:+.4f})")
     return rows
 
 
@@ -252,6 +268,7 @@ def main() -> int:
     ap.add_argument("--lines", default="credit_risk,employment")
     ap.add_argument("--trials", type=int, default=0, help="trials per study (0: the spec's)")
     ap.add_argument("--compare", default="credit_risk", help="lines for TPE vs random and pruning ('' none)")
+    ap.add_argument("--repeats", type=int, default=3, help="trainings of each final model")
     ap.add_argument("--keep", type=Path, help="work here and keep it (default: a temp dir, removed)")
     ap.add_argument("--out", default="tuning")
     args = ap.parse_args()
@@ -274,7 +291,7 @@ def main() -> int:
             report["studies"][line] = run_study(line, home, f"{line}-tpe", {**options, "warm_start": False})
             for row in study_table(line, "study (spec's settings)", report["studies"][line]):
                 log(row)
-            report["quality"][line] = final_models(line, home, work)
+            report["quality"][line] = final_models(line, home, work, args.repeats)
         for line in compare:
             options = {"trials": args.trials} if args.trials else {}
             c = {"tpe": report["studies"].get(line)}
