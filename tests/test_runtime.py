@@ -110,6 +110,38 @@ def test_labels_reach_logged_predictions_through_the_rest_api(running, admin, tm
     assert "loan-2" not in set(read_labels("credit_risk")["request_id"])
 
 
+def test_a_study_runs_its_trials_in_parallel_through_the_scheduler(running, admin):
+    """tune_<line> through the REST API on the real scheduler: one mapped task instance per
+    trial, two at once (Airflow's parallelism, not a loop in one task), every trial in the
+    study's record, and the best trial's settings become the line's tuned settings."""
+    from datetime import datetime
+
+    from pipelines.catalog import records
+
+    spec = load_spec("credit_risk")
+    landing.land_frame(spec, load_source(spec).iloc[:3000], "api-tune", factory_home())
+    admin.unpause("ingest_credit_risk")
+    run = admin.trigger("ingest_credit_risk", {"batch_id": "api-tune"})
+    assert admin.wait("ingest_credit_risk", run["dag_run_id"], timeout_s=600)["state"] == "success"
+
+    admin.unpause("tune_credit_risk")
+    run = admin.trigger("tune_credit_risk", {"trials": 3, "parallel": 2, "epochs": 2, "warm_start": False})
+    final = admin.wait("tune_credit_risk", run["dag_run_id"], timeout_s=900)
+    assert final["state"] == "success", final
+    tis = admin.task_instances("tune_credit_risk", run["dag_run_id"])
+    trials = sorted(t.get("map_index") for t in tis if t["task_id"] == "trial")
+    assert trials == [0, 1, 2], tis
+    assert all(t["state"] == "success" for t in tis), [(t["task_id"], t.get("map_index"), t["state"]) for t in tis]
+
+    info = admin.xcom("tune_credit_risk", run["dag_run_id"], "start", key="study")
+    record = records.read_study_record("credit_risk", info["study"])
+    assert record.state == "finished" and [t.state for t in record.trials] == ["COMPLETE"] * 3
+    spans = sorted((datetime.fromisoformat(t.started), datetime.fromisoformat(t.completed)) for t in record.trials)
+    assert any(b[0] < a[1] for a, b in zip(spans, spans[1:], strict=False)), f"no two trials overlapped: {spans}"
+    tuned = records.read_tuned_params("credit_risk")
+    assert tuned.study == info["study"] and tuned.trial == record.best["trial"]
+
+
 def test_no_token_is_401(running):
     r = httpx.post(f"{running['url']}/api/v2/dags/ingest_credit_risk/dagRuns", json={"logical_date": None})
     assert r.status_code == 401

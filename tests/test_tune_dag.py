@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import pytest
+import yaml
 
 from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines import storage, tracking
@@ -120,7 +122,7 @@ def _small_batch() -> object:
     return frame.loc[sorted([*bad.index, *frame[frame["Class"] == "good"].index[: 330 - len(bad)]])]
 
 
-def test_trials_fail_prune_and_warm_start_through_the_stages(home):
+def test_trials_fail_prune_and_warm_start_through_the_stages(home, monkeypatch, tmp_path):
     import optuna
 
     from pipelines.tuning import stage
@@ -177,6 +179,14 @@ def test_trials_fail_prune_and_warm_start_through_the_stages(home):
         prior.add_trial(optuna.trial.create_trial(
             params={"batch_size": 128}, distributions={"batch_size": optuna.distributions.CategoricalDistribution(
                 [64, 128, 256])}, value=1.0, intermediate_values={1: 1.0, 2: 1.0, 3: 1.0}))
+    # a copy of the specs whose credit_risk trials may be pruned from their first epoch on
+    include = tmp_path / "include"
+    shutil.copytree(REPO_ROOT / "include", include)
+    path = include / "lines" / f"{LINE}.yaml"
+    spec_data = yaml.safe_load(path.read_text())
+    spec_data["tuning"]["prune_warmup_epochs"] = 1
+    path.write_text(yaml.safe_dump(spec_data, sort_keys=False))
+    monkeypatch.setenv("FACTORY_INCLUDE", str(include))
     pruned = stage.run_trial(LINE, second, 0, home)
     assert pruned["state"] == "PRUNED"
     folder = layout.trial_dir(layout.study_dir(LINE, second["study"], home), pruned["number"])

@@ -50,6 +50,15 @@ def test_bad_search_spaces_are_refused_at_load_naming_the_field(line, dims, expe
     assert "tuning" in message, message
 
 
+def test_a_pruning_warmup_as_long_as_the_epochs_is_refused():
+    data = copy.deepcopy(REAL["credit_risk"])
+    data["tuning"]["prune_warmup_epochs"] = data["tuning"]["epochs"]
+    with pytest.raises(SpecError, match="prune_warmup_epochs .* must be below epochs"):
+        parse_spec(data, Path("credit_risk.yaml"))
+    data["tuning"]["pruner"] = "none"  # nothing to prune: no warm-up to check
+    assert parse_spec(data, Path("credit_risk.yaml")).tuning.pruner == "none"
+
+
 def test_real_lines_declare_tuning():
     for line in ("credit_risk", "employment", "fashion"):
         tuning = load_spec(line).tuning

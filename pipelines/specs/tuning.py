@@ -12,6 +12,7 @@ space or several (the tuning DAG's ``space`` param picks one)::
       sampler: tpe              # tpe (Bayesian optimisation) | random
       pruner: median            # median | hyperband | none
       startup_trials: 6         # random trials before TPE models the space; trials before pruning
+      prune_warmup_epochs: 2    # epochs a trial trains before it may be pruned
       warm_start: 3             # the previous study's best trials, tried first
       use_tuned: true           # the next training uses the best trial's settings
       spaces:
@@ -113,12 +114,18 @@ class TuningSpec(_Strict):
     sampler: SamplerName = "tpe"
     pruner: PrunerName = "median"
     startup_trials: Annotated[int, Field(ge=0, le=1000)] = 5
+    # Epochs every trial trains before the pruner may stop it: early validation values
+    # of a slowly learning model say little about where it ends.
+    prune_warmup_epochs: Annotated[int, Field(ge=0, le=1000)] = 2
     warm_start: Annotated[int, Field(ge=0, le=100)] = 3
     use_tuned: bool = True
     spaces: Annotated[dict[str, dict[str, Dimension]], Field(min_length=1)]
 
     @model_validator(mode="after")
     def _names(self) -> TuningSpec:
+        if self.prune_warmup_epochs >= self.epochs and self.pruner != "none":
+            raise ValueError(f"prune_warmup_epochs ({self.prune_warmup_epochs}) must be below epochs "
+                             f"({self.epochs}): no trial could be pruned")
         for space, dims in self.spaces.items():
             if not dims:
                 raise ValueError(f"spaces.{space}: names no setting to search")

@@ -60,13 +60,16 @@ def sampler(tuning: TuningSpec, seed: int | None = None) -> optuna.samplers.Base
 
 def pruner(tuning: TuningSpec) -> optuna.pruners.BasePruner:
     """Stops a trial whose epochs fall behind: the median of the trials before it at the
-    same epoch, or Hyperband over the epoch budget; ``none`` lets every trial finish."""
+    same epoch, or Hyperband over the epoch budget; ``none`` lets every trial finish. No
+    trial is stopped before ``prune_warmup_epochs`` epochs."""
     import optuna
 
     if tuning.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=tuning.startup_trials, n_warmup_steps=1)
+        return optuna.pruners.MedianPruner(n_startup_trials=tuning.startup_trials,
+                                           n_warmup_steps=tuning.prune_warmup_epochs)
     if tuning.pruner == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=tuning.epochs)
+        return optuna.pruners.HyperbandPruner(min_resource=max(1, tuning.prune_warmup_epochs),
+                                              max_resource=tuning.epochs)
     return optuna.pruners.NopPruner()
 
 
