@@ -41,6 +41,13 @@ def _short(text: str, n: int = 14) -> str:
     return text if len(text) <= n else text[: n - 1] + "\u2026"
 
 
+def _frame(width: int, height: int) -> dict[str, object]:
+    """Where a chart's plot area and axis label sit, for its SVG template."""
+    plot_w, plot_h = width - LEFT - RIGHT, height - TOP - BOTTOM
+    return {"left": LEFT, "right": width - RIGHT, "top": TOP, "bottom": TOP + plot_h,
+            "middle": f"{LEFT + plot_w / 2:.1f}", "axis_label_y": TOP + plot_h + 16}
+
+
 def line_chart(series: DriftSeries, metric: str = "PSI", width: int = WIDTH, height: int = HEIGHT) -> str:
     """The chart as an SVG element (a string of markup, its text escaped by the template)."""
     points = series.points
@@ -81,12 +88,7 @@ def line_chart(series: DriftSeries, metric: str = "PSI", width: int = WIDTH, hei
         metric=metric,
         label=series.label,
         peak=_fmt(series.peak),
-        left=LEFT,
-        right=width - RIGHT,
-        top=TOP,
-        bottom=TOP + plot_h,
-        middle=f"{LEFT + plot_w / 2:.1f}",
-        axis_label_y=TOP + plot_h + 16,
+        **_frame(width, height),
         ticks=ticks,
         threshold=alarm,
         polyline=polyline,
@@ -160,12 +162,7 @@ def trials_chart(study: Study, width: int = WIDTH * 2, height: int = HEIGHT + 20
         metric=study.metric,
         label=_short(study.study, 40),
         best=None if best is None else _fmt(best),
-        left=LEFT,
-        right=width - RIGHT,
-        top=TOP,
-        bottom=TOP + plot_h,
-        middle=f"{LEFT + plot_w / 2:.1f}",
-        axis_label_y=TOP + plot_h + 16,
+        **_frame(width, height),
         ticks=ticks,
         best_line=" ".join(best_points) if len(best_points) > 1 else "",
         dots=dots,

@@ -6,18 +6,16 @@
 # share them).
 set -euo pipefail
 
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-  -v mlflow_user="${MLFLOW_DB_USER:-mlflow}" \
-  -v mlflow_password="${MLFLOW_DB_PASSWORD:?MLFLOW_DB_PASSWORD must be set}" \
-  -v mlflow_db="${MLFLOW_DB_NAME:-mlflow}" <<'SQL'
-CREATE ROLE :"mlflow_user" LOGIN PASSWORD :'mlflow_password';
-CREATE DATABASE :"mlflow_db" OWNER :"mlflow_user";
+# create_database ROLE PASSWORD DATABASE: a login role and a database it owns
+create_database() {
+  psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
+    -v role="$1" -v password="$2" -v db="$3" <<'SQL'
+CREATE ROLE :"role" LOGIN PASSWORD :'password';
+CREATE DATABASE :"db" OWNER :"role";
 SQL
+}
 
-psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" \
-  -v optuna_user="${OPTUNA_DB_USER:-optuna}" \
-  -v optuna_password="${OPTUNA_DB_PASSWORD:?OPTUNA_DB_PASSWORD must be set}" \
-  -v optuna_db="${OPTUNA_DB_NAME:-optuna}" <<'SQL'
-CREATE ROLE :"optuna_user" LOGIN PASSWORD :'optuna_password';
-CREATE DATABASE :"optuna_db" OWNER :"optuna_user";
-SQL
+create_database "${MLFLOW_DB_USER:-mlflow}" "${MLFLOW_DB_PASSWORD:?MLFLOW_DB_PASSWORD must be set}" \
+  "${MLFLOW_DB_NAME:-mlflow}"
+create_database "${OPTUNA_DB_USER:-optuna}" "${OPTUNA_DB_PASSWORD:?OPTUNA_DB_PASSWORD must be set}" \
+  "${OPTUNA_DB_NAME:-optuna}"
