@@ -187,3 +187,36 @@ def test_a_trial_waits_for_a_slot_and_is_skipped_past_the_budget(home):
         holder.kill()
         holder.wait()
     assert not (home / "tuning" / "optuna.db").exists()  # no trial was asked
+
+
+_ASKER = """
+import json, sys
+from pathlib import Path
+from pipelines.tuning import stage, study as studies
+study = studies.load(sys.argv[1], Path(sys.argv[2]))
+print(json.dumps([stage.ask(study, Path(sys.argv[3])).number for _ in range(int(sys.argv[4]))]))
+"""
+
+
+def test_trial_tasks_asking_at_once_never_get_the_same_enqueued_trial(tmp_path):
+    """Four processes ask a SQLite study with enqueued trials at once, as parallel trial tasks
+    do: every trial goes to exactly one of them (without the study's ask lock, SQLite let two
+    take the same enqueued trial)."""
+    import subprocess
+    import sys
+
+    import optuna
+
+    from pipelines.config import REPO_ROOT
+
+    home = tmp_path / "home"
+    study = optuna.create_study(study_name="s", storage=studies.storage(home), direction="maximize")
+    for i in range(16):
+        study.enqueue_trial({"x": float(i)})
+    folder = tmp_path / "study"
+    env = {**__import__("os").environ, "PYTHONPATH": str(REPO_ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", _ASKER, "s", str(home), str(folder), "4"], env=env,
+                              stdout=subprocess.PIPE, text=True) for _ in range(4)]
+    asked = [n for p in procs for n in json.loads(p.communicate(timeout=120)[0])]
+    assert all(p.returncode == 0 for p in procs)
+    assert sorted(asked) == list(range(16)), asked

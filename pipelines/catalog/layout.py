@@ -503,3 +503,8 @@ def study_slot_lock(study: Path, slot: int) -> Path:
     """One of the study's ``parallel`` trial slots: a trial runs while it holds one."""
     return Path(study) / "slots" / f"{slot}.lock"
 
+
+
+def study_ask_lock(study: Path) -> Path:
+    """Held while a trial task asks the study for its trial: one ask at a time."""
+    return Path(study) / "ask.lock"

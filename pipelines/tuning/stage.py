@@ -241,6 +241,25 @@ def _take_slot(sdir: Path, parallel: int) -> int:
     raise NoFreeSlot(f"all {parallel} trial slot(s) of {sdir.name} are taken")
 
 
+# How long a trial task waits for another one's ask to end.
+ASK_WAIT_S = 120
+
+
+def ask(study, sdir: Path):
+    """The study's next trial for this task: an enqueued one first, else a sampled one.
+
+    One ask at a time per study: Optuna takes an enqueued trial off the queue with
+    ``SELECT ... FOR UPDATE``, which SQLite does not honour, so two trial tasks asking at
+    once could both get the same enqueued trial and train it twice, the second failing to
+    tell its result (optuna/optuna#4621). The study's ask lock serialises the asks; it is
+    held for milliseconds, not for the training."""
+    lock = storage.hold_lock(layout.study_ask_lock(sdir), ASK_WAIT_S)
+    try:
+        return study.ask()
+    finally:
+        os.close(lock)
+
+
 def _seed(name: str, index: int) -> int:
     """A seed per trial task: reproducible, and different for trials asked at once."""
     return int(hashlib.sha256(f"{name}/{index}".encode()).hexdigest()[:8], 16)
@@ -274,7 +293,7 @@ def run_trial(line: str, info: dict[str, Any], index: int, home: Path | None = N
         study = studies.load(name, home, tuning=tuning, seed=_seed(name, index))
         if _now() >= deadline:
             raise BudgetSpent(f"{name}: the time budget ended at {info['deadline']}; trial {index} not run")
-        trial = study.ask()
+        trial = ask(study, sdir)
         number = trial.number
         trial.set_user_attr("task_index", index)
         metric = info["metric"]
