@@ -63,7 +63,9 @@ def include_copy(work: Path, name: str, line: str, **tuning: Any) -> Path:
     """A copy of ``include/`` whose ``line`` spec has these ``tuning:`` settings changed."""
     import yaml
 
-    target = work / f"include-{name}"
+    # one folder per line and change: the specs are cached by folder, so a folder reused for
+    # another line would hand back the first line's changed spec
+    target = work / f"include-{name}-{line}"
     shutil.rmtree(target, ignore_errors=True)
     shutil.copytree(REPO / "include", target)
     path = target / "lines" / f"{line}.yaml"
