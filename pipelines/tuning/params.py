@@ -51,23 +51,33 @@ def current_params(spec: LineSpec, names: list[str]) -> dict[str, Any]:
     return {name: get_setting(training, name) for name in names}
 
 
-def tuned_spec(spec: LineSpec, home: Path | None = None) -> tuple[LineSpec, dict[str, Any] | None]:
-    """The spec the next training uses and the provenance of its tuned settings.
-
-    A line with ``tuning.use_tuned`` and a tuned-settings record trains with them; the
-    provenance (study, trial, metric, value, data window, settings) goes into the run's
-    manifest. Settings that no longer fit the spec (a changed model kind, a tightened
-    range) are not used, and the provenance says why."""
-    if spec.tuning is None or not spec.tuning.use_tuned:
-        return spec, None
-    tuned = records.read_tuned_params(spec.name, home)
-    if tuned is None:
-        return spec, None
+def apply_tuned(spec: LineSpec, tuned: records.TunedParams) -> tuple[LineSpec, dict[str, Any]]:
+    """The spec with a tuned-settings record applied, and the provenance the run's manifest
+    records: ``used`` and, when the settings are not applied, ``why`` (the line has no
+    ``tuning:``, ``use_tuned`` is off, or the settings no longer fit the spec: a changed
+    model kind, a tightened range). The one rule for training and for the view."""
     provenance = {k: tuned.get(k) for k in ("study", "trial", "metric", "value", "batches", "space", "at",
                                              "mlflow_run_id", "spec_version")}
     provenance["params"] = dict(tuned.params)
+    if spec.tuning is None:
+        return spec, {**provenance, "used": False, "why": "the line's spec has no tuning section"}
+    if not spec.tuning.use_tuned:
+        return spec, {**provenance, "used": False, "why": "tuning.use_tuned is false"}
     try:
         applied = with_params(spec, tuned.params)
     except TuningError as err:
         return spec, {**provenance, "used": False, "why": str(err)}
     return applied, {**provenance, "used": True}
+
+
+def tuned_spec(spec: LineSpec, home: Path | None = None) -> tuple[LineSpec, dict[str, Any] | None]:
+    """The spec the next training uses and the provenance of its tuned settings.
+
+    A line with ``tuning.use_tuned`` and a tuned-settings record trains with them
+    (:func:`apply_tuned`); the provenance goes into the run's manifest."""
+    if spec.tuning is None or not spec.tuning.use_tuned:
+        return spec, None
+    tuned = records.read_tuned_params(spec.name, home)
+    if tuned is None:
+        return spec, None
+    return apply_tuned(spec, tuned)

@@ -125,7 +125,7 @@ def _base(line: str, home: Path | None) -> tuple[LineSpec, dict[str, Any] | None
     return spec, (dict(used["params"]) if used else None)
 
 
-def _warm_start(line: str, spec: LineSpec, dims: dict, count: int, home: Path | None,
+def _warm_start(line: str, dims: dict, count: int, home: Path | None,
                 errors: list[str]) -> tuple[str | None, list[dict[str, Any]]]:
     """The best ``count`` completed trials of the line's latest finished study, as
     settings of this space."""
@@ -167,7 +167,7 @@ def start_study(line: str, run_id: str, options: dict[str, Any] | None = None, h
     candidates = [{"params": current, "origin": "current settings"}] if current else []
     warm_from, warm_errors = None, []
     if o["warm_start"]:
-        warm_from, warm = _warm_start(line, spec, dims, tuning.warm_start, home, warm_errors)
+        warm_from, warm = _warm_start(line, dims, tuning.warm_start, home, warm_errors)
         candidates += warm
     queued: list[dict[str, Any]] = []
     for c in candidates:

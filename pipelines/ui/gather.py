@@ -407,25 +407,18 @@ def study_from_record(record: StudyRecord) -> Study:
 
 
 def tuned_from_record(record: TunedParams, spec: LineSpec | None) -> TunedSettings:
-    """The line's tuned settings with whether its next training uses them: the spec's
-    ``tuning.use_tuned``, and settings that still fit the spec (as the training stage decides,
-    :func:`pipelines.tuning.params.tuned_spec`)."""
+    """The line's tuned settings with whether its next training uses them, decided as the
+    training stage decides (:func:`pipelines.tuning.params.apply_tuned`)."""
     tuned = TunedSettings(params=dict(record.params), study=record.study, trial=record.trial, metric=record.metric,
                           value=_float(record.value), batches=[str(b) for b in record.batches], space=record.space,
                           at=record.at, mlflow_run_id=record.mlflow_run_id)
-    if spec is None or spec.tuning is None:
+    if spec is None:
         tuned.why_not = "the line's spec has no tuning section"
-    elif not spec.tuning.use_tuned:
-        tuned.why_not = "tuning.use_tuned is false"
     else:
-        from pipelines.tuning.params import TuningError, with_params
+        from pipelines.tuning.params import apply_tuned
 
-        try:
-            with_params(spec, record.params)
-        except TuningError as err:
-            tuned.why_not = str(err)
-        else:
-            tuned.used = True
+        provenance = apply_tuned(spec, record)[1]
+        tuned.used, tuned.why_not = provenance["used"], provenance.get("why")
     return tuned
 
 
