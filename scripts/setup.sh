@@ -10,8 +10,9 @@
 # on the machine shares the same environments. Horovod (a ~10 min C++ build)
 # is built once into a wheel cache.
 #
-#   scripts/setup.sh            both environments
-#   scripts/setup.sh airflow    only the orchestration environment
+#   scripts/setup.sh              every environment
+#   scripts/setup.sh airflow      only the orchestration environment
+#   scripts/setup.sh labelstudio  only Label Studio's SDK (checks the review queue's files)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -119,10 +120,12 @@ main() {
   mkdir -p "$ENVS" "$CACHE"
   ensure_uv
   case "$WHICH" in
-    all) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt"; make_env ml "$ROOT/requirements/ml.txt" ;;
+    all) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt"; make_env ml "$ROOT/requirements/ml.txt"
+         make_env labelstudio "$ROOT/requirements/labelstudio.txt" ;;
     airflow) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt" ;;
     ml) make_env ml "$ROOT/requirements/ml.txt" ;;
-    *) echo "usage: $0 [all|airflow|ml]" >&2; exit 2 ;;
+    labelstudio) make_env labelstudio "$ROOT/requirements/labelstudio.txt" ;;
+    *) echo "usage: $0 [all|airflow|ml|labelstudio]" >&2; exit 2 ;;
   esac
 }
 main
