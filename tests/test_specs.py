@@ -68,6 +68,13 @@ def _field(data, name):
         (lambda d: d["serving"]["live"].update(window_minutes=0), "serving.live.window_minutes: Input should be"),
         (lambda d: d["serving"]["prediction_log"].update(retention_days=0), "serving.prediction_log.retention_days"),
         (lambda d: d["serving"]["live"].update(min_row=10), "serving.live.min_row: Extra inputs are not permitted"),
+        # the labelling section: unlabelled rows must survive cleaning
+        (lambda d: _field(d, "Class").update(missing="quarantine"),
+         "labelling: the label field 'Class' must use missing: keep"),
+        (lambda d: d["labelling"].update(target_precision=1.0), "labelling.target_precision: Input should be less"),
+        (lambda d: d["labelling"].update(machine_weight=0), "labelling.machine_weight: Input should be greater"),
+        (lambda d: d["labelling"].update(machine_labels="trust"), "labelling.machine_labels"),
+        (lambda d: d["labelling"]["label_errors"].update(mode="fix"), "labelling.label_errors.mode"),
     ],
 )
 def test_invalid_spec_names_the_field(mutate, expected):
@@ -133,3 +140,22 @@ def test_image_line_fits_the_same_mechanism():
         mutate(broken)
         with pytest.raises(SpecError, match=message):
             parse_spec(broken, Path("fashion.yaml"))
+
+
+def test_labelling_defaults_and_image_lines():
+    """A bare ``labelling:`` takes the shared defaults; an image line may label but finds
+    no label errors (they are for tabular lines)."""
+    data = copy.deepcopy(REAL["credit_risk"])
+    data["labelling"] = {}
+    labelling = parse_spec(data, Path("credit_risk.yaml")).labelling
+    assert (labelling.target_precision, labelling.confidence_level, labelling.min_support) == (0.98, 0.95, 50)
+    assert (labelling.machine_labels, labelling.machine_weight, labelling.trigger) == ("downweight", 0.5, "on_validated")
+    assert (labelling.label_errors.mode, labelling.label_errors.folds) == ("report", 5)
+    assert REAL["fashion"].get("labelling") is None
+
+    fashion = copy.deepcopy(REAL["fashion"])
+    fashion["labelling"] = {"label_errors": {"mode": "report"}}
+    with pytest.raises(SpecError, match="label errors are found on tabular lines only"):
+        parse_spec(fashion, Path("fashion.yaml"))
+    fashion["labelling"] = {"label_errors": {"mode": "off"}}
+    assert parse_spec(fashion, Path("fashion.yaml")).labelling.label_errors.mode == "off"

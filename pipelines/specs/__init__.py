@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.specs.drift import DriftSpec
+from pipelines.specs.labelling import LabellingSpec
 from pipelines.specs.tuning import TUNABLE, TuningSpec, set_setting
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
@@ -334,6 +335,8 @@ class LineSpec(_Strict):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     # Hyperparameter search (``tune_<line>``): a line without it has no tuning DAG.
     tuning: TuningSpec | None = None
+    # Automated labelling (``label_<line>``): a line without it quarantines unlabelled rows.
+    labelling: LabellingSpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -390,7 +393,26 @@ class LineSpec(_Strict):
                              f"(those are {monitored})")
         if self.tuning is not None:
             self._check_tuning(self.tuning)
+        if self.labelling is not None:
+            self._check_labelling(self.labelling)
         return self
+
+    def _check_labelling(self, labelling: LabellingSpec) -> None:
+        """Unlabelled rows must survive cleaning, and label errors are found on tabular lines only."""
+        from pipelines.labelling import PROVENANCE_COLUMNS
+
+        label = self.schema_.field(self.schema_.label.name)
+        if label.missing != "keep":
+            raise ValueError(f"labelling: the label field {label.name!r} must use missing: keep "
+                             f"(unlabelled rows are kept until they get a label), not missing: {label.missing}")
+        if self.task == "regression":
+            raise ValueError("labelling: automated labelling applies to classification lines")
+        taken = sorted(set(PROVENANCE_COLUMNS) & set(self.schema_.names))
+        if taken:
+            raise ValueError(f"labelling: the fields {taken} clash with the label provenance columns")
+        if self.modality != "tabular" and labelling.label_errors.mode != "off":
+            raise ValueError(f"labelling.label_errors.mode: label errors are found on tabular lines only; "
+                             f"a {self.modality} line needs mode: off (got {labelling.label_errors.mode})")
 
     def _check_tuning(self, tuning: TuningSpec) -> None:
         """Every bound and choice of every search space gives training settings the
