@@ -37,6 +37,21 @@ def cast_like_clean(frame: pd.DataFrame, spec: LineSpec) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
+def with_provenance(frame: pd.DataFrame, spec: LineSpec) -> pd.DataFrame:
+    """``frame`` as cleaning writes a batch of a line with ``labelling:``: the label
+    provenance columns after the spec's fields (``given`` where the label is present)."""
+    from pipelines.labelling import GIVEN, LABEL_CONFIDENCE, LABEL_MODEL, LABEL_SOURCE
+
+    if spec.labelling is None:
+        return frame
+    out = frame.copy()
+    labelled = out[spec.schema.label.name].notna()
+    out[LABEL_SOURCE] = pd.Series(np.where(labelled, GIVEN, None), index=out.index, dtype="str")
+    out[LABEL_MODEL] = pd.Series(None, index=out.index, dtype="str")
+    out[LABEL_CONFIDENCE] = pd.Series(np.nan, index=out.index, dtype="float64")
+    return out
+
+
 @lru_cache(maxsize=2)
 def _source(line: str) -> pd.DataFrame:
     """The line's real data through the product's own loader, typed like cleaned rows."""

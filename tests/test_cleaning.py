@@ -54,7 +54,7 @@ def dirty_batch(credit, real_rows) -> tuple[str, dict]:
         _variant(base, 9002, funded_amnt="1500.5"),  # not an integer
         _variant(base, 9003, funded_amnt="100"),  # below the spec's min
         _variant(base, 9004, addr_state="ZZ"),  # unknown category
-        _variant(base, 9005, Class=""),  # missing label
+        _variant(base, 9005, Class=""),  # missing label: kept unlabelled (labelling:)
         _variant(base, 9006, int_rate="n/a", term="term_99"),  # two problems
         _variant(base, 9007, annual_inc="5000000"),  # clipped to 2,000,000
         _variant(base, 9008, term=" TERM_36 ", verification_status="Not Verified"),  # standardised
@@ -72,7 +72,7 @@ def dirty_batch(credit, real_rows) -> tuple[str, dict]:
     text += "1,2,3\n"  # a malformed line: too few fields
     expected = {
         "rows_in": len(rows) + 1,
-        "quarantined": 10,
+        "quarantined": 9,
         "duplicates": 2,
         "reasons": {
             "unparseable:int_rate": 2,
@@ -81,7 +81,6 @@ def dirty_batch(credit, real_rows) -> tuple[str, dict]:
             "not_an_integer:funded_amnt": 1,
             "out_of_range:funded_amnt": 1,
             "unknown_category:addr_state": 1,
-            "missing:Class": 1,
             "unknown_category:term": 1,
             "missing:int_rate": 1,
             "malformed_record": 1,
@@ -109,8 +108,10 @@ def test_dirty_batch(spark, credit, dirty_batch, real_rows, home, tmp_path):
     assert report["quarantine_reasons"] == expected["reasons"]
     assert report["repairs"] == {"clipped:annual_inc": 1, "filled:emp_length": 1, "mapped_unknown:emp_length": 1}
 
+    assert report["rows_unlabelled"] == 1 and report["rows_labelled"] == report["rows_clean"] - 1
     clean = pd.read_parquet(report["clean_path"]).set_index("loan_id")
-    assert list(clean.columns) == credit.schema.names[1:]
+    assert list(clean.columns) == [*credit.schema.names[1:], "label_source", "label_model", "label_confidence"]
+    assert pd.isna(clean.loc[9005, "Class"]) and pd.isna(clean.loc[9005, "label_source"])
     assert clean.index.is_unique
     assert clean.loc[9007, "annual_inc"] == 2_000_000
     assert clean.loc[9008, "term"] == "term_36"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.realdata import employment_frame, lending_club_frame
+from bench.realdata import employment_frame, lending_club_frame, with_provenance
 from pipelines.config import include_dir
 from pipelines.ingest.validation import load_suite_dict, run_checkpoint
 from pipelines.specs import load_spec
@@ -23,7 +23,7 @@ def _suite(line: str) -> Path:
 def test_real_credit_risk_slices_pass(tmp_path):
     for n in (1, 4):
         outcome = run_checkpoint(
-            lending_club_frame(n), _suite("credit_risk"), line="credit_risk", batch_id=f"s{n}", gx_dir=tmp_path
+            with_provenance(lending_club_frame(n), load_spec("credit_risk")), _suite("credit_risk"), line="credit_risk", batch_id=f"s{n}", gx_dir=tmp_path
         )
         assert outcome.success, outcome.describe()
         assert outcome.evaluated == outcome.successful == len(load_suite_dict(_suite("credit_risk"))["expectations"])
@@ -32,13 +32,13 @@ def test_real_credit_risk_slices_pass(tmp_path):
 
 def test_real_employment_year_passes(tmp_path):
     outcome = run_checkpoint(
-        employment_frame(2018), _suite("employment"), line="employment", batch_id="2018", gx_dir=tmp_path
+        with_provenance(employment_frame(2018), load_spec("employment")), _suite("employment"), line="employment", batch_id="2018", gx_dir=tmp_path
     )
     assert outcome.success, outcome.describe()
 
 
 def test_damaged_batch_fails_and_names_the_expectations(tmp_path):
-    frame = lending_club_frame(2)
+    frame = with_provenance(lending_club_frame(2), load_spec("credit_risk"))
     frame.loc[:9, "int_rate"] = 99.0  # outside the suite's range
     frame.loc[10:19, "loan_id"] = frame.loc[0, "loan_id"]  # duplicate keys
     frame = frame.drop(columns=["revol_util"])
@@ -55,8 +55,9 @@ def test_damaged_batch_fails_and_names_the_expectations(tmp_path):
 
 
 def test_rerun_of_a_batch_keeps_both_results(tmp_path):
-    a = run_checkpoint(lending_club_frame(1), _suite("credit_risk"), line="credit_risk", batch_id="1", gx_dir=tmp_path)
-    b = run_checkpoint(lending_club_frame(1), _suite("credit_risk"), line="credit_risk", batch_id="1", gx_dir=tmp_path)
+    batch = with_provenance(lending_club_frame(1), load_spec("credit_risk"))
+    a = run_checkpoint(batch, _suite("credit_risk"), line="credit_risk", batch_id="1", gx_dir=tmp_path)
+    b = run_checkpoint(batch, _suite("credit_risk"), line="credit_risk", batch_id="1", gx_dir=tmp_path)
     assert a.result_id != b.result_id
 
 

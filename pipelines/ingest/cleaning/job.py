@@ -188,7 +188,7 @@ def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[s
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
-    from pipelines.ingest.cleaning.rules import REASONS, clean_batch
+    from pipelines.ingest.cleaning.rules import REASONS, clean_batch, output_columns
 
     batch, header = read_batch(spark, record["file"], record["format"], spec)
     result = clean_batch(batch, spec, header)
@@ -218,7 +218,7 @@ def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[s
     # ancestor (cleaned/<line>/.staging/); readers of cleaned/<line>/ skip it too.
     staging_clean = str(staging / CLEAN_ROWS)
     staging_quarantine = str(staging / QUARANTINE_ROWS)
-    clean = result.clean(spec.schema.names)
+    clean = result.clean(output_columns(spec))
     clean.sortWithinPartitions(*spec.schema.key).write.mode("overwrite").parquet(staging_clean)
     result.quarantine.write.mode("overwrite").parquet(staging_quarantine)
 
@@ -239,7 +239,9 @@ def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[s
             f"quarantined={quarantined} duplicates={duplicates}"
         )
     result.checked.unpersist()
+    labels = _label_counts(spark, spec, staging_clean, clean_rows) if spec.labelling is not None else {}
     return {
+        **labels,
         "rows_in": rows_in,
         "rows_clean": clean_rows,
         "rows_quarantined": quarantined,
@@ -248,6 +250,37 @@ def _clean_tabular(spark, spec: LineSpec, record: dict, staging: Path) -> dict[s
         "quarantine_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
         "repairs": repairs,
     }
+
+
+def _label_counts(spark, spec: LineSpec, path: str, clean_rows: int) -> dict[str, Any]:
+    """A labelling line's clean rows, labelled and unlabelled, and the labels by source;
+    they reconcile with the clean rows and every label has a source, or the job fails."""
+    from pyspark.sql import functions as F
+
+    from pipelines.labelling import LABEL_SOURCE, SOURCES
+
+    label = spec.schema.label.name
+    rows = (
+        spark.read.parquet(path)
+        .groupBy(F.col(f"`{label}`").isNotNull().alias("labelled"), F.col(LABEL_SOURCE).alias("source"))
+        .count()
+        .collect()
+    )
+    by_source = {s: 0 for s in SOURCES}
+    labelled = unlabelled = 0
+    for r in rows:
+        if r["labelled"] != (r["source"] is not None):
+            raise CleaningError(f"{r['count']} clean row(s) have a label_source {r['source']!r} that does not "
+                                f"fit whether they have a label ({r['labelled']})")
+        if r["labelled"]:
+            labelled += r["count"]
+            by_source[r["source"]] += r["count"]
+        else:
+            unlabelled += r["count"]
+    if labelled + unlabelled != clean_rows:
+        raise CleaningError(f"label counts do not reconcile: clean={clean_rows} labelled={labelled} "
+                            f"unlabelled={unlabelled}")
+    return {"rows_labelled": labelled, "rows_unlabelled": unlabelled, "labels_by_source": by_source}
 
 
 def _clean_images(spark, spec: LineSpec, record: dict, staging: Path) -> dict[str, Any]:

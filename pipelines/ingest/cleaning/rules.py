@@ -18,6 +18,14 @@ from pyspark.sql import Column, DataFrame, Observation, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines.labelling import (
+    GIVEN,
+    LABEL_CONFIDENCE,
+    LABEL_MODEL,
+    LABEL_SOURCE,
+    PROVENANCE_COLUMNS,
+    SOURCES,
+)
 from pipelines.specs import FieldSpec, LineSpec
 
 ROW = "_row"
@@ -52,11 +60,19 @@ class Checked:
     repairs: dict[str, Column] = field(default_factory=dict)
 
 
+def output_columns(spec: LineSpec) -> list[str]:
+    """The columns of a clean batch: the spec's fields, then, on a line with
+    ``labelling:``, the label provenance columns (:mod:`pipelines.labelling`)."""
+    return [*spec.schema.names, *(PROVENANCE_COLUMNS if spec.labelling is not None else ())]
+
+
 def check_columns(columns: list[str], spec: LineSpec) -> list[str]:
-    """Compare a batch's header with the spec; return the extra columns allowed through."""
+    """Compare a batch's header with the spec; return the extra columns allowed through.
+    A labelling line's batch may carry the provenance columns, or not (they are filled)."""
     expected = spec.schema.names
+    optional = PROVENANCE_COLUMNS if spec.labelling is not None else ()
     missing = [c for c in expected if c not in columns]
-    extra = [c for c in columns if c not in expected]
+    extra = [c for c in columns if c not in expected and c not in optional]
     dupes = sorted({c for c in columns if columns.count(c) > 1})
     problems = []
     if dupes:
@@ -173,6 +189,38 @@ def check_field(i: int, f: FieldSpec) -> Checked:
     return Checked(value.cast(SPARK_TYPES[f.type]).alias(n), reasons, repairs)
 
 
+def _provenance(spec: LineSpec, raw_columns: list[str]) -> tuple[list[Column], list[Checked]]:
+    """A labelling line's provenance columns: their raw values (for ``values``) and their
+    checks. Present in the batch (a label batch), they are typed and checked: a
+    ``label_source`` other than given, machine or human, a source on a row without a
+    label, or a confidence that is not a probability quarantines the row. Absent (an
+    ordinary batch), ``label_source`` is ``given`` where the label is present."""
+    label_i = spec.schema.names.index(spec.schema.label.name)
+    has_label = F.col(_value(label_i)).isNotNull()
+    raw_values = [
+        (_raw(c) if c in raw_columns else F.lit(None).cast("string")).alias(f"_prov_{c}") for c in PROVENANCE_COLUMNS
+    ]
+    source_raw = F.lower(F.col(f"_prov_{LABEL_SOURCE}"))
+    source = Checked(
+        F.when(has_label, F.coalesce(source_raw, F.lit(GIVEN))).cast("string").alias(LABEL_SOURCE),
+        [
+            _reason(source_raw.isNotNull() & ~source_raw.isin(*SOURCES), f"unknown_category:{LABEL_SOURCE}"),
+            _reason(source_raw.isNotNull() & ~has_label, f"source_without_label:{LABEL_SOURCE}"),
+        ],
+    )
+    model = Checked(F.col(f"_prov_{LABEL_MODEL}").cast("string").alias(LABEL_MODEL))
+    conf_raw = F.col(f"_prov_{LABEL_CONFIDENCE}")
+    conf = F.when(conf_raw.rlike(NUMBER), conf_raw.try_cast("double"))
+    confidence = Checked(
+        conf.cast("double").alias(LABEL_CONFIDENCE),
+        [
+            _reason(conf_raw.isNotNull() & conf.isNull(), f"unparseable:{LABEL_CONFIDENCE}"),
+            _reason(conf.isNotNull() & ((conf < 0) | (conf > 1)), f"out_of_range:{LABEL_CONFIDENCE}"),
+        ],
+    )
+    return raw_values, [source, model, confidence]
+
+
 @dataclass
 class Cleaned:
     checked: DataFrame  # every row with its reasons (cache it: the counts and both outputs read it)
@@ -198,6 +246,7 @@ def _raw_columns(raw_columns: list[str]) -> list[Column]:
 def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cleaned:
     """Apply the spec's rules; the result's frames are lazy."""
     fields = list(enumerate(spec.schema.fields))
+    provenance_raw, provenance_checks = _provenance(spec, raw_columns) if spec.labelling is not None else ([], [])
     # Each field's raw value and parsed value are computed once, below the
     # checks, and read by all of them (Spark keeps a projection apart when its
     # costly columns are read more than once). Inlined, every check repeated
@@ -208,10 +257,11 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
         F.col(CORRUPT),
         F.struct(*[F.col(f"`{c}`") for c in raw_columns]).alias("_raw"),
         *[_raw(f.name).alias(_value(i)) for i, f in fields],
+        *provenance_raw,
     )
     parsed = [(i, col) for i, f in fields if (col := prepare_field(i, f)) is not None]
     values = values.select("*", *[col.alias(_parsed(i)) for i, col in parsed])
-    checks = [check_field(i, f) for i, f in fields]
+    checks = [check_field(i, f) for i, f in fields] + provenance_checks
     reasons = [r for c in checks for r in c.reasons]
     # A malformed line's fields are shifted or missing: its field checks say
     # nothing, so it carries the one reason that does. (The reasons are a
@@ -234,7 +284,7 @@ def clean_batch(batch: DataFrame, spec: LineSpec, raw_columns: list[str]) -> Cle
     # Only a quarantined row needs its raw values: without them for the others,
     # the cached batch is about half the size.
     checked = checked.withColumn("_raw", F.when(F.size(REASONS) > 0, F.col("_raw")))
-    names, key = spec.schema.names, spec.schema.key
+    names, key = output_columns(spec), spec.schema.key
     rows = checked.filter(F.size(REASONS) == 0).select(F.col(ROW), *[F.col(f"_typed.`{n}`").alias(n) for n in names])
 
     # Exact duplicates: identical typed rows; the last copy in file order stays.
