@@ -103,3 +103,78 @@ def test_label_batch_is_cleaned_checked_and_validated(spark, home):
     assert (human[LABEL_MODEL] == "reviewer@example.org").all() and human[LABEL_CONFIDENCE].isna().all()
     assert (clean.loc[clean[LABEL_SOURCE] == "machine", LABEL_CONFIDENCE] == 0.99).all()
     stage.validate_batch("credit_risk", "slice-2-labels-1", home)
+
+
+def _ingest(spec, frame, batch_id, home):
+    landing.land_frame(spec, frame, batch_id, home)
+    job.run(spec.name, [batch_id], home)
+    stage.validate_batch(spec.name, batch_id, home)
+
+
+def test_training_data_merges_labels_and_treats_machine_labels_as_the_spec_says(spark, home, tmp_path):
+    """A slice with labels blanked, then its label batches (machine labels, then human
+    ones for some of the same loans), through the real cleaning and validation: the
+    training data never holds an unlabelled row, a human label beats a machine one, and
+    the three machine_labels modes shape the train split and its counts."""
+    from pipelines.training.prepare import prepare_run
+
+    spec = load_spec("credit_risk")
+    source = lending_club_frame(1)
+    blank = source.index[::5]
+    arriving = source.copy()
+    arriving.loc[blank, "Class"] = None
+    _ingest(spec, arriving, "slice-1", home)
+
+    # Label batches are validated like any batch: they keep the line's class rates and
+    # row count. The model labels half of the blanked loans, 15 good ones wrongly bad;
+    # reviewers then label 120 of them, those 15 among them, right.
+    machine = source.loc[blank].iloc[: len(blank) // 2].copy()
+    machine[LABEL_SOURCE], machine[LABEL_MODEL], machine[LABEL_CONFIDENCE] = "machine", "7", 0.99
+    wrong = machine.index[machine["Class"] == "good"][:15]
+    machine.loc[wrong, "Class"] = "bad"
+    _ingest(spec, machine, "slice-1-labels-1", home)
+    human = source.loc[machine.index[:120]].copy()
+    assert set(wrong) <= set(human.index)
+    human[LABEL_SOURCE], human[LABEL_MODEL], human[LABEL_CONFIDENCE] = "human", "reviewer@example.org", None
+    _ingest(spec, human, "slice-1-labels-2", home)
+    corrected = set(machine.loc[wrong, "loan_id"])
+
+    still_unlabelled = len(blank) - len(machine)
+    manifests, parts = {}, {}
+    for mode in ("use", "downweight", "ignore"):
+        moded = spec.model_copy(update={"labelling": spec.labelling.model_copy(update={"machine_labels": mode})})
+        run_dir = tmp_path / mode
+        manifests[mode] = prepare_run("credit_risk", run_dir, {"workers": 1, "batch_size": 64}, home, spec=moded)
+        parts[mode] = {
+            "train": pd.concat([pd.read_parquet(p) for p in sorted((run_dir / "data" / "train").glob("*.parquet"))]),
+            "validation": pd.read_parquet(run_dir / "data" / "validation.parquet"),
+            "eval": pd.read_parquet(run_dir / "data" / "eval.parquet"),
+        }
+
+    machine_only = set(machine["loan_id"]) - set(human["loan_id"])
+    unlabelled_ids = set(source.loc[blank, "loan_id"]) - set(machine["loan_id"])
+    for mode, split in parts.items():
+        rows = manifests[mode]["rows"]
+        assert rows["unlabelled"] == still_unlabelled
+        every = pd.concat(split.values())
+        assert not set(every["loan_id"]) & unlabelled_ids, mode  # never in any split
+        assert every["loan_id"].is_unique
+        # the human label (good) beat the machine one (bad) wherever the loan landed
+        assert (every.set_index("loan_id").loc[list(corrected & set(every["loan_id"])), "Class"] == 0).all()
+        assert corrected & set(every["loan_id"])
+        # machine labels are trained on (or not), never judged on
+        assert not set(split["validation"]["loan_id"]) & machine_only
+        assert not set(split["eval"]["loan_id"]) & machine_only
+        assert sum(rows["by_source"].values()) == rows["train"] == len(split["train"])
+        assert LABEL_SOURCE not in split["train"].columns
+
+    train_machine = set(parts["use"]["train"]["loan_id"]) & machine_only
+    assert train_machine and manifests["use"]["rows"]["by_source"]["machine"] == len(train_machine)
+    assert manifests["use"]["rows"]["by_source"]["human"] > 0
+    assert "_weight" not in parts["use"]["train"].columns
+    assert manifests["ignore"]["rows"]["by_source"]["machine"] == 0
+    assert not set(parts["ignore"]["train"]["loan_id"]) & machine_only
+    weighted = parts["downweight"]["train"].set_index("loan_id")["_weight"]
+    assert (weighted.loc[list(train_machine)] == 0.5).all()
+    assert (weighted.drop(index=list(train_machine)) == 1.0).all()
+    assert manifests["downweight"]["rows"]["by_source"] == manifests["use"]["rows"]["by_source"]

@@ -230,6 +230,10 @@ class _Rows(_Section):
     train: _Count
     validation: _Count
     eval: _Count
+    # a labelling line's train rows by label source (given, machine, human), and the keys
+    # left out for want of a label
+    by_source: dict[str, _Count] | None = None
+    unlabelled: _Count | None = None
 
 
 class _ManifestFile(_Section):
@@ -246,6 +250,8 @@ class _ManifestFile(_Section):
     features: Annotated[list[Feature], Field(min_length=1)]
     label: _Label
     rows: _Rows
+    # label-error detection on the train split: mode, found, excluded, rows_checked
+    label_errors: dict[str, Any] | None = None
     shards: Annotated[list[Annotated[int, Strict(), Field(ge=0)]], _says("must be row counts (integers >= 0)")]
     params: Params
     model: ModelConfig
@@ -328,7 +334,7 @@ class Manifest:
     label: str
     positive_rate: float | None
     features: tuple[Feature, ...]
-    rows: dict[str, int]
+    rows: dict[str, Any]  # counts; by_source a count per label source
     shards: tuple[int, ...]
     params: Params
     model: ModelConfig
@@ -397,7 +403,7 @@ def parse_manifest(data: Any) -> Manifest:
     return Manifest(
         raw=data, line=doc.line, spec_version=doc.spec_version, run_id=doc.run_id,
         batches=tuple(str(b) for b in doc.batches), key=tuple(doc.key), label=doc.label.name,
-        positive_rate=doc.label.positive_rate, features=tuple(doc.features), rows=doc.rows.model_dump(),
+        positive_rate=doc.label.positive_rate, features=tuple(doc.features), rows=doc.rows.model_dump(exclude_none=True),
         shards=tuple(doc.shards), params=doc.params, model=doc.model, modality=doc.modality, task=doc.task,
         classes=tuple(doc.label.classes or ()),
         class_names=tuple(doc.label.class_names or (str(c) for c in doc.label.classes or ())),

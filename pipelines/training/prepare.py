@@ -136,9 +136,12 @@ def check_schema(spec: LineSpec, frame: pd.DataFrame, batch_id: str) -> None:
     """A cleaned batch must have exactly the spec's columns with the spec's types."""
     import pandas as pd
 
+    from pipelines.labelling import PROVENANCE_COLUMNS
+
     names = spec.schema.names
+    optional = PROVENANCE_COLUMNS if spec.labelling is not None else ()
     missing = [n for n in names if n not in frame.columns]
-    extra = [c for c in frame.columns if c not in names]
+    extra = [c for c in frame.columns if c not in names and c not in optional]
     problems = []
     if missing:
         problems.append(f"missing column(s) {missing}")
@@ -191,6 +194,7 @@ class _Prepared:
 
     parts: dict[str, pd.DataFrame]  # train, validation, eval
     sections: dict[str, Any]  # label, features, rows (read, ...) and what else the modality adds
+    batch_of: pd.Series | None = None  # the batch each train row came from (tabular)
 
 
 def _read_window(spec: LineSpec, records: list[dict[str, Any]], **options: Any) -> list[tuple[str, pd.DataFrame]]:
@@ -211,24 +215,34 @@ def _prepare_tabular(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared
     import numpy as np
     import pandas as pd
 
+    from pipelines.labelling import LABEL_SOURCE, MACHINE
+
     frames = []
     for batch_id, frame in _read_window(spec, records):
         check_schema(spec, frame, batch_id)
-        frames.append(frame[spec.schema.names])
+        frames.append(_with_source(spec, frame).assign(_batch=batch_id))
     data = pd.concat(frames, ignore_index=True)
     rows_read = len(data)
-    # A key seen in several batches: the later batch is the newer truth.
-    data = data.drop_duplicates(subset=spec.schema.key, keep="last").reset_index(drop=True)
+    data, unlabelled = merge_labels(spec, data)
     label = spec.schema.label.name
     data[label] = _label01(spec, data[label])
 
     bucket = split_bucket(data[spec.schema.key])
     cut_eval = spec.training.split.eval_percent
     cut_val = cut_eval + spec.training.split.validation_percent
+    # Machine labels are the model's own guesses: they may be trained on (as the spec
+    # says), but validation and evaluation judge a model on labels it did not make.
+    judged = data[LABEL_SOURCE] != MACHINE
     parts = {
-        "eval": data[bucket < cut_eval],
-        "validation": data[(bucket >= cut_eval) & (bucket < cut_val)],
+        "eval": data[(bucket < cut_eval) & judged],
+        "validation": data[(bucket >= cut_eval) & (bucket < cut_val) & judged],
         "train": data[bucket >= cut_val],
+    }
+    train, by_source = _machine_labels(spec, parts["train"])
+    batch_of = train.pop("_batch")
+    parts = {
+        "eval": parts["eval"][spec.schema.names], "validation": parts["validation"][spec.schema.names],
+        "train": train.drop(columns=[LABEL_SOURCE]),
     }
     train = parts["train"]
     if train[label].nunique() < 2 or parts["validation"][label].nunique() < 2:
@@ -258,9 +272,63 @@ def _prepare_tabular(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared
     sections = {
         "label": {"name": label, "positive": str(spec.schema.label.positive), "positive_rate": float(train[label].mean())},
         "features": features,
-        "rows": {"read": rows_read},
+        "rows": {"read": rows_read, **({"by_source": by_source, "unlabelled": unlabelled}
+                                       if spec.labelling is not None else {})},
     }
-    return _Prepared(parts, sections)
+    return _Prepared(parts, sections, batch_of)
+
+
+def _with_source(spec: LineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """The spec's columns and ``label_source``: a batch cleaned without the provenance
+    columns has given labels where it has labels."""
+    import numpy as np
+    import pandas as pd
+
+    from pipelines.labelling import GIVEN, LABEL_SOURCE
+
+    out = frame[spec.schema.names].copy()
+    if LABEL_SOURCE in frame.columns:
+        out[LABEL_SOURCE] = frame[LABEL_SOURCE].astype(object).where(frame[LABEL_SOURCE].notna(), None)
+    else:
+        labelled = frame[spec.schema.label.name].notna()
+        out[LABEL_SOURCE] = pd.Series(np.where(labelled, GIVEN, None), index=frame.index, dtype=object)
+    return out
+
+
+# Which of a key's rows is its truth: a label beats none; a given (data-native) or human
+# label beats a machine one; among equals the later batch wins.
+LABEL_PRIORITY = {"given": 2, "human": 2, "machine": 1}
+
+
+def merge_labels(spec: LineSpec, data: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """One row per key, by :data:`LABEL_PRIORITY` then batch order (``data`` is in window
+    order, oldest first); rows still without a label are dropped. Returns the rows and
+    how many keys were left unlabelled."""
+    from pipelines.labelling import LABEL_SOURCE
+
+    label = spec.schema.label.name
+    rank = data[LABEL_SOURCE].map(LABEL_PRIORITY).fillna(0).where(data[label].notna(), 0)
+    ordered = data.assign(_rank=rank.astype(int), _pos=range(len(data)))
+    ordered = ordered.sort_values(["_rank", "_pos"], kind="stable")
+    merged = ordered.drop_duplicates(subset=spec.schema.key, keep="last").sort_values("_pos")
+    unlabelled = merged[label].isna()
+    return merged[~unlabelled].drop(columns=["_rank", "_pos"]).reset_index(drop=True), int(unlabelled.sum())
+
+
+def _machine_labels(spec: LineSpec, train: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, int]]:
+    """The train split as the spec's ``labelling.machine_labels`` says (ignore: machine-labelled
+    rows left out; downweight: a ``_weight`` column, ``machine_weight`` for them and 1 for the
+    rest; use: as they are), and its rows by label source."""
+    from pipelines.labelling import LABEL_SOURCE, MACHINE, SOURCES
+
+    labelling = spec.labelling
+    machine = train[LABEL_SOURCE] == MACHINE
+    if labelling is not None and labelling.machine_labels == "ignore":
+        train = train[~machine]
+    elif labelling is not None and labelling.machine_labels == "downweight":
+        train = train.assign(_weight=machine.map({True: labelling.machine_weight, False: 1.0}).astype("float64"))
+    counts = train[LABEL_SOURCE].value_counts()
+    return train, {s: int(counts.get(s, 0)) for s in SOURCES}
 
 
 def _prepare_image(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared:
@@ -352,6 +420,11 @@ def prepare_run(
     records = window(spec, params, home)
     prepared = PREPARERS[spec.modality](spec, records)
     parts = prepared.parts
+    # ---- label-error detection goes here (pipelines.labelling.errors.detect_label_errors):
+    # on the merged train split (parts["train"], its rows' batches in prepared.batch_of),
+    # after the split and before sharding; mode exclude replaces parts["train"] and the
+    # result is the manifest's ``label_errors`` section.
+    label_errors = None
     train = parts["train"]
     per_worker = len(train) // params.workers
     if per_worker < params.batch_size:
@@ -391,6 +464,8 @@ def prepare_run(
         "model": spec.training.model.model_dump(),
         **sections,
     }
+    if label_errors is not None:
+        manifest["label_errors"] = label_errors
     if tuned is not None:
         manifest["tuned"] = tuned
     write_manifest(run_dir, manifest)

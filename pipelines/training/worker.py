@@ -72,6 +72,8 @@ from pipelines.training.model import (
 )
 
 PREFIX = "factory-train:"
+# A train shard's per-row loss weight (pipelines.training.prepare); rows without it weigh 1.
+WEIGHT = "_weight"
 EXIT_BAD_INPUT = 2
 CHECKPOINTS_KEPT = 3
 VALIDATION_BATCH = 4096
@@ -228,7 +230,9 @@ class _RankData:
     """This rank's rows: its training shard as tensors and its part of the validation rows."""
 
     columns: dict[str, Any]  # feature name -> 1-D tensor
-    targets: Any  # 1-D tensor: float32 0/1 (binary), int64 class indices (multiclass)
+    # binary: a (rows, 2) float32 tensor, the 0/1 label and the row's loss weight (the
+    # shard's WEIGHT column, 1 where it has none); multiclass: 1-D int64 class indices
+    targets: Any
     val_features: dict[str, Any]  # feature name -> numpy array
     val_labels: Any  # numpy array, as targets
 
@@ -265,6 +269,11 @@ def _load_data(plan: Plan) -> _RankData:
     # The shard as tensors; an epoch shuffles row indices and gathers each batch, which is
     # much cheaper than shuffling rows of ~20 scalar tensors one by one.
     columns = {name: tf.constant(values) for name, values in x_train.items()}
+    if m.task == "binary_classification":
+        import numpy as np
+
+        weights = shard[WEIGHT].to_numpy("float32") if WEIGHT in shard.columns else np.ones(len(y_train), "float32")
+        y_train = np.stack([np.asarray(y_train, "float32"), weights], axis=1)
     return _RankData(columns, tf.constant(y_train), x_val, y_val)
 
 
@@ -451,15 +460,17 @@ def _binary_steps(state: _TrainState, manifest: Manifest, val_batches, val_label
     core, optimizer = state.core, state.optimizer
     pos_weight = float(manifest.positive_weight)
 
-    def weighted_bce(labels, logits):
+    def weighted_bce(labels, logits, row_weight=1.0):
         per_example = tf.nn.sigmoid_cross_entropy_with_logits(labels=labels, logits=logits)
-        return tf.reduce_mean(per_example * (1.0 + (pos_weight - 1.0) * labels))
+        return tf.reduce_mean(per_example * (1.0 + (pos_weight - 1.0) * labels) * row_weight)
 
     # autograph=False throughout: no step branches on a tensor, and autograph converting
     # Keras' call machinery cost ~10 s of tracing on this machine.
     @tf.function(jit_compile=True, autograph=False)
-    def forward(features, labels):
-        return weighted_bce(labels, core(features, training=True)[:, 0])
+    def forward(features, targets):
+        # targets: the label and the row's own loss weight (a machine label's may be lower);
+        # validation is unweighted
+        return weighted_bce(targets[:, 0], core(features, training=True)[:, 0], targets[:, 1])
 
     train_step = _train_step(forward, core, optimizer)
 
