@@ -225,3 +225,30 @@ def test_employment_label_rate_real_years_quiet_prior_shift_named(employment, em
     assert report["performance"]["positive_rate_change"] == pytest.approx(-0.139, abs=0.01)
     assert report["drifted"] is True
     assert [d["feature"] for d in report["drifted_features"]] == [LABEL_FEATURE]
+
+
+def test_unlabelled_rows_count_for_drift_not_for_performance(credit_features):
+    """A labelling line's validated batch keeps rows without a label. The monitor reads
+    the batch's labels as text (pipelines.monitoring.stage.label_text): measured on the
+    labelled rows only, the AUC and label rate are the fully labelled batch's; drift
+    still sees every row. Scores: the real interest rate, a real risk score."""
+    from pipelines.monitoring.stage import label_text
+
+    reference = pd.concat([lending_club_frame(1), lending_club_frame(2)], ignore_index=True)
+    profile = build_profile(reference, credit_features, reference["int_rate"].to_numpy(),
+                            labels=(reference["Class"] == "bad").to_numpy())
+    batch = lending_club_frame(4)
+    full = score_batch(profile, batch, scores=batch["int_rate"].to_numpy(),
+                       labels=label_text(batch["Class"], "string"), positive="bad")
+    partial = batch.copy()
+    partial.loc[partial.index[::3], "Class"] = None
+    report = score_batch(profile, partial, scores=partial["int_rate"].to_numpy(),
+                         labels=label_text(partial["Class"], "string"), positive="bad")
+    labelled = partial["Class"].notna()
+    assert report["performance"]["n"] == int(labelled.sum()) < len(batch)
+    assert report["performance"]["positives"] == int((partial["Class"] == "bad").sum())
+    assert abs(report["performance"]["auc"] - full["performance"]["auc"]) < 0.03
+    assert report["performance"]["auc"] > 0.6
+    assert psi_of(report) == psi_of(full)  # drift on all rows
+    # an integer label with missing values reads as floats: 1.0 is the label "1"
+    assert list(label_text(pd.Series([1.0, None, 0.0]), "integer")) == ["1", None, "0"]

@@ -332,6 +332,15 @@ def score_batch(
         if metric not in PERFORMANCE_RULES:
             raise DriftInputError(f"the profile's performance metric {metric!r} is not one this code tests")
         predictions = frame[CLASS_FEATURE] if CLASS_FEATURE in frame.columns else score_values
+        # Rows not yet labelled (a labelling line) count for drift, not for performance.
+        import pandas as pd
+
+        labelled = ~pd.isna(np.asarray(label_values, dtype=object))
+        if not labelled.all():
+            label_values = np.asarray(label_values, dtype=object)[labelled]
+            if predictions is not None:
+                predictions = np.asarray(predictions)[labelled]
+            notes.append(f"{int((~labelled).sum())} unlabelled row(s): performance is measured on the labelled rows")
         performance = PERFORMANCE_RULES[metric](profile, predictions, label_values, positive, cfg)
 
     # the family: every feature test, and the AUC rule when it runs

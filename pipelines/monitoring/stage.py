@@ -197,6 +197,20 @@ def score_new_batches(line: str, batch_ids: list[str] | None = None, home: Path 
     return {"line": line, "status": "scored", "model_version": version, "batches": summaries}
 
 
+def label_text(values, field_type: str):
+    """A batch's labels as text, None where a row has no label yet. An integer label
+    column with missing values reads as floats: 1.0 is the label "1", not "1.0"."""
+    import numpy as np
+    import pandas as pd
+
+    def text(v):
+        if pd.isna(v):
+            return None
+        return str(int(v)) if field_type == "integer" else str(v)
+
+    return np.array([text(v) for v in values.tolist()], dtype=object)
+
+
 def _score_tabular_batch(spec, batch_id: str, path: Path, model_dir: Path, profile: Path, version: str,
                          home: Path | None) -> dict[str, Any]:
     import pandas as pd
@@ -210,7 +224,7 @@ def _score_tabular_batch(spec, batch_id: str, path: Path, model_dir: Path, profi
         scores = model_scores(model_dir, sorted(path.glob("*.parquet")) or [path])
     except MonitorError as err:  # e.g. a feature column is missing: still scored on the rest
         scores, notes = None, [str(err)]
-    labels = frame[label].astype(str).to_numpy() if label in frame.columns else None
+    labels = label_text(frame[label], spec.schema.field(label).type) if label in frame.columns else None
     summary = monitor_batch(
         spec.name, frame, profile, batch_id=batch_id, model_version=version, scores=scores, labels=labels,
         positive=str(spec.schema.label.positive), home=home,
