@@ -523,3 +523,26 @@ def test_bad_input_fails_with_one_clear_line(tmp_path, credit_rows, breaker, mes
     assert re.search(message, errors[0][1]), errors[0][1]
     # no worker traceback (horovodrun reports the failed process with one of its own)
     assert not re.search(r"^\[\d+\]<std(?:out|err)>:.*Traceback", done.stdout, re.M), done.stdout[-4000:]
+
+
+def test_row_weights_in_the_shards_weigh_each_rows_loss(tmp_path, credit_rows):
+    """A downweighted (machine-labelled) row's ``_weight`` scales its loss: a shard with
+    ``_weight`` 1 everywhere trains like one without the column, with 0.5 everywhere its
+    training loss is about halved (validation stays unweighted)."""
+    losses = {}
+    for name, weight in (("none", None), ("one", 1.0), ("half", 0.5)):
+        run_dir = tmp_path / name
+        make_run_dir(run_dir, credit_rows, workers=1, epochs=1)
+        shard = run_dir / "data" / "train" / "part-00000.parquet"
+        frame = pd.read_parquet(shard)
+        if weight is not None:
+            frame["_weight"] = weight
+        frame.to_parquet(shard, index=False)
+        done = run_workers(run_dir, np_=1)
+        assert done.returncode == 0, done.stdout[-4000:]
+        (epoch,) = re.findall(r"epoch 1 loss=([0-9.]+) val_loss=([0-9.]+)", done.stdout)
+        losses[name] = tuple(float(x) for x in epoch)
+    # (a run's first-epoch loss varies by some 10% from run to run: threads sum in any order)
+    assert losses["one"][0] == pytest.approx(losses["none"][0], rel=0.2)
+    assert losses["half"][0] < 0.7 * min(losses["none"][0], losses["one"][0])
+    assert losses["half"][1] > 0.7 * losses["none"][1]  # validation loss is not weighted
