@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.specs.drift import DriftSpec
+from pipelines.specs.labelling import LabellingSpec
 from pipelines.specs.tuning import TUNABLE, TuningSpec, set_setting
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
@@ -334,6 +335,8 @@ class LineSpec(_Strict):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     # Hyperparameter search (``tune_<line>``): a line without it has no tuning DAG.
     tuning: TuningSpec | None = None
+    # Automated labelling (``label_<line>``) and label-error detection at training.
+    labelling: LabellingSpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -390,6 +393,14 @@ class LineSpec(_Strict):
                              f"(those are {monitored})")
         if self.tuning is not None:
             self._check_tuning(self.tuning)
+        if self.labelling is not None:
+            label = self.schema_.field(self.schema_.label.name)
+            if label.missing != "keep":
+                raise ValueError(f"labelling: the label field {label.name!r} must use missing: keep "
+                                 "(unlabelled rows are kept for labelling)")
+            if self.modality != "tabular" and self.labelling.label_errors.mode != "off":
+                raise ValueError(f"labelling.label_errors.mode: label-error detection is for tabular lines; "
+                                 f"an {self.modality} line needs mode: off")
         return self
 
     def _check_tuning(self, tuning: TuningSpec) -> None:
