@@ -179,3 +179,20 @@ def test_the_spec_section_is_checked():
         parse_spec(fashion, Path("fashion.yaml"))
     fashion["labelling"] = {"label_errors": {"mode": "off"}}
     assert parse_spec(fashion, Path("fashion.yaml")).labelling.label_errors.mode == "off"
+
+
+def test_a_train_split_over_max_rows_is_sampled_with_a_seed(runs):
+    from pipelines.labelling.errors import detect_label_errors
+
+    run, manifest = runs["report"]
+    train = pd.concat(pd.read_parquet(p) for p in layout.train_shards(run)).set_index(pd.RangeIndex(7, 7 + manifest["rows"]["train"]))
+    spec = _spec("report")
+    small = spec.model_copy(update={"labelling": spec.labelling.model_copy(update={
+        "label_errors": LabelErrorsSpec(mode="report", max_rows=1500)})})
+    batch_of = pd.Series("slice-9", index=train.index)
+    first = detect_label_errors(small, train, manifest["features"], batch_of=batch_of)
+    again = detect_label_errors(small, train, manifest["features"], batch_of=batch_of)
+    assert first.rows_checked == 1500 < len(train)
+    assert first.found > 0 and first.rows == again.rows and first.suspects == again.suspects
+    assert set(first.suspects) <= set(train.index) and first.by_batch == {"slice-9": first.found}
+    assert {row.key[KEY] for row in first.rows} == set(train.loc[first.suspects, KEY])
