@@ -9,6 +9,8 @@ cannot work) fails here with a clear message. It writes, under the run folder::
     data/train/part-0000i.parquet    one shard per worker rank
     data/validation.parquet          early stopping
     data/eval.parquet                held out for the evaluation stage
+    label_errors.json                suspected label errors in the train split (lines whose
+                                     ``labelling.label_errors.mode`` is report or exclude)
 
 The split is a function of the key only (MD5 of its text, bucketed into 100), so a
 row lands in the same split in every run, whatever else is in the window.
