@@ -16,6 +16,7 @@ variable moves it (shared storage at scale):
 | drift | ``<home>/drift/<line>/``: ``history.jsonl``, ``episodes.json``, ``reports/`` | |
 | prediction log | ``<home>/predictions/<line>/``: ``wal/`` (segments being written, JSON lines), ``log/date=<day>/`` (Parquet), ``labels/`` | ``FACTORY_PREDICTION_LOG`` |
 | model server | ``<home>/run/model-server.json`` (its record) | |
+| labelling | ``<home>/labelling/<line>/``: ``label_errors.json`` (the latest training's label-error report; each run keeps its own as ``<run>/label_errors.json``) | |
 
 Light: no import beyond the standard library and :mod:`pipelines.config`, so both
 environments and DAG files may import it.
@@ -34,6 +35,7 @@ from pipelines.config import factory_home
 # file names inside the folders above
 LOCK = ".lock"
 TRAINING_MANIFEST = "manifest.json"
+LABEL_ERRORS = "label_errors.json"
 TRAINING_RESULT = "result.json"
 TRAINING_OUTCOME = "outcome.json"
 TRAINING_MLFLOW_RUN = "mlflow_run_id"
@@ -258,6 +260,11 @@ def model_root(run: Path) -> Path:
 
 def manifest_path(run: Path) -> Path:
     return Path(run) / TRAINING_MANIFEST
+
+
+def label_errors_path(run: Path) -> Path:
+    """The run's label-error report: train rows whose given label looks wrong."""
+    return Path(run) / LABEL_ERRORS
 
 
 def training_result_path(run: Path) -> Path:
@@ -508,3 +515,16 @@ def study_slot_lock(study: Path, slot: int) -> Path:
 def study_ask_lock(study: Path) -> Path:
     """Held while a trial task asks the study for its trial: one ask at a time."""
     return Path(study) / "ask.lock"
+
+
+# ---------------------------------------------------------------- labelling
+
+
+def labelling_dir(line: str, home: Path | None = None) -> Path:
+    """``<FACTORY_HOME>/labelling/<line>``: the line's labelling records."""
+    return _home(home) / "labelling" / line
+
+
+def latest_label_errors_path(line: str, home: Path | None = None) -> Path:
+    """A copy of the label-error report of the line's latest prepared training run."""
+    return labelling_dir(line, home) / LABEL_ERRORS

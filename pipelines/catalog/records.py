@@ -25,6 +25,7 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | reference profile (``drift_profile.json``) | a dict (:mod:`pipelines.monitoring.profile` owns and checks its format) | ``profile.save_profile`` at :func:`~pipelines.catalog.layout.drift_profile_path` | ``profile.load_profile`` |
 | tuned settings of a line | :class:`TunedParams` | :func:`write_tuned_params` (the tuning DAG) | :func:`read_tuned_params` |
 | tuning study | :class:`StudyRecord` | :func:`write_study_record` (the tuning DAG) | :func:`read_study_record`, :func:`read_study_records` |
+| label-error report of a training run | :class:`LabelErrorReport` | :func:`write_label_errors` (training's preparation) | :func:`read_label_errors`, :func:`read_latest_label_errors` |
 | the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
 
 One module for all record types, one section each: the table above is the whole
@@ -40,7 +41,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from pipelines import storage
 from pipelines.catalog import layout
@@ -678,3 +679,65 @@ def read_study_records(line: str, home: Path | None = None, errors: list[str] | 
         if record is not None:
             found.append(record)
     return sorted(found, key=lambda r: r.started or "")
+
+
+# ---------------------------------------------------------------- labelling
+
+
+class LabelErrorRow(Record):
+    """A train row whose given label looks wrong: its batch and key, the label it was given,
+    the label the out-of-fold model suggests, and the given label's quality score (0 to 1,
+    lower is more suspect)."""
+
+    batch_id: str | None = None
+    key: dict[str, Any] = {}
+    given: str
+    suggested: str
+    score: float
+
+
+class LabelErrorReport(Record):
+    """Label errors found in a training run's train split (:mod:`pipelines.labelling.errors`).
+    ``found``: suspected rows; ``excluded``: those left out of training (mode ``exclude``);
+    ``by_batch``: suspected rows per batch; ``rows``: the worst ones first, at most
+    :data:`MAX_LABEL_ERROR_ROWS` listed."""
+
+    line: str
+    run_id: str | None = None
+    mode: str
+    method: str | None = None
+    model: str | None = None
+    folds: int | None = None
+    rows_checked: int = 0
+    found: int = 0
+    excluded: int = 0
+    at: str | None = None
+    by_batch: dict[str, int] = {}
+    rows: list[LabelErrorRow] = []
+    # the suspected rows' index labels in the frame checked (all of them, not only those
+    # listed): what mode exclude drops; never stored
+    _suspects: list[Any] = PrivateAttr(default_factory=list)
+
+    @property
+    def suspects(self) -> list[Any]:
+        return self._suspects
+
+
+MAX_LABEL_ERROR_ROWS = 1000
+
+
+def write_label_errors(path: Path, report: LabelErrorReport | dict[str, Any]) -> Path:
+    """A label-error report at ``path`` (:func:`~pipelines.catalog.layout.label_errors_path`
+    of a run, or the line's :func:`~pipelines.catalog.layout.latest_label_errors_path`)."""
+    record = report if isinstance(report, LabelErrorReport) else LabelErrorReport.model_validate(report)
+    return storage.write_json_atomic(path, record.to_json(), indent=1)
+
+
+def read_label_errors(run: Path) -> LabelErrorReport | None:
+    """A training run's label-error report (None when the run checked no labels)."""
+    return _load(layout.label_errors_path(run), LabelErrorReport)
+
+
+def read_latest_label_errors(line: str, home: Path | None = None) -> LabelErrorReport | None:
+    """The label-error report of the line's latest prepared training run."""
+    return _load(layout.latest_label_errors_path(line, home), LabelErrorReport)

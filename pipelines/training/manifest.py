@@ -236,6 +236,24 @@ class _Rows(_Section):
     unlabelled: _Count | None = None
 
 
+class _LabelErrors(_Section):
+    """Label errors found in the train split (:mod:`pipelines.labelling.errors`): with mode
+    ``exclude`` the ``excluded`` rows are not in the shards."""
+
+    mode: Annotated[Literal["report", "exclude"], _says("must be 'report' or 'exclude', got {input!r}")]
+    found: _Count
+    excluded: _Count
+    rows_checked: _Count
+
+    @field_validator("excluded")
+    @classmethod
+    def _excluded_were_found(cls, excluded: int, info: ValidationInfo) -> int:
+        found = info.data.get("found")
+        if found is not None and excluded > found:
+            raise _problem(f"{excluded} rows excluded but only {found} found")
+        return excluded
+
+
 class _ManifestFile(_Section):
     """``manifest.json`` as written by :mod:`pipelines.training.prepare`. The fields are
     validated in this order, so a check can use the fields above it."""
@@ -255,6 +273,7 @@ class _ManifestFile(_Section):
     shards: Annotated[list[Annotated[int, Strict(), Field(ge=0)]], _says("must be row counts (integers >= 0)")]
     params: Params
     model: ModelConfig
+    label_errors: _LabelErrors | None = None
 
     @field_validator("features")
     @classmethod

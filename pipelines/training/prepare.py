@@ -9,6 +9,8 @@ cannot work) fails here with a clear message. It writes, under the run folder::
     data/train/part-0000i.parquet    one shard per worker rank
     data/validation.parquet          early stopping
     data/eval.parquet                held out for the evaluation stage
+    label_errors.json                suspected label errors in the train split (lines whose
+                                     ``labelling.label_errors.mode`` is report or exclude)
 
 The split is a function of the key only (MD5 of its text, bucketed into 100), so a
 row lands in the same split in every run, whatever else is in the window.
@@ -397,6 +399,50 @@ def _prepare_image(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared:
 PREPARERS = {"tabular": _prepare_tabular, "image": _prepare_image}
 
 
+def _batch_of(spec: LineSpec, records: list[dict[str, Any]], train: pd.DataFrame) -> pd.Series:
+    """Each train row's batch, on ``train``'s index: the ``_batch`` column where the
+    preparer kept one, else the last window batch holding the row's key (the preparer's
+    rule for a key seen in several batches)."""
+    import pandas as pd
+
+    if "_batch" in train.columns:
+        return train["_batch"]
+    key = list(spec.schema.key)
+    frames = [frame.assign(_batch=batch_id) for batch_id, frame in _read_window(spec, records, columns=key)]
+    where = pd.concat(frames, ignore_index=True).drop_duplicates(subset=key, keep="last")
+    found = train[key].reset_index().merge(where, on=key, how="left").set_index("index")["_batch"]
+    found.index.name = train.index.name
+    return found
+
+
+def _check_labels(spec: LineSpec, prepared: _Prepared, records: list[dict[str, Any]], run_dir: Path,
+                  run_id: str, home: Path | None) -> None:
+    """Label errors in the train split (``labelling.label_errors``, tabular lines): the
+    report goes to the run folder and the line's latest; mode ``exclude`` leaves the
+    suspected rows out of the train split (validation and eval keep theirs); the manifest
+    gets the ``label_errors`` section."""
+    from pipelines.catalog.records import write_label_errors
+
+    settings = spec.labelling.label_errors if spec.labelling is not None else None
+    if settings is None or settings.mode == "off" or spec.modality != "tabular":
+        layout.label_errors_path(run_dir).unlink(missing_ok=True)  # a retry's stale report
+        return
+    from pipelines.labelling.errors import detect_label_errors
+
+    train = prepared.parts["train"]
+    batch_of = prepared.batch_of if prepared.batch_of is not None else _batch_of(spec, records, train)
+    report = detect_label_errors(spec, train, prepared.sections["features"], batch_of=batch_of, run_id=run_id)
+    if settings.mode == "exclude" and report.suspects:
+        train = prepared.parts["train"] = train.drop(index=report.suspects)
+        label = prepared.sections["label"]
+        if label.get("positive_rate") is not None:
+            label["positive_rate"] = float(train[label["name"]].mean())
+    write_label_errors(layout.label_errors_path(run_dir), report)
+    write_label_errors(layout.latest_label_errors_path(spec.name, home), report)
+    prepared.sections["label_errors"] = {"mode": report.mode, "found": report.found, "excluded": report.excluded,
+                                         "rows_checked": report.rows_checked}
+
+
 def prepare_run(
     line: str, run_dir: Path, overrides: dict[str, Any] | None = None, home: Path | None = None,
     *, run_id: str | None = None, spec: LineSpec | None = None,
@@ -420,11 +466,7 @@ def prepare_run(
     records = window(spec, params, home)
     prepared = PREPARERS[spec.modality](spec, records)
     parts = prepared.parts
-    # ---- label-error detection goes here (pipelines.labelling.errors.detect_label_errors):
-    # on the merged train split (parts["train"], its rows' batches in prepared.batch_of),
-    # after the split and before sharding; mode exclude replaces parts["train"] and the
-    # result is the manifest's ``label_errors`` section.
-    label_errors = None
+    _check_labels(spec, prepared, records, Path(run_dir), run_id if run_id is not None else Path(run_dir).name, home)
     train = parts["train"]
     per_worker = len(train) // params.workers
     if per_worker < params.batch_size:
@@ -464,8 +506,6 @@ def prepare_run(
         "model": spec.training.model.model_dump(),
         **sections,
     }
-    if label_errors is not None:
-        manifest["label_errors"] = label_errors
     if tuned is not None:
         manifest["tuned"] = tuned
     write_manifest(run_dir, manifest)

@@ -21,7 +21,8 @@ from pipelines.catalog.layout import run_folder_name
 __all__ = [
     "AirflowRuns", "Batch", "ConfusionMatrix", "DriftBatch", "DriftPoint", "DriftSeries", "Evaluation",
     "GalleryImage", "LineView", "MlflowInfo", "MlflowLine", "Model", "Overview", "RunRef", "ServingVersion",
-    "Study", "Trial", "TunedSettings", "Tuning", "Validation", "mlflow_run_url", "run_folder_name",
+    "Study", "Trial", "TunedSettings", "Tuning", "Validation", "LabelErrors", "SuspectedLabel", "mlflow_run_url",
+    "run_folder_name",
 ]
 
 MAX_BATCHES = 25
@@ -32,6 +33,7 @@ MAX_GALLERY = 48  # images in an evaluation's gallery
 MAX_LIVE_WINDOWS = 8  # the latest scored windows of live traffic shown per line
 MAX_STUDIES = 4  # a line's latest tuning studies shown
 MAX_IMPORTANCES = 12  # settings in a study's importance list
+MAX_SUSPECTED_LABELS = 20  # the worst suspected label errors shown per line
 SHADES = 10  # steps of a confusion matrix cell's colour
 DRIFT_METRIC = "psi"
 SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
@@ -314,6 +316,35 @@ class Tuning:
 
 
 @dataclass
+class SuspectedLabel:
+    """A train row whose given label looks wrong (one row of a label-error report)."""
+
+    batch_id: str | None
+    key: dict[str, Any]
+    given: str
+    suggested: str
+    score: float | None  # the given label's quality, 0 to 1: lower is more suspect
+
+
+@dataclass
+class LabelErrors:
+    """The line's latest label-error report (:class:`~pipelines.catalog.records.LabelErrorReport`):
+    what the latest prepared training found in its train split."""
+
+    mode: str
+    run_id: str | None = None
+    at: str | None = None
+    model: str | None = None
+    folds: int | None = None
+    rows_checked: int = 0
+    found: int = 0
+    excluded: int = 0
+    by_batch: list[tuple[str, int]] = field(default_factory=list)  # most suspects first
+    rows: list[SuspectedLabel] = field(default_factory=list)  # the worst first
+    rows_listed: int = 0  # rows the report lists, of which ``rows`` are the first
+
+
+@dataclass
 class LineView:
     name: str
     description: str = ""
@@ -337,6 +368,7 @@ class LineView:
     evaluation: Evaluation | None = None
     live: LiveServing | None = None  # None: nothing logged and no live window scored
     tuning: Tuning | None = None  # None: no study and no tuned settings
+    label_errors: LabelErrors | None = None  # None: no training has checked the line's labels
     notes: list[str] = field(default_factory=list)
 
 

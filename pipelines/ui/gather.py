@@ -11,6 +11,7 @@ records, each through its one reader in :mod:`pipelines.catalog`:
 | live serving | :func:`pipelines.serving.predlog.read_predictions` (the last hour: requests, latency) and the ``source: "live"`` drift history records |
 | quarantined images (``modality: image``) | :func:`pipelines.catalog.records.read_quarantine` of the latest batches |
 | hyperparameter search | :func:`pipelines.catalog.records.read_study_records` (the studies) and :func:`~pipelines.catalog.records.read_tuned_params` (the tuned settings) |
+| label errors | :func:`pipelines.catalog.records.read_latest_label_errors` (the latest prepared training's report) |
 
 What differs by the spec's ``modality`` is in one table, :data:`MODALITY_PARTS`, looked up
 by the spec's value; an evaluation's confusion matrix and example gallery come in through
@@ -34,6 +35,7 @@ from pipelines.catalog import layout, ledger, records
 from pipelines.catalog.records import (
     BatchRecord,
     DriftRecord,
+    LabelErrorReport,
     RecordError,
     StudyRecord,
     TrainingRun,
@@ -54,6 +56,7 @@ from pipelines.ui.data import (
     MAX_MODELS,
     MAX_QUARANTINE_IMAGES,
     MAX_STUDIES,
+    MAX_SUSPECTED_LABELS,
     SCORE_FEATURE,
     AirflowRuns,
     Batch,
@@ -63,6 +66,7 @@ from pipelines.ui.data import (
     DriftSeries,
     Evaluation,
     GalleryImage,
+    LabelErrors,
     LineView,
     LiveServing,
     LiveWindow,
@@ -71,6 +75,7 @@ from pipelines.ui.data import (
     Overview,
     ServingVersion,
     Study,
+    SuspectedLabel,
     Trial,
     TunedSettings,
     Tuning,
@@ -440,6 +445,26 @@ def read_tuning(line: str, spec: LineSpec | None, home: Path, notes: list[str],
                   tuned=None if tuned is None else tuned_from_record(tuned, spec), tune_dag=f"tune_{line}")
 
 
+# -- label errors -----------------------------------------------------------------------
+
+
+def label_errors_from_report(report: LabelErrorReport, max_rows: int = MAX_SUSPECTED_LABELS) -> LabelErrors:
+    """A label-error report as the page shows it: counts, suspects per batch (most first),
+    the worst suspected rows."""
+    by_batch = sorted(((str(b), int(n)) for b, n in report.by_batch.items()), key=lambda bn: (-bn[1], bn[0]))
+    rows = [SuspectedLabel(batch_id=r.batch_id, key=dict(r.key), given=r.given, suggested=r.suggested,
+                           score=_float(r.score)) for r in report.rows[:max_rows]]
+    return LabelErrors(mode=report.mode, run_id=report.run_id, at=report.at, model=report.model, folds=report.folds,
+                       rows_checked=report.rows_checked, found=report.found, excluded=report.excluded,
+                       by_batch=by_batch, rows=rows, rows_listed=len(report.rows))
+
+
+def read_label_errors(line: str, home: Path, notes: list[str]) -> LabelErrors | None:
+    """The line's latest label-error report; None when there is none (a malformed one is a note)."""
+    report = _read("label errors", home, notes, lambda _: records.read_latest_label_errors(line, home), None)
+    return None if report is None else label_errors_from_report(report)
+
+
 # -- images -------------------------------------------------------------------------------
 
 QUARANTINE_COLUMNS = ["image_id", "file", "image", "label", "_reasons"]  # an image line's quarantine
@@ -677,6 +702,7 @@ def gather_line(
     view.drift_series, view.drift_batches = read_drift(line, home, notes, history)
     view.live = read_live(line, home, notes, view.serving_version, history)
     view.tuning = read_tuning(line, spec, home, notes)
+    view.label_errors = read_label_errors(line, home, notes)
     return view
 
 
