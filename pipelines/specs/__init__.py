@@ -27,6 +27,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.specs.drift import DriftSpec
+from pipelines.specs.labelling import LabellingSpec
 from pipelines.specs.tuning import TUNABLE, TuningSpec, set_setting
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]{1,62}$"
@@ -334,6 +335,8 @@ class LineSpec(_Strict):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     # Hyperparameter search (``tune_<line>``): a line without it has no tuning DAG.
     tuning: TuningSpec | None = None
+    # Automated labelling (``label_<line>``): a line without it quarantines unlabelled rows.
+    labelling: LabellingSpec | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -390,6 +393,16 @@ class LineSpec(_Strict):
                              f"(those are {monitored})")
         if self.tuning is not None:
             self._check_tuning(self.tuning)
+        if self.labelling is not None:
+            label = self.schema_.label.name
+            if self.schema_.field(label).missing != "keep":
+                raise ValueError(f"labelling: the label field {label!r} must use missing: keep (unlabelled rows "
+                                 "are kept for labelling)")
+            if self.task == "regression":
+                raise ValueError("labelling: labels a classification line (binary or multiclass)")
+            if self.modality != "tabular" and self.labelling.label_errors.mode != "off":
+                raise ValueError(f"labelling.label_errors.mode: label errors are found on tabular lines only; "
+                                 f"a {self.modality} line needs mode: off")
         return self
 
     def _check_tuning(self, tuning: TuningSpec) -> None:
