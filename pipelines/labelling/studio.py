@@ -160,12 +160,13 @@ li = LabelInterface(open(config).read())
 tasks = json.load(open(tasks_path))
 problems = []
 for i, task in enumerate(tasks):
-    if not li.validate_task(task):
+    # the task's data alone: this SDK's validate_task fails on a task with predictions
+    if not li.validate_task({"data": task.get("data")}):
         problems.append(f"task {i}: data does not fit the labelling interface")
     for j, pred in enumerate(task.get("predictions") or []):
-        errors = li.validate_prediction(pred, return_errors=True)
-        if errors is not True and errors:
-            problems.append(f"task {i}, prediction {j}: {errors}")
+        if not li.validate_prediction(pred):
+            chosen = [r.get("value") for r in pred.get("result") or [] if isinstance(r, dict)]
+            problems.append(f"task {i}, prediction {j}: does not fit the labelling interface ({chosen})")
     if kind == "export":
         for j, ann in enumerate(task.get("annotations") or []):
             if ann.get("was_cancelled"):
