@@ -155,13 +155,24 @@ def _export(tasks: list[dict], choices: dict[int, str]) -> list[dict]:
     return out
 
 
+def _run(dag, conf: dict | None = None):
+    """One run of the DAG (``dag.test``), at its own date: each run its own run id and conf."""
+    from datetime import UTC, datetime, timedelta
+
+    _run.n = getattr(_run, "n", 0) + 1
+    when = datetime.now(UTC) + timedelta(minutes=_run.n)
+    # every param given: dag.test keeps an earlier run's conf in the DAG's params
+    conf = {"batch_id": None, "review_file": None, "target_precision": None, **(conf or {})}
+    return dag.test(run_after=when, logical_date=when, run_conf=conf)
+
+
 @pytest.mark.integration
 def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_path, monkeypatch):
     from airflow.dag_processing.dagbag import DagBag
+    from serving_models import train_and_publish
 
     from bench.realdata import employment_frame, make_validated_batch
     from pipelines.labelling import stage
-    from tests.serving_models import train_and_publish
 
     home = tmp_path / "factory"
     monkeypatch.setenv("FACTORY_HOME", str(home))
@@ -179,12 +190,12 @@ def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_pat
 
     # bad params fail the run and change nothing
     for conf in ({"batch_id": "2099"}, {"review_file": str(tmp_path / "missing.json")}):
-        failed = dag.test(run_conf=conf)
+        failed = _run(dag, conf)
         assert failed.get_task_instance("plan").state == "failed", conf
     assert not layout.labelling_dir(LINE, home).exists()
 
     target = 0.9
-    result = dag.test(run_conf={"target_precision": target})
+    result = _run(dag, {"target_precision": target})
     states = {ti.task_id: ti.state for ti in result.get_task_instances()}
     assert states == {"plan": "success", "prelabel": "success", "import_reviews": "skipped", "done": "success"}
 
@@ -228,7 +239,7 @@ def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_pat
         == {"tasks": len(tasks)}
 
     # nothing new: a second run skips after plan and lands nothing
-    again = dag.test()
+    again = _run(dag)
     assert again.get_task_instance("plan").state == "skipped"
     # a retried prelabel (same run id) lands no second batch
     assert stage.prelabel(LINE, done.run_id, {"batches": [{"batch_id": "2016"}]}, home=home)["label_batch"] \
@@ -246,11 +257,11 @@ def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_pat
 
     garbled = tmp_path / "garbled.json"
     garbled.write_text("{not json")
-    failed = dag.test(run_conf={"review_file": str(garbled)})
+    failed = _run(dag, {"review_file": str(garbled)})
     assert failed.get_task_instance("import_reviews").state == "failed"
     assert ledger.read(paths, "2016-labels-2") is None  # nothing landed
 
-    imported = dag.test(run_conf={"review_file": str(export)})
+    imported = _run(dag, {"review_file": str(export)})
     assert imported.get_task_instance("import_reviews").state == "success"
     record = records.read_label_imports(LINE, home)[-1]
     assert record.labels == 20 and record.label_batch == "2016-labels-2"
@@ -267,5 +278,5 @@ def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_pat
     assert records.read_review_queue(queue_dir).imported[0]["label_batch"] == "2016-labels-2"
 
     # the same export again lands nothing new
-    dag.test(run_conf={"review_file": str(export)})
+    _run(dag, {"review_file": str(export)})
     assert ledger.read(paths, "2016-labels-3") is None
