@@ -264,3 +264,25 @@ def test_unknown_conf_keys_helper():
         refuse_unknown_conf("monitor_x", {"x": 1}, [])
     with pytest.raises(UnknownConfKeys, match="must be a JSON object"):
         refuse_unknown_conf("train_x", ["workers"], ["workers"])
+
+
+def test_label_dags_run_on_validated_data_and_take_typed_params(dagbag):
+    from airflow.exceptions import ParamValidationError
+
+    from pipelines.specs import load_specs
+
+    labelling = {s.name for s in load_specs() if s.labelling is not None}
+    assert labelling == {"credit_risk", "employment"}
+    assert {d for d in dagbag.dag_ids if d.startswith("label_")} == {f"label_{n}" for n in labelling}
+    for line in labelling:
+        dag = dagbag.dags[f"label_{line}"]
+        assert {t.task_id for t in dag.tasks} == {"plan", "prelabel", "import_reviews", "done"}
+        assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
+        assert {t.task_id for t in dag.get_task("done").upstream_list} == {"prelabel", "import_reviews"}
+        params = dag.params
+        assert params.get_param("review_file").resolve("/data/export 1.json") == "/data/export 1.json"
+        assert params.get_param("target_precision").resolve(0.9) == 0.9
+        for name, bad in (("review_file", "export.json"), ("review_file", "/a/export.csv"), ("target_precision", 1),
+                          ("target_precision", 0.5), ("batch_id", "../x"), ("batch_id", "2016\n")):
+            with pytest.raises(ParamValidationError):
+                params.get_param(name).resolve(bad)

@@ -1068,3 +1068,24 @@ def test_trials_in_two_processes_share_one_study_in_postgres(compose_postgres, c
         env={**os.environ, "PGHOST": "127.0.0.1", "PGPORT": str(compose_postgres["port"])},
         capture_output=True, text=True, check=True)
     assert owner.stdout.strip() == "optuna"
+
+
+def test_label_studio_serves_the_labelling_queues_read_only(compose):
+    """Label Studio runs its pinned image with data of its own and sees the factory's
+    labelling folder (where review queues are exported) read-only, as local files."""
+    ls = services(compose)["label-studio"]
+    assert ls["image"] == "heartexlabs/label-studio:1.23.2"
+    env = ls["environment"]
+    assert env["LOCAL_FILES_SERVING_ENABLED"] == "true"
+    assert "label-studio-data:/label-studio/data" in ls["volumes"]
+    mounts = {v["target"]: v for v in ls["volumes"] if isinstance(v, dict)}
+    queues = mounts["/label-studio/files/labelling"]
+    assert queues["source"] == "factory-home" and queues["read_only"] is True
+    assert queues["volume"]["subpath"] == "labelling"  # layout.labelling_dir's parent under FACTORY_HOME
+    assert queues["target"].startswith(env["LOCAL_FILES_DOCUMENT_ROOT"] + "/")
+    assert ls["ports"] == ["127.0.0.1:8089:8080"]
+    assert "8080" in " ".join(ls["healthcheck"]["test"]) and "/health" in " ".join(ls["healthcheck"]["test"])
+    assert "label-studio-data" in compose["volumes"]
+    from pipelines.catalog import layout
+
+    assert layout.labelling_dir("x", Path("/h")).parent == Path("/h/labelling")

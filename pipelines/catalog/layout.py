@@ -16,7 +16,7 @@ variable moves it (shared storage at scale):
 | drift | ``<home>/drift/<line>/``: ``history.jsonl``, ``episodes.json``, ``reports/`` | |
 | prediction log | ``<home>/predictions/<line>/``: ``wal/`` (segments being written, JSON lines), ``log/date=<day>/`` (Parquet), ``labels/`` | ``FACTORY_PREDICTION_LOG`` |
 | model server | ``<home>/run/model-server.json`` (its record) | |
-| labelling | ``<home>/labelling/<line>/``: ``label_errors.json`` (the latest training's label-error report; each run keeps its own as ``<run>/label_errors.json``) | |
+| labelling | ``<home>/labelling/<line>/``: ``thresholds.json``, ``runs/<run>.json``, ``queue/<queue>/`` (``tasks.json``, ``label_config.xml``, ``queue.json``), ``imports/<import>.json``, ``label_errors.json`` (the latest training's label-error report; each run keeps its own as ``<run>/label_errors.json``) | |
 
 Light: no import beyond the standard library and :mod:`pipelines.config`, so both
 environments and DAG files may import it.
@@ -517,12 +517,59 @@ def study_ask_lock(study: Path) -> Path:
     return Path(study) / "ask.lock"
 
 
-# ---------------------------------------------------------------- labelling
+# ---------------------------------------------------------------- automated labelling
 
 
 def labelling_dir(line: str, home: Path | None = None) -> Path:
-    """``<FACTORY_HOME>/labelling/<line>``: the line's labelling records."""
+    """``<FACTORY_HOME>/labelling/<line>``: thresholds, labelling runs, review queues, imports
+    (and the lock the label DAG's tasks take)."""
     return _home(home) / "labelling" / line
+
+
+def label_thresholds_path(line: str, home: Path | None = None) -> Path:
+    """The per-class confidence thresholds of the serving model's machine labels."""
+    return labelling_dir(line, home) / "thresholds.json"
+
+
+def labelling_runs_dir(line: str, home: Path | None = None) -> Path:
+    return labelling_dir(line, home) / "runs"
+
+
+def labelling_run_path(line: str, run_id: str, home: Path | None = None) -> Path:
+    """One run of the label DAG: what it labelled, queued and landed."""
+    return labelling_runs_dir(line, home) / f"{run_folder_name(run_id)}.json"
+
+
+def review_queues_dir(line: str, home: Path | None = None) -> Path:
+    """Label Studio serves this folder as local files (read-only)."""
+    return labelling_dir(line, home) / "queue"
+
+
+def review_queue_dir(line: str, queue_id: str, home: Path | None = None) -> Path:
+    """One review queue: ``tasks.json`` (Label Studio's import format), ``label_config.xml``,
+    ``queue.json`` (its record)."""
+    return review_queues_dir(line, home) / queue_id
+
+
+def review_tasks_path(queue: Path) -> Path:
+    return Path(queue) / "tasks.json"
+
+
+def review_config_path(queue: Path) -> Path:
+    return Path(queue) / "label_config.xml"
+
+
+def review_queue_record_path(queue: Path) -> Path:
+    return Path(queue) / "queue.json"
+
+
+def label_imports_dir(line: str, home: Path | None = None) -> Path:
+    return labelling_dir(line, home) / "imports"
+
+
+def label_import_path(line: str, import_id: str, home: Path | None = None) -> Path:
+    """What one import of reviewed labels took and landed."""
+    return label_imports_dir(line, home) / f"{run_folder_name(import_id)}.json"
 
 
 def latest_label_errors_path(line: str, home: Path | None = None) -> Path:

@@ -26,6 +26,10 @@ and ``record.get("field")`` like the JSON objects they are stored as.
 | tuned settings of a line | :class:`TunedParams` | :func:`write_tuned_params` (the tuning DAG) | :func:`read_tuned_params` |
 | tuning study | :class:`StudyRecord` | :func:`write_study_record` (the tuning DAG) | :func:`read_study_record`, :func:`read_study_records` |
 | label-error report of a training run | :class:`LabelErrorReport` | :func:`write_label_errors` (training's preparation) | :func:`read_label_errors`, :func:`read_latest_label_errors` |
+| label thresholds of a line | :class:`LabelThresholds` | :func:`write_label_thresholds` (the label DAG) | :func:`read_label_thresholds` |
+| labelling run | :class:`LabellingRun` | :func:`write_labelling_run` (the label DAG) | :func:`read_labelling_run`, :func:`read_labelling_runs` |
+| review queue | :class:`ReviewQueue` | :func:`write_review_queue` (the label DAG) | :func:`read_review_queue`, :func:`read_review_queues` |
+| import of reviewed labels | :class:`LabelImport` | :func:`write_label_import` (the label DAG) | :func:`read_label_import`, :func:`read_label_imports` |
 | the whole of a line | :class:`TrainingRun`, :class:`ServingVersion` | | :func:`training_runs`, :func:`serving_versions` |
 
 One module for all record types, one section each: the table above is the whole
@@ -741,3 +745,152 @@ def read_label_errors(run: Path) -> LabelErrorReport | None:
 def read_latest_label_errors(line: str, home: Path | None = None) -> LabelErrorReport | None:
     """The label-error report of the line's latest prepared training run."""
     return _load(layout.latest_label_errors_path(line, home), LabelErrorReport)
+
+# ---------------------------------------------------------------- automated labelling
+
+
+class ClassThreshold(Record):
+    """One predicted class: the lowest confidence whose accepted held-out rows reach the
+    target precision on its lower bound (None: the class is never auto-accepted)."""
+
+    threshold: float | None = None
+    support: int = 0  # held-out rows predicted as this class
+    precision: float | None = None  # of the accepted held-out rows
+    precision_lower: float | None = None  # its one-sided Clopper-Pearson lower bound
+    accepted_share: float = 0.0  # of the class's held-out rows, the share accepted
+    reason: str | None = None
+
+
+class LabelThresholds(Record):
+    line: str
+    model_version: str | None = None
+    target_precision: float
+    confidence_level: float
+    classes: dict[str, ClassThreshold] = {}
+    eval_rows: int | None = None
+    run_id: str | None = None  # the training run whose held-out split chose them
+    at: str | None = None
+
+
+def write_label_thresholds(line: str, record: dict[str, Any], home: Path | None = None) -> Path:
+    return storage.write_json_atomic(layout.label_thresholds_path(line, home),
+                                     LabelThresholds.model_validate(record).to_json())
+
+
+def read_label_thresholds(line: str, home: Path | None = None) -> LabelThresholds | None:
+    return _load(layout.label_thresholds_path(line, home), LabelThresholds)
+
+
+class LabellingRun(Record):
+    line: str
+    run_id: str
+    source_batches: list[str] = []
+    model_version: str | None = None
+    rows_unlabelled: int = 0
+    auto_labelled: int = 0
+    queued: int = 0
+    label_batch: str | None = None
+    queue: str | None = None
+    by_class: dict[str, Any] = {}
+    at: str | None = None
+
+
+def write_labelling_run(line: str, record: dict[str, Any], home: Path | None = None) -> Path:
+    record = LabellingRun.model_validate(record)
+    return storage.write_json_atomic(layout.labelling_run_path(line, record.run_id, home), record.to_json())
+
+
+def read_labelling_run(line: str, run_id: str, home: Path | None = None) -> LabellingRun | None:
+    return _load(layout.labelling_run_path(line, run_id, home), LabellingRun)
+
+
+def read_labelling_runs(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[LabellingRun]:
+    """The line's labelling runs, oldest first."""
+    root = layout.labelling_runs_dir(line, home)
+    found = []
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            record = _load(path, LabellingRun)
+        except RecordError as err:
+            _pass_over(err, errors)
+            continue
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.at or "")
+
+
+class ReviewQueue(Record):
+    line: str
+    queue_id: str
+    rows: int = 0
+    order: str = "drifted region first, then least confident first"
+    created_at: str | None = None
+    source_batches: list[str] = []
+    model_version: str | None = None
+    keys: list[dict[str, Any]] = []  # the key of every queued row, in queue order
+    imported: list[dict[str, Any]] = []  # one entry per import: {"import_id", "labels", "label_batch", "at"}
+
+
+def write_review_queue(queue: Path, record: dict[str, Any]) -> Path:
+    return storage.write_json_atomic(layout.review_queue_record_path(queue), ReviewQueue.model_validate(record).to_json())
+
+
+def read_review_queue(queue: Path) -> ReviewQueue | None:
+    return _load(layout.review_queue_record_path(queue), ReviewQueue)
+
+
+def read_review_queues(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[ReviewQueue]:
+    """The line's review queues, oldest first."""
+    root = layout.review_queues_dir(line, home)
+    found = []
+    for folder in sorted(root.iterdir()) if root.is_dir() else []:
+        try:
+            record = read_review_queue(folder) if folder.is_dir() and not folder.name.startswith(".") else None
+        except RecordError as err:
+            _pass_over(err, errors)
+            continue
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.created_at or "")
+
+
+class LabelImport(Record):
+    """What one import of a Label Studio export took: its file, tasks, labels, what was
+    skipped and why, and the label batch it landed."""
+
+    line: str
+    import_id: str
+    file: str
+    sha256: str | None = None
+    tasks: int = 0
+    labels: int = 0
+    skipped: list[dict[str, Any]] = []  # {"task", "reason"}
+    skipped_by_reason: dict[str, int] = {}
+    label_batch: str | None = None
+    queues: list[str] = []
+    at: str | None = None
+
+
+def write_label_import(line: str, record: dict[str, Any], home: Path | None = None) -> Path:
+    record = LabelImport.model_validate(record)
+    return storage.write_json_atomic(layout.label_import_path(line, record.import_id, home), record.to_json())
+
+
+def read_label_import(line: str, import_id: str, home: Path | None = None) -> LabelImport | None:
+    return _load(layout.label_import_path(line, import_id, home), LabelImport)
+
+
+def read_label_imports(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[LabelImport]:
+    """The line's imports of reviewed labels, oldest first."""
+    root = layout.label_imports_dir(line, home)
+    found = []
+    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
+        try:
+            record = _load(path, LabelImport)
+        except RecordError as err:
+            _pass_over(err, errors)
+            continue
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: r.at or "")
+
