@@ -16,7 +16,7 @@ import yaml
 from bench.realdata import lending_club_frame, make_validated_batch
 from pipelines.catalog import layout, records
 from pipelines.specs import SpecError, load_spec, parse_spec
-from pipelines.specs.labelling import LabelErrorsSpec, LabellingSpec
+from pipelines.specs.labelling import LabelErrorsSpec
 from pipelines.training.manifest import ManifestError, load_manifest, parse_manifest
 from pipelines.training.prepare import prepare_run
 
@@ -27,15 +27,11 @@ RATE = 0.05
 
 
 def _spec(mode: str | None):
-    """The line's spec with ``labelling:`` (label errors in ``mode``), or without it (None).
-    The label field keeps missing labels, as a labelling line's must."""
+    """The line's spec (it declares ``labelling:``) with label errors in ``mode``, or off (None)."""
     spec = load_spec(LINE)
-    if mode is None:
-        return spec
-    schema = spec.schema.model_copy(update={"fields": [
-        f.model_copy(update={"missing": "keep"}) if f.name == LABEL else f for f in spec.schema.fields]})
-    return spec.model_copy(update={"schema_": schema,
-                                   "labelling": LabellingSpec(label_errors=LabelErrorsSpec(mode=mode))})
+    assert spec.labelling is not None and spec.schema.field(LABEL).missing == "keep"
+    errors = LabelErrorsSpec(mode=mode or "off")
+    return spec.model_copy(update={"labelling": spec.labelling.model_copy(update={"label_errors": errors})})
 
 
 @pytest.fixture(scope="module")
@@ -165,6 +161,9 @@ def _dump(name: str) -> dict:
 def test_the_spec_section_is_checked():
     data = _dump(LINE)
     data["labelling"] = {"label_errors": {"mode": "exclude"}}
+    for field in data["schema"]["fields"]:
+        if field["name"] == LABEL:
+            field["missing"] = "quarantine"
     with pytest.raises(SpecError, match="label field 'Class' must use missing: keep"):
         parse_spec(data, Path(f"{LINE}.yaml"))
     for field in data["schema"]["fields"]:
@@ -175,7 +174,7 @@ def test_the_spec_section_is_checked():
 
     fashion = _dump("fashion")
     fashion["labelling"] = {}
-    with pytest.raises(SpecError, match="label-error detection is for tabular lines"):
+    with pytest.raises(SpecError, match="label errors are found on tabular lines only"):
         parse_spec(fashion, Path("fashion.yaml"))
     fashion["labelling"] = {"label_errors": {"mode": "off"}}
     assert parse_spec(fashion, Path("fashion.yaml")).labelling.label_errors.mode == "off"
