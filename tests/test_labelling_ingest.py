@@ -178,3 +178,32 @@ def test_training_data_merges_labels_and_treats_machine_labels_as_the_spec_says(
     assert (weighted.loc[list(train_machine)] == 0.5).all()
     assert (weighted.drop(index=list(train_machine)) == 1.0).all()
     assert manifests["downweight"]["rows"]["by_source"] == manifests["use"]["rows"]["by_source"]
+
+
+def test_a_label_batch_is_held_to_the_suites_row_expectations_not_its_population_ones(spark, home):
+    """The model's confident labels are mostly of one class, and a review queue is a few
+    hundred rows: a label batch is a chosen subset, so the suite's population expectations
+    (row count, class set and rate, means, medians) are left out for it and named in the
+    ledger, while every row-level one still applies. The same rows as an ordinary batch
+    fail those population expectations."""
+    spec = load_spec("employment")
+    year = employment_frame(2017)
+    employed = year[year["employed"] == 1].sample(300, random_state=3).reset_index(drop=True)
+    labels = employed.assign(**{LABEL_SOURCE: "machine", LABEL_MODEL: "4", LABEL_CONFIDENCE: 0.995})
+    landing.land_frame(spec, labels, "2017-labels-1", home)
+    job.run("employment", ["2017-labels-1"], home)
+    stage.validate_batch("employment", "2017-labels-1", home)
+    record = ledger.read(line_paths("employment", home), "2017-labels-1")
+    assert record["status"] == ledger.VALIDATED
+    skipped = record["validation"]["skipped"]
+    assert "expect_table_row_count_to_be_between" in skipped
+    assert "expect_column_mean_to_be_between on employed" in skipped
+    assert not any("to_be_unique" in s or "ordered_list" in s for s in skipped)
+
+    landing.land_frame(spec, employed, "2017-employed-only", home)
+    job.run("employment", ["2017-employed-only"], home)
+    with pytest.raises(stage.ValidationFailed) as failed:
+        stage.validate_batch("employment", "2017-employed-only", home)
+    assert "expect_table_row_count_to_be_between" in str(failed.value)
+    assert "expect_column_mean_to_be_between on employed" in str(failed.value)
+

@@ -58,6 +58,17 @@ def _image_metadata(spec, path: str) -> list[str]:
 VALIDATED_COLUMNS = {"tabular": _all_columns, "image": _image_metadata}
 
 
+def is_label_batch(spec, frame) -> bool:
+    """A batch of labels given later (by the label DAG or a reviewer): every row's label
+    came from a machine or a person. Its rows were chosen, so the suite's population
+    expectations are not applied to it (:func:`pipelines.ingest.validation.rows_only`)."""
+    from pipelines.labelling import HUMAN, LABEL_SOURCE, MACHINE
+
+    if spec.labelling is None or LABEL_SOURCE not in frame.columns or not len(frame):
+        return False
+    return bool(frame[LABEL_SOURCE].isin([MACHINE, HUMAN]).all())
+
+
 def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[str, Any]:
     """Run the line's checkpoint on a cleaned batch and record the verdict.
 
@@ -77,7 +88,8 @@ def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[s
     path = record["cleaning"]["clean_path"]
     frame = pd.read_parquet(path, columns=VALIDATED_COLUMNS[spec.modality](spec, path))
     outcome = run_checkpoint(
-        frame, include_dir() / spec.expectations, line=line, batch_id=batch_id, gx_dir=gx_root(home)
+        frame, include_dir() / spec.expectations, line=line, batch_id=batch_id, gx_dir=gx_root(home),
+        label_batch=is_label_batch(spec, frame),
     )
     if not outcome.success:
         ledger.update(

@@ -21,7 +21,7 @@ import json
 import math
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlparse
@@ -64,6 +64,9 @@ class ValidationOutcome:
     failed: list[FailedExpectation] = field(default_factory=list)
     data_docs: str = ""
     result_id: str = ""
+    # expectations not applied to this batch: a label batch is a chosen subset of rows, so
+    # the suite's population expectations (``meta.population``) do not describe it
+    skipped: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form (what the batch ledger records)."""
@@ -106,10 +109,29 @@ def load_suite_dict(suite_file: Path) -> dict:
     return data
 
 
+def _name(exp: dict) -> str:
+    column = (exp.get("kwargs") or {}).get("column")
+    return f"{exp['type']} on {column}" if column else exp["type"]
+
+
+def rows_only(suite_dict: dict) -> tuple[dict, list[str]]:
+    """The suite without its population expectations (``"meta": {"population": true}``:
+    row counts, class sets and rates, means and medians), for a label batch: its rows were
+    chosen (the confident ones, the reviewed ones), so their mix says nothing about the
+    data, while every row-level expectation still holds for each of them. Returns the
+    reduced suite (its own name) and what was left out."""
+    kept, skipped = [], []
+    for exp in suite_dict["expectations"]:
+        (skipped if (exp.get("meta") or {}).get("population") is True else kept).append(exp)
+    return {**suite_dict, "name": f"{suite_dict['name']}.label_batches", "expectations": kept}, [_name(e) for e in skipped]
+
+
 def run_checkpoint(
-    df: pd.DataFrame, suite_file: Path, *, line: str, batch_id: str, gx_dir: Path
+    df: pd.DataFrame, suite_file: Path, *, line: str, batch_id: str, gx_dir: Path, label_batch: bool = False,
 ) -> ValidationOutcome:
     """Validate ``df`` (a cleaned batch of ``line``) against the suite in ``suite_file``.
+    ``label_batch``: the batch holds labels given later to chosen rows; the suite's
+    population expectations are left out (:func:`rows_only`) and the outcome lists them.
 
     The GX project at ``gx_dir`` is created if absent. Runs against the same
     ``gx_dir`` are serialised with a file lock, so concurrent tasks do not
@@ -117,10 +139,14 @@ def run_checkpoint(
     """
     gx_dir = Path(gx_dir)
     suite_dict = load_suite_dict(Path(suite_file))
+    skipped: list[str] = []
+    if label_batch:
+        suite_dict, skipped = rows_only(suite_dict)
     gx_dir.mkdir(parents=True, exist_ok=True)
     _quiet_gx()
     with exclusive_lock(gx_dir, ".validation.lock"):
-        return _run(df, suite_dict, Path(suite_file), line=line, batch_id=batch_id, gx_dir=gx_dir)
+        outcome = _run(df, suite_dict, Path(suite_file), line=line, batch_id=batch_id, gx_dir=gx_dir)
+    return replace(outcome, skipped=skipped) if skipped else outcome
 
 
 # -- internals --------------------------------------------------------------
