@@ -21,7 +21,9 @@ import), `target_precision` (instead of the spec's).
 3. **import_reviews** (with `review_file`): the latest annotation of each reviewed task
    becomes a human label (`label_source: human`, which wins over a machine label at
    training), landed as one label batch; unknown rows and labels are skipped and counted.
-4. **done**: the run's summary.
+4. **done**: the run's summary; **ingest_labels** triggers `ingest_<line>` when label
+   batches were landed, so they are cleaned, validated and announced without waiting for
+   its schedule.
 
 A retried task does not land a second label batch for the same rows.
 """
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from airflow.providers.standard.operators.trigger_dagrun import TriggerDagRunOperator
 from airflow.sdk import DAG, Param, task
 
 from pipelines.runtime.assets import validated_data
@@ -97,6 +100,11 @@ def build(spec: LineSpec) -> DAG:
 
             if not planned["batches"]:
                 raise AirflowSkipException("no unlabelled rows")
+            from pipelines.monitoring.stage import serving_model
+
+            if serving_model(line) is None:  # the first batches of a new line: nothing to label with yet
+                raise AirflowSkipException(f"{line} has no model in serving yet: the unlabelled rows wait for "
+                                           "one (the next validated batch or a manual run labels them)")
             try:
                 return run_prelabel(line, run_id or "manual", planned)
             except (LabellingError, ThresholdError) as err:
@@ -120,8 +128,18 @@ def build(spec: LineSpec) -> DAG:
         def done(labelled: dict | None = None, imported: dict | None = None) -> dict:
             return {"line": line, "prelabel": labelled, "import": imported}
 
+        @task.short_circuit
+        def landed(summary: dict) -> bool:
+            """Whether this run landed label batches (then the ingest DAG takes them now)."""
+            return any((part or {}).get("label_batches") or (part or {}).get("label_batch")
+                       for part in (summary["prelabel"], summary["import"]))
+
+        ingest = TriggerDagRunOperator(
+            task_id="ingest_labels", trigger_dag_id=f"ingest_{line}", wait_for_completion=False,
+            trigger_run_id="labels__{{ run_id }}", skip_when_already_exists=True,
+        )
         planned = plan()
-        done(prelabel(planned), import_reviews(planned))
+        landed(done(prelabel(planned), import_reviews(planned))) >> ingest
     return dag
 
 

@@ -276,7 +276,11 @@ def test_label_dags_run_on_validated_data_and_take_typed_params(dagbag):
     assert {d for d in dagbag.dag_ids if d.startswith("label_")} == {f"label_{n}" for n in labelling}
     for line in labelling:
         dag = dagbag.dags[f"label_{line}"]
-        assert {t.task_id for t in dag.tasks} == {"plan", "prelabel", "import_reviews", "done"}
+        assert {t.task_id for t in dag.tasks} == {"plan", "prelabel", "import_reviews", "done", "landed",
+                                                  "ingest_labels"}
+        # label batches it lands are ingested at once, not on the ingest DAG's schedule
+        assert dag.get_task("ingest_labels").trigger_dag_id == f"ingest_{line}"
+        assert [t.task_id for t in dag.get_task("ingest_labels").upstream_list] == ["landed"]
         assert f"{line}.validated_data" in str(dag.timetable.asset_condition)
         assert {t.task_id for t in dag.get_task("done").upstream_list} == {"prelabel", "import_reviews"}
         params = dag.params

@@ -10,6 +10,7 @@ checked with Label Studio's SDK, answered as a reviewer would and imported back.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -192,12 +193,15 @@ def test_label_dag_prelabels_queues_and_imports_human_labels(airflow_db, tmp_pat
     for conf in ({"batch_id": "2099"}, {"review_file": str(tmp_path / "missing.json")}):
         failed = _run(dag, conf)
         assert failed.get_task_instance("plan").state == "failed", conf
-    assert not layout.labelling_dir(LINE, home).exists()
+    before = sorted(p.relative_to(home) for p in layout.labelling_dir(LINE, home).rglob("*"))
+    # (the training's label-error report is the only labelling record so far)
+    assert before in ([], [Path("labelling", LINE, "label_errors.json")]), before
 
     target = 0.9
     result = _run(dag, {"target_precision": target})
     states = {ti.task_id: ti.state for ti in result.get_task_instances()}
-    assert states == {"plan": "success", "prelabel": "success", "import_reviews": "skipped", "done": "success"}
+    assert states == {"plan": "success", "prelabel": "success", "import_reviews": "skipped", "done": "success",
+                      "landed": "success", "ingest_labels": "success"}
 
     labelled = records.read_labelling_runs(LINE, home)
     assert len(labelled) == 1
