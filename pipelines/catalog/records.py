@@ -716,6 +716,7 @@ class LabelErrorReport(Record):
     found: int = 0
     excluded: int = 0
     at: str | None = None
+    seconds: float | None = None  # the detection's wall time (out-of-fold fits and cleanlab)
     by_batch: dict[str, int] = {}
     rows: list[LabelErrorRow] = []
     # the suspected rows' index labels in the frame checked (all of them, not only those

@@ -35,6 +35,7 @@ choice a line makes, not the default.
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -129,6 +130,7 @@ def detect_label_errors(
         return LabelErrorReport(**report)  # one class, or too few rows of one: nothing to learn from
     report["folds"] = folds
 
+    started = time.perf_counter()
     probs = out_of_fold_probabilities(encode(checked, features), labels, len(names), folds)
     issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
     scores = get_label_quality_scores(labels, probs, method="self_confidence")
@@ -151,7 +153,8 @@ def detect_label_errors(
             given=names[labels[pos]], suggested=names[suggested[pos]], score=round(float(scores[pos]), 6),
         ))
     report.update(rows_checked=len(labels), found=len(found),
-                  excluded=len(found) if settings.mode == "exclude" else 0, by_batch=by_batch, rows=rows)
+                  excluded=len(found) if settings.mode == "exclude" else 0, by_batch=by_batch, rows=rows,
+                  seconds=round(time.perf_counter() - started, 2))
     out = LabelErrorReport(**report)
     out._suspects = list(suspects)
     return out
