@@ -207,3 +207,29 @@ def test_a_label_batch_is_held_to_the_suites_row_expectations_not_its_population
     assert "expect_table_row_count_to_be_between" in str(failed.value)
     assert "expect_column_mean_to_be_between on employed" in str(failed.value)
 
+
+
+def test_a_batch_whose_labels_all_come_later_is_validated_on_everything_else(spark, home):
+    """A survey year lands before any outcome is known: no row has a label. The class set
+    and rate cannot be measured and are left out (named in the ledger); the features'
+    population expectations still apply."""
+    spec = load_spec("employment")
+    year = employment_frame(2016).sample(2000, random_state=5).reset_index(drop=True)
+    year["employed"] = pd.array([pd.NA] * len(year), dtype="Int64")
+    landing.land_frame(spec, year, "2016-blind", home)
+    report = job.run("employment", ["2016-blind"], home)["2016-blind"]
+    assert report["rows_unlabelled"] == report["rows_clean"] == 2000 and report["rows_labelled"] == 0
+    stage.validate_batch("employment", "2016-blind", home)
+    record = ledger.read(line_paths("employment", home), "2016-blind")
+    assert record["status"] == ledger.VALIDATED
+    assert sorted(record["validation"]["skipped"]) == [
+        "expect_column_distinct_values_to_equal_set on employed", "expect_column_mean_to_be_between on employed"]
+
+    # the features' population expectations still bind it: 1,200 children
+    kids = employment_frame(2016)
+    kids = kids[kids["AGEP"] < 16].head(1200).copy()
+    kids["employed"] = pd.array([pd.NA] * len(kids), dtype="Int64")
+    landing.land_frame(spec, kids, "2016-kids", home)
+    job.run("employment", ["2016-kids"], home)
+    with pytest.raises(stage.ValidationFailed, match="expect_column_median_to_be_between on AGEP"):
+        stage.validate_batch("employment", "2016-kids", home)

@@ -61,12 +61,21 @@ VALIDATED_COLUMNS = {"tabular": _all_columns, "image": _image_metadata}
 def is_label_batch(spec, frame) -> bool:
     """A batch of labels given later (by the label DAG or a reviewer): every row's label
     came from a machine or a person. Its rows were chosen, so the suite's population
-    expectations are not applied to it (:func:`pipelines.ingest.validation.rows_only`)."""
+    expectations are not applied to it (:func:`pipelines.ingest.validation.leave_out`)."""
     from pipelines.labelling import HUMAN, LABEL_SOURCE, MACHINE
 
     if spec.labelling is None or LABEL_SOURCE not in frame.columns or not len(frame):
         return False
     return bool(frame[LABEL_SOURCE].isin([MACHINE, HUMAN]).all())
+
+
+def _unlabelled_label(spec, frame) -> str | None:
+    """The label column of a labelling line's batch in which no row has a label yet (its
+    labels come later): the suite's population expectations on it are left out."""
+    label = spec.schema.label.name
+    if spec.labelling is None or label not in frame.columns or frame[label].notna().any():
+        return None
+    return label
 
 
 def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[str, Any]:
@@ -89,7 +98,7 @@ def validate_batch(line: str, batch_id: str, home: Path | None = None) -> dict[s
     frame = pd.read_parquet(path, columns=VALIDATED_COLUMNS[spec.modality](spec, path))
     outcome = run_checkpoint(
         frame, include_dir() / spec.expectations, line=line, batch_id=batch_id, gx_dir=gx_root(home),
-        label_batch=is_label_batch(spec, frame),
+        label_batch=is_label_batch(spec, frame), unlabelled=_unlabelled_label(spec, frame),
     )
     if not outcome.success:
         ledger.update(

@@ -114,24 +114,38 @@ def _name(exp: dict) -> str:
     return f"{exp['type']} on {column}" if column else exp["type"]
 
 
-def rows_only(suite_dict: dict) -> tuple[dict, list[str]]:
-    """The suite without its population expectations (``"meta": {"population": true}``:
-    row counts, class sets and rates, means and medians), for a label batch: its rows were
-    chosen (the confident ones, the reviewed ones), so their mix says nothing about the
-    data, while every row-level expectation still holds for each of them. Returns the
-    reduced suite (its own name) and what was left out."""
-    kept, skipped = [], []
-    for exp in suite_dict["expectations"]:
-        (skipped if (exp.get("meta") or {}).get("population") is True else kept).append(exp)
-    return {**suite_dict, "name": f"{suite_dict['name']}.label_batches", "expectations": kept}, [_name(e) for e in skipped]
+def leave_out(suite_dict: dict, *, label_batch: bool = False, unlabelled: str | None = None) -> tuple[dict, list[str]]:
+    """The suite without the population expectations (``"meta": {"population": true}``: row
+    counts, class sets and rates, means, medians) that do not describe a batch:
+
+    - ``label_batch``: a batch of labels given later to chosen rows (the confident ones,
+      the reviewed ones): their mix says nothing about the data, while every row-level
+      expectation still holds for each of them; all population expectations are left out;
+    - ``unlabelled``: the label column of a batch that has no labelled row yet (the labels
+      come later): the population expectations on that column have nothing to measure.
+
+    Returns the reduced suite (under its own name when anything was left out) and the
+    names of what was left out."""
+    def out(exp: dict) -> bool:
+        if (exp.get("meta") or {}).get("population") is not True:
+            return False
+        return label_batch or (unlabelled is not None and (exp.get("kwargs") or {}).get("column") == unlabelled)
+
+    kept = [e for e in suite_dict["expectations"] if not out(e)]
+    skipped = [_name(e) for e in suite_dict["expectations"] if out(e)]
+    if not skipped:
+        return suite_dict, []
+    suffix = "label_batches" if label_batch else "unlabelled"
+    return {**suite_dict, "name": f"{suite_dict['name']}.{suffix}", "expectations": kept}, skipped
 
 
 def run_checkpoint(
     df: pd.DataFrame, suite_file: Path, *, line: str, batch_id: str, gx_dir: Path, label_batch: bool = False,
+    unlabelled: str | None = None,
 ) -> ValidationOutcome:
     """Validate ``df`` (a cleaned batch of ``line``) against the suite in ``suite_file``.
-    ``label_batch``: the batch holds labels given later to chosen rows; the suite's
-    population expectations are left out (:func:`rows_only`) and the outcome lists them.
+    ``label_batch``, ``unlabelled``: population expectations that do not describe this
+    batch are left out (:func:`leave_out`), and the outcome lists them.
 
     The GX project at ``gx_dir`` is created if absent. Runs against the same
     ``gx_dir`` are serialised with a file lock, so concurrent tasks do not
@@ -139,9 +153,7 @@ def run_checkpoint(
     """
     gx_dir = Path(gx_dir)
     suite_dict = load_suite_dict(Path(suite_file))
-    skipped: list[str] = []
-    if label_batch:
-        suite_dict, skipped = rows_only(suite_dict)
+    suite_dict, skipped = leave_out(suite_dict, label_batch=label_batch, unlabelled=unlabelled)
     gx_dir.mkdir(parents=True, exist_ok=True)
     _quiet_gx()
     with exclusive_lock(gx_dir, ".validation.lock"):
