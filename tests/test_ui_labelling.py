@@ -232,3 +232,38 @@ def test_lines_without_labelling_show_nothing_new(tmp_path):
     section = _section(html)
     for text in ("No thresholds chosen yet", "No labelling run yet.", "No review queue yet.", "No review imported yet."):
         assert text in section, text
+
+
+def test_an_import_spanning_two_queues_counts_each_queues_own_labels(home, tmp_path):
+    """A reviewer may import two queues' tasks into one Label Studio project: each queue
+    then records the labels of its own rows and the label batch they landed in."""
+    spec = load_spec(LINE)
+    other, other_queue = "2017", "2017-review-1"
+    rows = employment_frame(int(other)).head(10).copy()
+    rows["employed"] = pd.array([pd.NA] * len(rows), dtype="Int64")
+    make_validated_batch(home, LINE, other, rows)
+    features = [f.name for f in spec.schema.features]
+    tasks = [studio.build_task({f: r[f] for f in features}, batch_id=other, key={"person_id": int(r["person_id"])},
+                               predicted="1", confidence=0.7, model_version="3", meta={"drifted_region": False,
+                                                                                      "rank": i + 1})
+             for i, (_, r) in enumerate(stage.pending_rows(spec, other, home).iterrows())]
+    stage._export_queue(spec, other_queue, tasks, {
+        "line": LINE, "queue_id": other_queue, "rows": len(tasks), "created_at": "2026-12-01T11:00:00+00:00",
+        "source_batches": [other], "model_version": "3", "drifted_rows": 0,
+        "keys": [{"batch_id": t["data"]["batch_id"], "key": t["data"]["key"]} for t in tasks], "imported": []}, home)
+
+    # one project, both queues' tasks: 3 answered of the first, 2 of the second
+    first = json.loads(layout.review_tasks_path(layout.review_queue_dir(LINE, QUEUE, home)).read_text())
+    export = tmp_path / "one-project.json"
+    export.write_text(json.dumps(_export(first[:3] + tasks[:2], {0: "1", 1: "0", 2: "1", 3: "0", 4: "0"})))
+    done = stage.import_reviews(LINE, IMPORT, export, home)
+    assert done["labels"] == 5 and done["label_batches"] == {SOURCE: f"{SOURCE}-labels-2", other: f"{other}-labels-1"}
+
+    queues = {q.queue_id: q for q in gather(home, [LINE]).line(LINE).labelling.queues}
+    assert queues[QUEUE].imported_labels == 3 and queues[other_queue].imported_labels == 2
+    assert queues[QUEUE].imports[0]["label_batch"] == f"{SOURCE}-labels-2"
+    assert queues[other_queue].imports[0]["label_batch"] == f"{other}-labels-1"
+    section = _section(render.page(gather(home, [LINE])))
+    row = section[section.index(f"<b>{other_queue}</b>"):]
+    row = row[:row.index("</tr>")]
+    assert "2 labels" in row and f"{other}-labels-1" in row and f"{SOURCE}-labels-2" not in row
