@@ -829,7 +829,8 @@ class ReviewQueue(Record):
     source_batches: list[str] = []
     model_version: str | None = None
     keys: list[dict[str, Any]] = []  # the key of every queued row, in queue order
-    imported: list[dict[str, Any]] = []  # one entry per import: {"import_id", "labels", "label_batch", "at"}
+    # one entry per import: {"import_id", "labels", "label_batch", "label_batches", "at"}, the queue's own rows'
+    imported: list[dict[str, Any]] = []
 
 
 def write_review_queue(queue: Path, record: dict[str, Any]) -> Path:

@@ -436,6 +436,7 @@ def import_reviews(line: str, run_id: str, review_file: str | Path, home: Path |
                 continue
             usable.setdefault(item["batch_id"], []).append({**item, "queue": queued[ident]})
         landed = []
+        per_queue: dict[str, dict[str, Any]] = {}  # each queue's own labels and the batches they land in
         for source, items in usable.items():
             record = ledger.read(layout.line_paths(line, home), source)
             frame = _clean_frame(spec, record, home)
@@ -445,6 +446,10 @@ def import_reviews(line: str, run_id: str, review_file: str | Path, home: Path |
             rows = frame.iloc[picks]
             found = [latest[k] for k in latest if k in index]
             chosen.setdefault(source, _next_label_batch(spec, source, home, set(chosen.values())))
+            for f in found:
+                mine = per_queue.setdefault(f["queue"], {"labels": 0, "label_batches": set()})
+                mine["labels"] += 1
+                mine["label_batches"].add(chosen[source])
             landed.append((chosen[source], label_frame(spec, rows, [f["label"] for f in found], "human",
                                                         [f["reviewer"] for f in found], [None] * len(found)),
                            sorted({f["queue"] for f in found})))
@@ -466,8 +471,11 @@ def import_reviews(line: str, run_id: str, review_file: str | Path, home: Path |
             if queue.queue_id in record["queues"] and not any(i.get("import_id") == import_id for i in queue.imported):
                 folder = layout.review_queue_dir(line, queue.queue_id, home)
                 data = queue.to_json()
-                data["imported"] = [*queue.imported, {"import_id": import_id, "labels": record["labels"],
-                                                      "label_batch": record["label_batch"], "at": record["at"]}]
+                mine = per_queue[queue.queue_id]
+                batches = sorted(mine["label_batches"])
+                data["imported"] = [*queue.imported, {"import_id": import_id, "labels": mine["labels"],
+                                                      "label_batch": batches[0], "label_batches": batches,
+                                                      "at": record["at"]}]
                 records.write_review_queue(folder, data)
         record["state"] = "done"
         records.write_label_import(line, record, home)

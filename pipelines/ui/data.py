@@ -21,8 +21,8 @@ from pipelines.catalog.layout import run_folder_name
 __all__ = [
     "AirflowRuns", "Batch", "ConfusionMatrix", "DriftBatch", "DriftPoint", "DriftSeries", "Evaluation",
     "GalleryImage", "LineView", "MlflowInfo", "MlflowLine", "Model", "Overview", "RunRef", "ServingVersion",
-    "Study", "Trial", "TunedSettings", "Tuning", "Validation", "LabelErrors", "SuspectedLabel", "mlflow_run_url",
-    "run_folder_name",
+    "Study", "Trial", "TunedSettings", "Tuning", "Validation", "LabelErrors", "SuspectedLabel", "ClassThreshold",
+    "LabelThresholds", "LabellingRun", "ReviewQueue", "LabelImport", "Labelling", "mlflow_run_url", "run_folder_name",
 ]
 
 MAX_BATCHES = 25
@@ -34,6 +34,9 @@ MAX_LIVE_WINDOWS = 8  # the latest scored windows of live traffic shown per line
 MAX_STUDIES = 4  # a line's latest tuning studies shown
 MAX_IMPORTANCES = 12  # settings in a study's importance list
 MAX_SUSPECTED_LABELS = 20  # the worst suspected label errors shown per line
+MAX_LABELLING_RUNS = 8  # a labelling line's latest labelling runs shown
+MAX_REVIEW_QUEUES = 8  # its latest review queues shown
+MAX_LABEL_IMPORTS = 8  # its latest imports of reviewed labels shown
 SHADES = 10  # steps of a confusion matrix cell's colour
 DRIFT_METRIC = "psi"
 SCORE_FEATURE = "__score__"  # the model's score distribution (pipelines.specs.drift)
@@ -76,6 +79,7 @@ class Batch:
     rows_clean: int | None = None
     rows_quarantined: int | None = None
     duplicates_removed: int | None = None
+    rows_unlabelled: int | None = None  # a labelling line's clean rows without a label (None: not counted)
     quarantine_reasons: dict[str, int] = field(default_factory=dict)
     validation: Validation | None = None
     error: str | None = None
@@ -345,6 +349,103 @@ class LabelErrors:
 
 
 @dataclass
+class ClassThreshold:
+    """One predicted class of the thresholds in use: its confidence threshold (None: never
+    auto-accepted, ``reason`` says why) and what it was chosen on."""
+
+    value: str  # the class as the label's value
+    name: str  # its display name
+    threshold: float | None = None
+    support: int = 0  # held-out rows predicted as this class
+    precision: float | None = None  # of the accepted held-out rows
+    precision_lower: float | None = None  # its one-sided lower bound
+    accepted_share: float = 0.0  # of the class's held-out rows
+    reason: str | None = None
+
+
+@dataclass
+class LabelThresholds:
+    """The line's thresholds (:class:`~pipelines.catalog.records.LabelThresholds`): chosen for
+    one model version on its training run's held-out split."""
+
+    model_version: str | None
+    target_precision: float
+    confidence_level: float
+    classes: list[ClassThreshold] = field(default_factory=list)
+    eval_rows: int | None = None
+    run_id: str | None = None
+    at: str | None = None
+    stale: bool = False  # another version is in serving: the next labelling run chooses them again
+
+
+@dataclass
+class LabellingRun:
+    """One run of the label DAG's pre-labelling (:class:`~pipelines.catalog.records.LabellingRun`)."""
+
+    run_id: str
+    at: str | None = None
+    state: str | None = None  # done, or landing (interrupted; a retry finishes it)
+    model_version: str | None = None
+    source_batches: list[str] = field(default_factory=list)
+    rows_unlabelled: int = 0
+    auto_labelled: int = 0
+    queued: int = 0
+    label_batches: list[str] = field(default_factory=list)
+    queue: str | None = None
+
+
+@dataclass
+class ReviewQueue:
+    """A review queue (:class:`~pipelines.catalog.records.ReviewQueue`) and the files a
+    reviewer imports into Label Studio; ``imports`` empty: still waiting for its review."""
+
+    queue_id: str
+    rows: int = 0
+    drifted_rows: int | None = None
+    created_at: str | None = None
+    model_version: str | None = None
+    source_batches: list[str] = field(default_factory=list)
+    tasks_file: str | None = None  # tasks.json (Label Studio's import format); None when it is gone
+    config_file: str | None = None  # label_config.xml (the labelling interface); None when it is gone
+    imports: list[dict[str, Any]] = field(default_factory=list)  # {"import_id", "labels", "label_batch", "at"}
+
+    @property
+    def imported_labels(self) -> int:
+        return sum(int(i.get("labels") or 0) for i in self.imports)
+
+
+@dataclass
+class LabelImport:
+    """One import of a Label Studio export (:class:`~pipelines.catalog.records.LabelImport`)."""
+
+    import_id: str
+    file: str
+    at: str | None = None
+    state: str | None = None
+    tasks: int = 0
+    labels: int = 0
+    skipped: int = 0
+    skipped_by_reason: list[tuple[str, int]] = field(default_factory=list)  # most first
+    label_batches: list[str] = field(default_factory=list)
+    queues: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Labelling:
+    """A labelling line's automated labelling: the thresholds in use, the latest labelling
+    runs, review queues and imports, newest first."""
+
+    label_dag: str
+    thresholds: LabelThresholds | None = None
+    runs: list[LabellingRun] = field(default_factory=list)
+    run_total: int = 0
+    queues: list[ReviewQueue] = field(default_factory=list)
+    queue_total: int = 0
+    imports: list[LabelImport] = field(default_factory=list)
+    import_total: int = 0
+
+
+@dataclass
 class LineView:
     name: str
     description: str = ""
@@ -369,6 +470,7 @@ class LineView:
     live: LiveServing | None = None  # None: nothing logged and no live window scored
     tuning: Tuning | None = None  # None: no study and no tuned settings
     label_errors: LabelErrors | None = None  # None: no training has checked the line's labels
+    labelling: Labelling | None = None  # None: no labelling section and no labelling record
     notes: list[str] = field(default_factory=list)
 
 

@@ -12,6 +12,7 @@ records, each through its one reader in :mod:`pipelines.catalog`:
 | quarantined images (``modality: image``) | :func:`pipelines.catalog.records.read_quarantine` of the latest batches |
 | hyperparameter search | :func:`pipelines.catalog.records.read_study_records` (the studies) and :func:`~pipelines.catalog.records.read_tuned_params` (the tuned settings) |
 | label errors | :func:`pipelines.catalog.records.read_latest_label_errors` (the latest prepared training's report) |
+| automated labelling | :func:`pipelines.catalog.records.read_label_thresholds`, :func:`~pipelines.catalog.records.read_labelling_runs`, :func:`~pipelines.catalog.records.read_review_queues` (with the queue's files, :func:`~pipelines.catalog.layout.review_tasks_path`, :func:`~pipelines.catalog.layout.review_config_path`), :func:`~pipelines.catalog.records.read_label_imports` |
 
 What differs by the spec's ``modality`` is in one table, :data:`MODALITY_PARTS`, looked up
 by the spec's value; an evaluation's confusion matrix and example gallery come in through
@@ -52,14 +53,18 @@ from pipelines.ui.data import (
     MAX_FEATURE,
     MAX_GALLERY,
     MAX_IMPORTANCES,
+    MAX_LABEL_IMPORTS,
+    MAX_LABELLING_RUNS,
     MAX_LIVE_WINDOWS,
     MAX_MODELS,
     MAX_QUARANTINE_IMAGES,
+    MAX_REVIEW_QUEUES,
     MAX_STUDIES,
     MAX_SUSPECTED_LABELS,
     SCORE_FEATURE,
     AirflowRuns,
     Batch,
+    ClassThreshold,
     ConfusionMatrix,
     DriftBatch,
     DriftPoint,
@@ -67,12 +72,17 @@ from pipelines.ui.data import (
     Evaluation,
     GalleryImage,
     LabelErrors,
+    LabelImport,
+    Labelling,
+    LabellingRun,
+    LabelThresholds,
     LineView,
     LiveServing,
     LiveWindow,
     MlflowInfo,
     Model,
     Overview,
+    ReviewQueue,
     ServingVersion,
     Study,
     SuspectedLabel,
@@ -93,6 +103,11 @@ T = TypeVar("T")
 
 def _float(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+def _count(value: object) -> int | None:
+    """A count a record keeps beyond its typed fields, or None when it is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -160,6 +175,7 @@ def batch_from_record(record: BatchRecord, home: Path) -> Batch:
         rows_clean=c.rows_clean if c else None,
         rows_quarantined=c.rows_quarantined if c else None,
         duplicates_removed=c.duplicates_removed if c else None,
+        rows_unlabelled=_count(c.get("rows_unlabelled")) if c else None,
         quarantine_reasons=dict(c.quarantine_reasons) if c else {},
         validation=_validation(record.validation, home),
         error=record.error or None,
@@ -465,6 +481,93 @@ def read_label_errors(line: str, home: Path, notes: list[str]) -> LabelErrors | 
     return None if report is None else label_errors_from_report(report)
 
 
+# -- automated labelling -----------------------------------------------------------------
+
+
+def thresholds_from_record(record: records.LabelThresholds, names: dict[str, str],
+                           serving_version: int | None = None) -> LabelThresholds:
+    """The thresholds in use, per class in the label's order (display names from ``names``,
+    :func:`class_names`), stale when another version than theirs is in serving."""
+    order = {value: i for i, value in enumerate(names)}
+    classes = [
+        ClassThreshold(value=str(value), name=names.get(str(value), str(value)), threshold=_float(c.threshold),
+                       support=c.support, precision=_float(c.precision), precision_lower=_float(c.precision_lower),
+                       accepted_share=_float(c.accepted_share) or 0.0, reason=c.reason)
+        for value, c in sorted(record.classes.items(), key=lambda vc: (order.get(str(vc[0]), len(order)), str(vc[0])))
+    ]
+    stale = (serving_version is not None and record.model_version is not None
+             and str(record.model_version) != str(serving_version))
+    return LabelThresholds(model_version=record.model_version, target_precision=record.target_precision,
+                           confidence_level=record.confidence_level, classes=classes, eval_rows=record.eval_rows,
+                           run_id=record.run_id, at=record.at, stale=stale)
+
+
+def _batch_ids(record: records.Record, many: str, one: str) -> list[str]:
+    """The label batches a run or an import landed: its ``label_batches`` (source -> batch),
+    else its one ``label_batch``."""
+    by_source = record.get(many)
+    if isinstance(by_source, dict) and by_source:
+        return sorted({str(b) for b in by_source.values()})
+    single = record.get(one)
+    return [str(single)] if single else []
+
+
+def labelling_run_from_record(record: records.LabellingRun) -> LabellingRun:
+    return LabellingRun(run_id=record.run_id, at=record.at, state=record.get("state"),
+                        model_version=record.model_version, source_batches=[str(b) for b in record.source_batches],
+                        rows_unlabelled=record.rows_unlabelled, auto_labelled=record.auto_labelled,
+                        queued=record.queued, label_batches=_batch_ids(record, "label_batches", "label_batch"),
+                        queue=record.queue)
+
+
+def review_queue_from_record(record: records.ReviewQueue, line: str, home: Path, notes: list[str]) -> ReviewQueue:
+    """A review queue with the paths of the files to import into Label Studio (a file that
+    is gone is a note)."""
+    folder = layout.review_queue_dir(line, record.queue_id, home)
+    files = {}
+    for what, path in (("tasks", layout.review_tasks_path(folder)), ("config", layout.review_config_path(folder))):
+        files[what] = str(path) if path.is_file() else None
+        if files[what] is None:
+            notes.append(_note(f"review queue {record.queue_id}", f"{path} is missing", home))
+    return ReviewQueue(queue_id=record.queue_id, rows=record.rows, drifted_rows=_count(record.get("drifted_rows")),
+                       created_at=record.created_at, model_version=record.model_version,
+                       source_batches=[str(b) for b in record.source_batches], tasks_file=files["tasks"],
+                       config_file=files["config"], imports=[dict(i) for i in record.imported])
+
+
+def label_import_from_record(record: records.LabelImport) -> LabelImport:
+    return LabelImport(
+        import_id=record.import_id, file=record.file, at=record.at, state=record.get("state"), tasks=record.tasks,
+        labels=record.labels, skipped=sum(record.skipped_by_reason.values()) or len(record.skipped),
+        skipped_by_reason=sorted(((str(r), int(n)) for r, n in record.skipped_by_reason.items()),
+                                 key=lambda rn: (-rn[1], rn[0])),
+        label_batches=_batch_ids(record, "label_batches", "label_batch"), queues=[str(q) for q in record.queues])
+
+
+def read_labelling(line: str, spec: LineSpec | None, home: Path, notes: list[str],
+                   serving_version: int | None = None) -> Labelling | None:
+    """The line's thresholds in use, its latest labelling runs, review queues and imports
+    (newest first); None when its spec has no labelling section and it has no labelling
+    record (unreadable records become notes)."""
+    thresholds = _read("label thresholds", home, notes, lambda _: records.read_label_thresholds(line, home), None)
+    runs = _read("labelling runs", home, notes, lambda errors: records.read_labelling_runs(line, home, errors), [])
+    queues = _read("review queues", home, notes, lambda errors: records.read_review_queues(line, home, errors), [])
+    imports = _read("label imports", home, notes, lambda errors: records.read_label_imports(line, home, errors), [])
+    declared = spec is not None and spec.labelling is not None
+    if not declared and thresholds is None and not runs and not queues and not imports:
+        return None
+    return Labelling(
+        label_dag=f"label_{line}",
+        thresholds=None if thresholds is None else thresholds_from_record(thresholds, class_names(spec),
+                                                                          serving_version),
+        runs=[labelling_run_from_record(r) for r in reversed(runs[-MAX_LABELLING_RUNS:])], run_total=len(runs),
+        queues=[review_queue_from_record(q, line, home, notes) for q in reversed(queues[-MAX_REVIEW_QUEUES:])],
+        queue_total=len(queues),
+        imports=[label_import_from_record(i) for i in reversed(imports[-MAX_LABEL_IMPORTS:])],
+        import_total=len(imports),
+    )
+
+
 # -- images -------------------------------------------------------------------------------
 
 QUARANTINE_COLUMNS = ["image_id", "file", "image", "label", "_reasons"]  # an image line's quarantine
@@ -703,6 +806,7 @@ def gather_line(
     view.live = read_live(line, home, notes, view.serving_version, history)
     view.tuning = read_tuning(line, spec, home, notes)
     view.label_errors = read_label_errors(line, home, notes)
+    view.labelling = read_labelling(line, spec, home, notes, view.serving_version)
     return view
 
 

@@ -12,8 +12,8 @@ The markup is in ``templates/`` (Jinja2, autoescaped): ``page.html.j2`` and
 ``unauthorized.html.j2`` on ``_base.html.j2``, a line's section in ``_line.html.j2``, its
 cells in ``_cells.html.j2``, its image parts (galleries, the confusion matrix) in
 ``_images.html.j2``, its hyperparameter search (studies, tuned settings) in
-``_tuning.html.j2``, its label errors (the latest training's suspected rows) in
-``_labelling.html.j2``. Images are inline ``data:`` URIs of PNGs re-encoded for display
+``_tuning.html.j2``, its labelling (thresholds, labelling runs, review queues, imports) and
+label errors (the latest training's suspected rows) in ``_labelling.html.j2``. Images are inline ``data:`` URIs of PNGs re-encoded for display
 (:mod:`pipelines.ui.images`), which the page's Content-Security-Policy allows
 (``img-src 'self' data:``, see :mod:`pipelines.ui.app`).
 """
