@@ -19,7 +19,7 @@ from pipelines.specs import LineSpec, load_spec
 pytestmark = pytest.mark.integration
 
 
-def test_unlabelled_rows_are_kept_validated_and_counted_apart(spark, home):
+def test_unlabelled_rows_are_kept_validated_and_counted_apart(spark, home, tmp_path):
     spec = load_spec("employment")
     frame = employment_frame(2018).sample(3000, random_state=1).reset_index(drop=True)  # the year in small
     frame["employed"] = frame["employed"].astype("Int64")
@@ -47,6 +47,15 @@ def test_unlabelled_rows_are_kept_validated_and_counted_apart(spark, home):
     out = stage.validate_batch("employment", "2018-part", home)
     assert out["rows"] == report["rows_clean"]
     assert ledger.read(line_paths("employment", home), "2018-part")["status"] == ledger.VALIDATED
+
+    # training reads it: the integer label with gaps comes back from Parquet as floats,
+    # and must still train as the spec's classes (about half the people are employed)
+    from pipelines.training.prepare import prepare_run
+
+    manifest = prepare_run("employment", tmp_path / "run", {"workers": 1, "batch_size": 256}, home)
+    assert manifest["rows"]["unlabelled"] == len(blank)
+    assert manifest["rows"]["by_source"]["given"] == manifest["rows"]["train"]
+    assert 0.35 < manifest["label"]["positive_rate"] < 0.65
 
 
 def test_line_without_labelling_still_quarantines_a_missing_label(spark, home, tmp_path):

@@ -221,6 +221,7 @@ def _prepare_tabular(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared
 
     frames = []
     for batch_id, frame in _read_window(spec, records):
+        frame = _label_as_declared(spec, frame)
         check_schema(spec, frame, batch_id)
         frames.append(_with_source(spec, frame).assign(_batch=batch_id))
     data = pd.concat(frames, ignore_index=True)
@@ -278,6 +279,20 @@ def _prepare_tabular(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared
                                        if spec.labelling is not None else {})},
     }
     return _Prepared(parts, sections, batch_of)
+
+
+def _label_as_declared(spec: LineSpec, frame: pd.DataFrame) -> pd.DataFrame:
+    """An integer label with missing values (a labelling line's unlabelled rows) reads from
+    Parquet as float64 (1.0, NaN): back to integers, nullable, so the schema check passes
+    and the classes compare as the spec writes them ("1", not "1.0")."""
+    field = spec.schema.field(spec.schema.label.name)
+    column = frame.get(field.name)
+    if spec.labelling is None or column is None or field.type != "integer" or column.dtype.kind != "f":
+        return frame
+    values = column.dropna()
+    if not (values == values.round()).all():
+        return frame  # not integers: the schema check names the type
+    return frame.assign(**{field.name: column.astype("Int64")})
 
 
 def _with_source(spec: LineSpec, frame: pd.DataFrame) -> pd.DataFrame:
