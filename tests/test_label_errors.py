@@ -195,3 +195,23 @@ def test_a_train_split_over_max_rows_is_sampled_with_a_seed(runs):
     assert first.found > 0 and first.rows == again.rows and first.suspects == again.suspects
     assert set(first.suspects) <= set(train.index) and first.by_batch == {"slice-9": first.found}
     assert {row.key[KEY] for row in first.rows} == set(train.loc[first.suspects, KEY])
+
+
+def test_detection_starts_no_process(runs, monkeypatch):
+    """The detector runs inside the training task's process, which has threads (Airflow's
+    heartbeat and log threads, the Spark gateway's): a fork there can leave the child
+    blocked on a lock no thread will release. cleanlab prunes with a fork-started
+    multiprocessing.Pool per core unless told otherwise; the detector must not fork."""
+    import os
+
+    from pipelines.labelling.errors import detect_label_errors
+
+    def no_fork():
+        raise AssertionError("label-error detection forked the process")
+
+    run, manifest = runs["report"]
+    train = pd.concat(pd.read_parquet(p) for p in layout.train_shards(run)).reset_index(drop=True)
+    monkeypatch.setattr(os, "fork", no_fork)
+    report = detect_label_errors(_spec("report"), train, manifest["features"],
+                                 batch_of=pd.Series("slice-1", index=train.index))
+    assert report.found > 0

@@ -132,7 +132,11 @@ def detect_label_errors(
 
     started = time.perf_counter()
     probs = out_of_fold_probabilities(encode(checked, features), labels, len(names), folds)
-    issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate")
+    # n_jobs=1: by default cleanlab prunes with a multiprocessing.Pool per core, started by
+    # fork on Linux; forking the Airflow task process (its heartbeat and log threads, the
+    # Spark gateway's) can leave a child blocked on a lock no thread will release, and the
+    # training hangs. The pruning is a per-class pass over the probabilities: serial is quick.
+    issues = find_label_issues(labels, probs, filter_by="prune_by_noise_rate", n_jobs=1)
     scores = get_label_quality_scores(labels, probs, method="self_confidence")
     suggested = probs.argmax(axis=1)
     found = np.flatnonzero(issues)
