@@ -89,6 +89,21 @@ def _pass_over(err: RecordError, errors: list[str] | None) -> None:
     errors.append(str(err))
 
 
+def _load_each(paths: list[Path], model: type[Record], errors: list[str] | None, order: str) -> list[Any]:
+    """Every readable record among ``paths`` (absent ones skipped, malformed ones passed
+    over into ``errors``), sorted by the time field ``order``."""
+    found = []
+    for path in paths:
+        try:
+            record = _load(path, model)
+        except RecordError as err:
+            _pass_over(err, errors)
+            continue
+        if record is not None:
+            found.append(record)
+    return sorted(found, key=lambda r: getattr(r, order) or "")
+
+
 def _load(path: Path, model: type[Record] | None = None) -> Any:
     """A record file as ``model`` (or plain JSON), None when the file is absent."""
     try:
@@ -673,16 +688,8 @@ def read_study_record(line: str, study: str, home: Path | None = None) -> StudyR
 def read_study_records(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[StudyRecord]:
     """The line's studies, oldest first (by start)."""
     root = layout.studies_dir(line, home)
-    found: list[StudyRecord] = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            record = _load(layout.study_record_path(folder), StudyRecord)
-        except RecordError as err:
-            _pass_over(err, errors)
-            continue
-        if record is not None:
-            found.append(record)
-    return sorted(found, key=lambda r: r.started or "")
+    folders = sorted(root.iterdir()) if root.is_dir() else []
+    return _load_each([layout.study_record_path(f) for f in folders], StudyRecord, errors, "started")
 
 
 # ---------------------------------------------------------------- labelling
@@ -808,16 +815,7 @@ def read_labelling_run(line: str, run_id: str, home: Path | None = None) -> Labe
 def read_labelling_runs(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[LabellingRun]:
     """The line's labelling runs, oldest first."""
     root = layout.labelling_runs_dir(line, home)
-    found = []
-    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
-        try:
-            record = _load(path, LabellingRun)
-        except RecordError as err:
-            _pass_over(err, errors)
-            continue
-        if record is not None:
-            found.append(record)
-    return sorted(found, key=lambda r: r.at or "")
+    return _load_each(sorted(root.glob("*.json")) if root.is_dir() else [], LabellingRun, errors, "at")
 
 
 class ReviewQueue(Record):
@@ -844,16 +842,8 @@ def read_review_queue(queue: Path) -> ReviewQueue | None:
 def read_review_queues(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[ReviewQueue]:
     """The line's review queues, oldest first."""
     root = layout.review_queues_dir(line, home)
-    found = []
-    for folder in sorted(root.iterdir()) if root.is_dir() else []:
-        try:
-            record = read_review_queue(folder) if folder.is_dir() and not folder.name.startswith(".") else None
-        except RecordError as err:
-            _pass_over(err, errors)
-            continue
-        if record is not None:
-            found.append(record)
-    return sorted(found, key=lambda r: r.created_at or "")
+    folders = [f for f in sorted(root.iterdir()) if f.is_dir() and not f.name.startswith(".")] if root.is_dir() else []
+    return _load_each([layout.review_queue_record_path(f) for f in folders], ReviewQueue, errors, "created_at")
 
 
 class LabelImport(Record):
@@ -885,14 +875,5 @@ def read_label_import(line: str, import_id: str, home: Path | None = None) -> La
 def read_label_imports(line: str, home: Path | None = None, errors: list[str] | None = None) -> list[LabelImport]:
     """The line's imports of reviewed labels, oldest first."""
     root = layout.label_imports_dir(line, home)
-    found = []
-    for path in sorted(root.glob("*.json")) if root.is_dir() else []:
-        try:
-            record = _load(path, LabelImport)
-        except RecordError as err:
-            _pass_over(err, errors)
-            continue
-        if record is not None:
-            found.append(record)
-    return sorted(found, key=lambda r: r.at or "")
+    return _load_each(sorted(root.glob("*.json")) if root.is_dir() else [], LabelImport, errors, "at")
 
