@@ -15,7 +15,7 @@ from typing import Any
 
 from pipelines import storage
 from pipelines.catalog.layout import LinePaths, is_batch_id
-from pipelines.catalog.records import BatchRecord, RecordError, _load, _pass_over
+from pipelines.catalog.records import BatchRecord, _load, _load_each
 
 LANDED, CLEANED, VALIDATED, FAILED = "landed", "cleaned", "validated", "failed"
 STATUSES = (LANDED, CLEANED, VALIDATED, FAILED)
@@ -55,13 +55,5 @@ def all_records(paths: LinePaths, errors: list[str] | None = None) -> list[Batch
     is named there and left out; without, it raises :class:`RecordError`."""
     if not paths.state.is_dir():
         return []
-    records = []
-    for path in sorted(paths.state.glob("*.json")):
-        try:
-            record = _load(path, BatchRecord)
-        except RecordError as err:
-            _pass_over(err, errors)
-            continue
-        if record is not None:
-            records.append(record)
-    return sorted(records, key=lambda r: (r.landed_at or "", r.batch_id))
+    return _load_each(sorted(paths.state.glob("*.json")), BatchRecord, errors,
+                      lambda r: (r.landed_at or "", r.batch_id))

@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,10 @@ def _pass_over(err: RecordError, errors: list[str] | None) -> None:
     errors.append(str(err))
 
 
-def _load_each(paths: list[Path], model: type[Record], errors: list[str] | None, order: str) -> list[Any]:
+def _load_each(paths: list[Path], model: type[Record], errors: list[str] | None,
+               order: str | Callable[[Any], Any]) -> list[Any]:
     """Every readable record among ``paths`` (absent ones skipped, malformed ones passed
-    over into ``errors``), sorted by the time field ``order``."""
+    over into ``errors``), sorted by the time field ``order`` (or by ``order(record)``)."""
     found = []
     for path in paths:
         try:
@@ -101,6 +103,8 @@ def _load_each(paths: list[Path], model: type[Record], errors: list[str] | None,
             continue
         if record is not None:
             found.append(record)
+    if callable(order):
+        return sorted(found, key=order)
     return sorted(found, key=lambda r: getattr(r, order) or "")
 
 
