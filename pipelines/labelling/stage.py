@@ -156,9 +156,12 @@ def plan(line: str, params: dict[str, Any] | None = None, home: Path | None = No
     checked = check_params(spec, params or {}, home)
     batches = []
     if checked["review_file"] is None or checked["batch_id"] is not None:
+        # a batch whose cleaning counted no unlabelled row is not read (the common case:
+        # this runs on every validated batch of the line)
         wanted = [checked["batch_id"]] if checked["batch_id"] else [
             r.batch_id for r in ledger.all_records(layout.line_paths(line, home), errors=[])
-            if r.status == ledger.VALIDATED and not LABEL_BATCH.match(r.batch_id)]
+            if r.status == ledger.VALIDATED and not LABEL_BATCH.match(r.batch_id)
+            and (r.cleaning or {}).get("rows_unlabelled") != 0]
         for batch_id in wanted:
             n = len(pending_rows(spec, batch_id, home))
             if n:
