@@ -25,5 +25,3 @@ PROVENANCE_COLUMNS = (LABEL_SOURCE, LABEL_MODEL, LABEL_CONFIDENCE)
 # the values of label_source
 GIVEN, MACHINE, HUMAN = "given", "machine", "human"
 SOURCES = (GIVEN, MACHINE, HUMAN)
-# the pandas/Spark types of the provenance columns
-PROVENANCE_TYPES = {LABEL_SOURCE: "string", LABEL_MODEL: "string", LABEL_CONFIDENCE: "double"}

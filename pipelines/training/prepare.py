@@ -414,24 +414,7 @@ def _prepare_image(spec: LineSpec, records: list[dict[str, Any]]) -> _Prepared:
 PREPARERS = {"tabular": _prepare_tabular, "image": _prepare_image}
 
 
-def _batch_of(spec: LineSpec, records: list[dict[str, Any]], train: pd.DataFrame) -> pd.Series:
-    """Each train row's batch, on ``train``'s index: the ``_batch`` column where the
-    preparer kept one, else the last window batch holding the row's key (the preparer's
-    rule for a key seen in several batches)."""
-    import pandas as pd
-
-    if "_batch" in train.columns:
-        return train["_batch"]
-    key = list(spec.schema.key)
-    frames = [frame.assign(_batch=batch_id) for batch_id, frame in _read_window(spec, records, columns=key)]
-    where = pd.concat(frames, ignore_index=True).drop_duplicates(subset=key, keep="last")
-    found = train[key].reset_index().merge(where, on=key, how="left").set_index("index")["_batch"]
-    found.index.name = train.index.name
-    return found
-
-
-def _check_labels(spec: LineSpec, prepared: _Prepared, records: list[dict[str, Any]], run_dir: Path,
-                  run_id: str, home: Path | None) -> None:
+def _check_labels(spec: LineSpec, prepared: _Prepared, run_dir: Path, run_id: str, home: Path | None) -> None:
     """Label errors in the train split (``labelling.label_errors``, tabular lines): the
     report goes to the run folder and the line's latest; mode ``exclude`` leaves the
     suspected rows out of the train split (validation and eval keep theirs); the manifest
@@ -445,8 +428,8 @@ def _check_labels(spec: LineSpec, prepared: _Prepared, records: list[dict[str, A
     from pipelines.labelling.errors import detect_label_errors
 
     train = prepared.parts["train"]
-    batch_of = prepared.batch_of if prepared.batch_of is not None else _batch_of(spec, records, train)
-    report = detect_label_errors(spec, train, prepared.sections["features"], batch_of=batch_of, run_id=run_id)
+    report = detect_label_errors(spec, train, prepared.sections["features"], batch_of=prepared.batch_of,
+                                 run_id=run_id)
     if settings.mode == "exclude" and report.suspects:
         train = prepared.parts["train"] = train.drop(index=report.suspects)
         label = prepared.sections["label"]
@@ -481,7 +464,7 @@ def prepare_run(
     records = window(spec, params, home)
     prepared = PREPARERS[spec.modality](spec, records)
     parts = prepared.parts
-    _check_labels(spec, prepared, records, Path(run_dir), run_id if run_id is not None else Path(run_dir).name, home)
+    _check_labels(spec, prepared, Path(run_dir), run_id if run_id is not None else Path(run_dir).name, home)
     train = parts["train"]
     per_worker = len(train) // params.workers
     if per_worker < params.batch_size:
