@@ -1,0 +1,107 @@
+"""One engine of the rehearsal as a local process: started in its own session (so its
+whole process group can be signalled), its output in a log file, waited for until a
+health check passes, stopped with SIGTERM and then SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class EngineFailed(RuntimeError):
+    """An engine exited, or did not become healthy in time; the message has its log's tail."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def tail(path: Path, chars: int = 3000) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
+
+
+@dataclass
+class Engine:
+    """A started process (and its process group)."""
+
+    name: str
+    argv: list[str]
+    log: Path
+    proc: subprocess.Popen
+    info: dict = field(default_factory=dict)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_healthy(self, check: Callable[[], bool], timeout: float, pause: float = 1.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise EngineFailed(f"{self.name} exited with {self.proc.returncode}:\n{tail(self.log)}")
+            try:
+                if check():
+                    return
+            except Exception:  # noqa: BLE001 - not up yet: connection refused, bad answer
+                pass
+            time.sleep(pause)
+        raise EngineFailed(f"{self.name} was not healthy within {timeout:.0f}s:\n{tail(self.log)}")
+
+    def kill(self) -> None:
+        """SIGKILL the whole process group at once: the host or container is gone."""
+        if self.alive():
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def stop(self, grace: float = 30.0) -> None:
+        if not self.alive():
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        # what the leader left behind in its group
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def spawn(name: str, argv: list[str], *, env: dict[str, str], logs: Path, cwd: Path | None = None,
+          info: dict | None = None) -> Engine:
+    """Start ``argv`` in a new session with its output appended to ``logs/<name>.log``."""
+    logs.mkdir(parents=True, exist_ok=True)
+    log = logs / f"{name}.log"
+    with open(log, "ab") as fh:
+        proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, cwd=cwd)
+    return Engine(name, argv, log, proc, info or {})
