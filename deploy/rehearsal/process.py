@@ -105,3 +105,61 @@ def spawn(name: str, argv: list[str], *, env: dict[str, str], logs: Path, cwd: P
         proc = subprocess.Popen(argv, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, cwd=cwd)
     return Engine(name, argv, log, proc, info or {})
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        kids.setdefault(ppid, []).append(int(entry))
+    return kids
+
+
+def _argv(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
+    except OSError:
+        return []
+
+
+def descendants(pid: int) -> list[tuple[int, list[str]]]:
+    """Every process below ``pid`` (whatever session or group it moved to), with its argv."""
+    kids, found, todo = _children(), [], [pid]
+    while todo:
+        for child in kids.get(todo.pop(), []):
+            found.append((child, _argv(child)))
+            todo.append(child)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it at once, as when its host or container goes."""
+    tree = [pid, *(p for p, _ in descendants(pid))]
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def processes_with(name: str, value: str) -> list[int]:
+    """Processes (other than this one) whose environment has ``name=value``."""
+    needle, found = f"{name}={value}".encode() + b"\0", []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as fh:
+                if needle in fh.read() + b"\0":
+                    found.append(int(entry))
+        except OSError:
+            continue
+    return found
