@@ -6,7 +6,7 @@ on this machine, with the compose file's own configuration, and the main job on 
 - :mod:`.engines`: PostgreSQL, Redis, the Spark standalone cluster, the MLflow server,
   the Celery workers;
 - :mod:`.sshd`: an SSH daemon on loopback addresses, the Horovod hosts;
-- :mod:`.prometheus`: the metrics exporter, StatsD exporter and Prometheus;
+- :mod:`.prometheus`: the metrics exporter and Prometheus scraping it;
 - :mod:`.rehearse`: the whole rehearsal (scripts/rehearse-scale-out.sh runs it).
 
 What differs from the containers (addresses, ports, folders) is in
