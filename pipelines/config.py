@@ -14,6 +14,9 @@ the same variables at shared storage and real engines.
 | ``FACTORY_MLFLOW_ARTIFACTS`` | ``<home>/mlflow/artifacts``   |
 | ``FACTORY_HOROVOD_HOSTS`` | ``localhost:<workers>`` (e.g. ``gpu1:4,gpu2:4``) |
 | ``FACTORY_HOROVOD_CONTROLLER`` | ``gloo`` (or ``mpi``)      |
+| ``FACTORY_HOROVOD_SSH_PORT`` | none: ssh's own (``horovodrun --ssh-port``, the hosts' sshd port) |
+| ``FACTORY_HOROVOD_SSH_IDENTITY`` | none: ssh's own (``horovodrun --ssh-identity-file``, a private key) |
+| ``FACTORY_HOROVOD_NETWORK_INTERFACE`` | none: Horovod finds the hosts' common interfaces (``horovodrun --network-interface``, e.g. ``eth0``) |
 | ``FACTORY_MAX_EPOCHS`` | none (e.g. ``fashion=3``: at most 3 epochs for that line's trainings; ``3``: for every line) |
 """
 
@@ -80,6 +83,28 @@ def horovod_controller() -> str:
     if value not in ("gloo", "mpi"):
         raise ValueError(f"FACTORY_HOROVOD_CONTROLLER must be gloo or mpi, got {value!r}")
     return value
+
+
+def horovod_ssh_options() -> list[str]:
+    """The ``horovodrun`` options that reach hosts over SSH and pick the network, each
+    only when its variable is set: ``--ssh-port`` (``FACTORY_HOROVOD_SSH_PORT``),
+    ``--ssh-identity-file`` (``FACTORY_HOROVOD_SSH_IDENTITY``) and ``--network-interface``
+    (``FACTORY_HOROVOD_NETWORK_INTERFACE``). With an interface named, horovodrun uses it
+    for the rendezvous and Gloo and skips its interface discovery (a service started on
+    every remote host over SSH)."""
+    options: list[str] = []
+    port = os.environ.get("FACTORY_HOROVOD_SSH_PORT", "").strip()
+    if port:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"FACTORY_HOROVOD_SSH_PORT must be a port number, got {port!r}")
+        options += ["--ssh-port", port]
+    identity = os.environ.get("FACTORY_HOROVOD_SSH_IDENTITY", "").strip()
+    if identity:
+        options += ["--ssh-identity-file", identity]
+    interface = os.environ.get("FACTORY_HOROVOD_NETWORK_INTERFACE", "").strip()
+    if interface:
+        options += ["--network-interface", interface]
+    return options
 
 
 def ml_subprocess_environment() -> dict[str, str]:

@@ -65,6 +65,9 @@ def test_train_dag_end_to_end(dagbag, validated_credit_risk):
     assert mlrun.data.tags["airflow.run_id"] == run.run_id
     assert mlrun.data.tags["factory.line"] == "credit_risk"
     assert mlrun.data.params["workers"] == "2" and mlrun.data.params["epochs"] == "4"
+    # the embedded default runs both ranks on this machine, named as horovodrun's -H names it
+    assert result["hosts"] == [{"rank": 0, "host": "localhost"}, {"rank": 1, "host": "localhost"}]
+    assert mlrun.data.tags["horovod_hosts"] == "0=localhost,1=localhost"
     history = c.get_metric_history(mlrun.info.run_id, "val_auc")
     assert [m.step for m in history] == list(range(1, result["epochs_run"] + 1))
     artifacts = {a.path for a in c.list_artifacts(mlrun.info.run_id)}

@@ -327,6 +327,9 @@ def test_training_runs_and_loss_goes_down(trained):
     run_dir, manifest, out = trained
     result = json.loads((run_dir / "result.json").read_text())
     assert result["workers"] == WORKERS
+    # where each rank ran: horovodrun's HOROVOD_HOSTNAME, the -H name (localhost here)
+    assert result["hosts"] == [{"rank": r, "host": "localhost"} for r in range(WORKERS)]
+    assert "ranks on hosts: 0=localhost, 1=localhost" in out
     assert result["resumed_from_epoch"] == 0
     assert result["epochs_run"] == 4 and not result["stopped_early"]
     history = result["history"]

@@ -219,6 +219,7 @@ class TrainingResult(Record):
     val_loss: float | None = None
     samples_per_s: float | None = None
     workers: int | None = None
+    hosts: list[dict[str, Any]] = []  # [{"rank": r, "host": h}, ...] by rank: where each worker ran
     weights_sha256: str | None = None
     finished_at: str | None = None
 

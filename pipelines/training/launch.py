@@ -3,8 +3,9 @@
 The task runs in the orchestration environment; the workers run in the ML
 environment, started by ``horovodrun`` as a subprocess. On the embedded default
 that is ``-np W -H localhost:W --gloo``; at scale the same entry point gets a host
-list (``FACTORY_HOROVOD_HOSTS=gpu1:4,gpu2:4``) or the MPI controller, by
-configuration. A worker that fails or is killed fails the task with that worker's
+list (``FACTORY_HOROVOD_HOSTS=gpu1:4,gpu2:4``, reached over SSH with the port, key and
+network interface of ``FACTORY_HOROVOD_SSH_*`` / ``FACTORY_HOROVOD_NETWORK_INTERFACE``)
+or the MPI controller, by configuration. A worker that fails or is killed fails the task with that worker's
 error; a run that exceeds its time limit is stopped, workers and all.
 
 The workers run under a tether (:mod:`pipelines.runtime.tether`): if the task process
@@ -28,7 +29,13 @@ from pathlib import Path
 
 from pipelines import storage
 from pipelines.catalog import layout
-from pipelines.config import horovod_controller, horovod_hosts, ml_python, ml_subprocess_environment
+from pipelines.config import (
+    horovod_controller,
+    horovod_hosts,
+    horovod_ssh_options,
+    ml_python,
+    ml_subprocess_environment,
+)
 from pipelines.runtime import tether
 
 WORKER_MODULE = "pipelines.training.worker"
@@ -54,6 +61,7 @@ def horovod_command(run_dir: Path, workers: int) -> list[str]:
         "-H", horovod_hosts(workers),
         f"--{horovod_controller()}",
         "--start-timeout", str(START_TIMEOUT_S),
+        *horovod_ssh_options(),
     ]
     return [*cmd, str(python), "-m", WORKER_MODULE, "--run-dir", str(run_dir)]
 

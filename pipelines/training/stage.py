@@ -162,7 +162,9 @@ def train(
             ("training", layout.manifest_path(run_dir)),
             ("training", layout.training_result_path(run_dir)),
         ],
-        tags={"factory.resumed_from_epoch": str(result.get("resumed_from_epoch", 0))},
+        tags={"factory.resumed_from_epoch": str(result.get("resumed_from_epoch", 0)),
+              # a tag, not a param: a retry may run its ranks elsewhere
+              "horovod_hosts": _hosts_tag(result.get("hosts"))},
         home=home,
     )
     return {
@@ -176,8 +178,14 @@ def train(
         "epochs_run": result.get("epochs_run"),
         "resumed_from_epoch": result.get("resumed_from_epoch", 0),
         "samples_per_s": result.get("samples_per_s"),
+        "hosts": result.get("hosts") or [],
         "batches": manifest["batches"],
     }
+
+
+def _hosts_tag(hosts: list[dict[str, Any]] | None) -> str:
+    """``0=gpu1,1=gpu1,2=gpu2``: where each Horovod rank ran."""
+    return ",".join(f"{h.get('rank')}={h.get('host')}" for h in hosts or [])
 
 
 def drift_context(line: str, run_id: str, triggering_asset_events: Any,

@@ -622,8 +622,19 @@ def _run_epochs(plan: Plan, state: _TrainState, steps: _Steps, batches, resumed_
     return rates
 
 
+def _rank_hosts(hvd) -> list[dict[str, Any]]:
+    """Where each rank runs, ``[{"rank": r, "host": h}, ...]`` by rank, gathered from every
+    rank (a collective: all ranks call it). The host is the name horovodrun started the
+    rank on (``HOROVOD_HOSTNAME``, its ``-H`` entry), else this machine's name."""
+    import socket
+
+    here = os.environ.get("HOROVOD_HOSTNAME") or socket.gethostname()
+    gathered = hvd.allgather_object((hvd.rank(), here), name="rank_hosts")
+    return [{"rank": int(r), "host": str(h)} for r, h in sorted(gathered)]
+
+
 def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, resumed_from: int,
-                  history: list[dict[str, Any]], rates: list[float]) -> None:
+                  history: list[dict[str, Any]], rates: list[float], hosts: list[dict[str, Any]]) -> None:
     """Rank 0: export the best weights as the SavedModel, then write ``result.json`` (last)."""
     import horovod.tensorflow as hvd
     import numpy as np
@@ -653,6 +664,7 @@ def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, re
         "val_loss": metrics["val_loss"],
         "samples_per_s": metrics["samples_per_s"],
         "workers": hvd.size(),
+        "hosts": hosts,
         "weights_sha256": digest,
     }
     if m.task != "binary_classification":
@@ -675,7 +687,10 @@ def train(plan: Plan) -> int:
     m, p = plan.manifest, plan.manifest.params
     if size != len(m.shards):  # horovodrun sets HOROVOD_SIZE, so preflight usually caught this
         raise TrainingError(f"the run has {len(m.shards)} training shards but {size} workers were started")
-    _configure_devices(tf, hvd)
+    _configure_devices(tf, hvd)  # before any TensorFlow op: it fixes the thread pools
+    hosts = _rank_hosts(hvd)
+    if rank == 0:
+        say("ranks on hosts: " + ", ".join(f"{h['rank']}={h['host']}" for h in hosts))
     tf.random.set_seed(p.seed)
     np.random.seed(p.seed)
 
@@ -701,7 +716,7 @@ def train(plan: Plan) -> int:
     digest = weights_sha256(state.core)
     say(f"rank={rank} weights_sha256={digest}")
     if rank == 0:
-        _export_result(plan, state, preprocessor, digest, resumed_from, history, rates)
+        _export_result(plan, state, preprocessor, digest, resumed_from, history, rates, hosts)
     return 0
 
 
