@@ -101,10 +101,9 @@ def test_training_ran_on_both_horovod_hosts_after_its_worker_was_killed(rehearsa
     hosts = read_env_file(CONFIG)["HOROVOD_HOST_ADDRESSES"].split(",")
     finished = [r for r in report["mlflow"] if r["status"] == "FINISHED" and r["horovod_hosts"]]
     assert finished, report["mlflow"]
-    for run in finished:
-        ranks = json.loads(run["horovod_hosts"]) if run["horovod_hosts"].startswith("[") else run["horovod_hosts"]
-        assert sorted(hosts) == sorted(h["host"] if isinstance(h, dict) else h for h in
-                                       (ranks if isinstance(ranks, list) else ranks.split(","))), run
+    for run in finished:  # the tag is "0=<host>,1=<host>"
+        ranks = dict(part.split("=", 1) for part in run["horovod_hosts"].split(","))
+        assert sorted(ranks.values()) == sorted(hosts) and sorted(ranks) == ["0", "1"], run
     assert set(report["ssh_logins"]) >= set(hosts), report["ssh_logins"]
 
 

@@ -68,7 +68,7 @@ def compose_env(cfg: dict[str, str], root: Path) -> dict[str, str]:
         "FACTORY_HOROVOD_HOSTS": ",".join(f"{h}:1" for h in hosts),
         "FACTORY_HOROVOD_NETWORK_INTERFACE": cfg["FACTORY_HOROVOD_NETWORK_INTERFACE"],
         "FACTORY_HOROVOD_SSH_PORT": cfg["SSH_PORT"],
-        "FACTORY_HOROVOD_SSH_IDENTITY": str(root / "ssh" / "id_ed25519"),
+        "FACTORY_HOROVOD_SSH_IDENTITY": str(root / "ssh" / "client_ed25519"),
     })
     return env
 
