@@ -265,8 +265,12 @@ def _run_line(client, spec, home: Path, batches: list[str] | None = None) -> boo
         # The monitor was set off by the same Asset (and its schedule); its deferred sensor
         # fires once a model serves and scores the new batches against it. Wait for the
         # scores, not for the sensor: once they are in, it goes back to waiting.
-        from pipelines.monitoring.stage import unscored_batches
+        from pipelines.monitoring.stage import serving_model, unscored_batches
 
+        if serving_model(line, home) is None:
+            # the gate blessed no model: the monitor's sensor waits for one to serve
+            _out(f"== {line}: no model serves (the gate blessed none): the monitor scores the batches once one does")
+            return ok
         _out(f"== {line}: drift monitor (scores the batches against the serving model)")
         deadline = time.time() + 600
         while unscored_batches(line, home) and time.time() < deadline:

@@ -187,7 +187,8 @@ class Faults(threading.Thread):
                 kill_tree(worker.pid)
                 worker.proc.wait()
                 out(f"  [fault] killed {worker.name} (pid {worker.pid}) with the executor of {running[0]}")
-                self.done.append({"fault": "spark-worker", "worker": worker.name, "app": running[0], "at": time.time()})
+                self.done.append({"fault": "spark-worker", "worker": worker.name, "worker_id": worker.info["id"],
+                                  "app": running[0], "at": time.time()})
                 self.pending.remove("spark-worker")
                 new = self.restart[worker.name]()
                 self.stack.replace(worker, new)
@@ -248,15 +249,17 @@ def where_it_ran(stack: Stack, lines: list[str], client, faults: Faults | None) 
     on = {}
     for worker in [e for e in stack.engines if e.name.startswith("spark-worker")]:
         for app in engines.spark_executors(worker)["finished"]:
-            on.setdefault(app, set()).add(worker.name)
+            on.setdefault(app, set()).add(f"{worker.name} ({worker.info['id']})")
     report["spark"] = {"master": master.info["url"], "applications": [
         {"id": a["id"], "name": a["name"], "state": a.get("state"), "duration_s": round(a.get("duration", 0) / 1000, 1),
          "workers": sorted(on.get(a["id"], ()))} for a in apps["completed"] + apps["active"]]}
     from mlflow.tracking import MlflowClient
 
+    from pipelines.tracking import experiment_name
+
     mlflow = MlflowClient(stack.named("mlflow").info["url"])
     for line in lines:
-        exp = mlflow.get_experiment_by_name(line)
+        exp = mlflow.get_experiment_by_name(experiment_name(line))
         if exp is None:
             continue
         for r in mlflow.search_runs([exp.experiment_id], max_results=50):
@@ -265,7 +268,7 @@ def where_it_ran(stack: Stack, lines: list[str], client, faults: Faults | None) 
                                      or r.data.tags.get("horovod_hosts")})
     from deploy.rehearsal import prometheus, sshd
 
-    report["ssh_logins"] = sshd.logins(stack.named("sshd"))
+    report["ssh_logins"] = sorted(set(sshd.logins(stack.named("sshd"))))
     report["prometheus"] = prometheus.targets_health(stack.named("prometheus").info["url"])
     return report
 
