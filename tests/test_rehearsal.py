@@ -122,3 +122,44 @@ def test_the_rehearsal_configuration_names_only_loopback_and_relative_folders():
     assert all(a.startswith("127.") for a in cfg["HOROVOD_HOST_ADDRESSES"].split(","))
     assert cfg["FACTORY_TRAIN_QUEUE"] == "gpu"
     assert len(cfg["WORKER_NAMES"].split(",")) == len(cfg["WORKER_LOG_PORTS"].split(",")) == 2
+
+
+def test_the_airflow_settings_are_the_compose_files_with_this_machines_hosts(tmp_path):
+    """Every Airflow setting of docker-compose.yaml's services, with only the compose
+    network's hosts and the containers' folders replaced."""
+    from deploy.rehearsal.compose import load_compose
+    from deploy.rehearsal.rehearse import airflow_env, compose_env, settings
+
+    cfg = settings()
+    compose = load_compose(compose_env(cfg, tmp_path))
+    env = airflow_env(compose, cfg, tmp_path)
+    shipped = compose["services"]["airflow-worker"]["environment"]
+    assert set(shipped) <= set(env)
+    assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+    assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql+psycopg2://airflow:")
+    assert f"@127.0.0.1:{cfg['POSTGRES_PORT']}/airflow" in env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert env["AIRFLOW__CELERY__BROKER_URL"].endswith(f"@127.0.0.1:{cfg['REDIS_PORT']}/0")
+    assert env["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{cfg['MLFLOW_PORT']}"
+    assert env["AIRFLOW_CONN_SPARK_DEFAULT"] == (
+        f'{{"conn_type": "spark", "host": "spark://127.0.0.1:{cfg["SPARK_MASTER_PORT"]}"}}')
+    assert env["FACTORY_HOME"] == str(tmp_path / "home")
+    assert env["FACTORY_TRAIN_QUEUE"] == "gpu"
+    assert env["FACTORY_HOROVOD_HOSTS"] == "127.0.0.2:1,127.0.0.3:1"
+    assert env["FACTORY_HOROVOD_SSH_PORT"] == cfg["SSH_PORT"]
+    # the secrets are make_env.py's, the same in every service
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == shipped["AIRFLOW__CORE__FERNET_KEY"] != ""
+
+
+def test_a_setting_left_naming_a_container_is_refused(tmp_path):
+    from deploy.rehearsal.compose import load_compose
+    from deploy.rehearsal.process import EngineFailed
+    from deploy.rehearsal.rehearse import airflow_env, compose_env, settings
+
+    cfg = settings()
+    compose = load_compose(compose_env(cfg, tmp_path))
+    compose["services"]["airflow-worker"]["environment"]["FACTORY_EXTRA"] = "http://statsd:1/x"
+    airflow_env(compose, cfg, tmp_path)  # a host the rehearsal does not know is not a container's service
+    compose["services"]["airflow-worker"]["environment"]["FACTORY_EXTRA"] = "/opt/factory/other"
+    compose["services"]["airflow-worker"]["environment"]["FACTORY_HOME"] = "/opt/elsewhere"
+    with pytest.raises(EngineFailed, match="FACTORY_HOME"):
+        airflow_env(compose, cfg, tmp_path)
