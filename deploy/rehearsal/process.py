@@ -79,8 +79,12 @@ class Engine:
             self.proc.wait()
 
     def stop(self, grace: float = 30.0) -> None:
+        """As a container stops: SIGTERM, ``grace`` seconds, then SIGKILL for every process
+        it had started, also those in sessions of their own (a Celery worker's task
+        processes and what they run)."""
         if not self.alive():
             return
+        tree = [pid for pid, _ in descendants(self.proc.pid)]
         try:
             os.killpg(self.proc.pid, signal.SIGTERM)
         except ProcessLookupError:
@@ -89,11 +93,15 @@ class Engine:
             self.proc.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             self.kill()
-        # what the leader left behind in its group
         try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what the leader left in its group
         except ProcessLookupError:
             pass
+        for pid in tree + [p for p, _ in descendants(self.proc.pid)]:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def spawn(name: str, argv: list[str], *, env: dict[str, str], logs: Path, cwd: Path | None = None,
