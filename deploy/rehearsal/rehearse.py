@@ -429,6 +429,10 @@ def main(argv: list[str] | None = None) -> int:
         report["timings"] = timings
         report["left_running"] = left
         if args.report:
+            from bench.machine import host
+
+            report["command"] = " ".join(["scripts/rehearse-scale-out.sh", *(argv if argv is not None else sys.argv[1:])])
+            report["machine"] = host()
             args.report.write_text(json.dumps(report, indent=1, default=str))
         out(f"== rehearsal {'passed' if rc == 0 else 'FAILED'} in {timings['total_s']:.0f}s")
     return rc
