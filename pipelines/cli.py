@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from pipelines import storage
 from pipelines.catalog import ledger
 from pipelines.catalog.layout import exported_model, line_paths, training_log_path
 from pipelines.catalog.records import latest_training_run, read_drift_history
@@ -213,7 +214,7 @@ def _follow_runs(client, dag_id: str, after: str, *, quiet_s: float, timeout_s: 
     return sorted(followed.values(), key=lambda r: r.get("run_after") or "")
 
 
-def _run_line(client, spec, home: Path, batches: list[str] | None = None) -> bool:
+def _run_line(client, spec, home: Path, batches: list[str] | None = None, timings: dict | None = None) -> bool:
     """Land (every real batch, or the ones named), ingest (triggered through the REST API) and follow what it sets off: training
     (scheduled by the validated-data Asset) and the drift monitor. True if all succeeded."""
     from datetime import UTC, datetime
@@ -226,6 +227,31 @@ def _run_line(client, spec, home: Path, batches: list[str] | None = None) -> boo
     for dag_id in (f"ingest_{line}", f"train_{line}", f"monitor_{line}"):
         client.unpause(dag_id)
     started = time.time()
+    try:
+        return _follow_line(client, spec, home, started, started_at)
+    finally:
+        if timings is not None:
+            timings[line] = _line_timing(client, line, home, started)
+
+
+def _line_timing(client, line: str, home: Path, started: float) -> dict:
+    from pipelines.runtime import timing
+
+    try:
+        t = timing.line_overhead(client, line, started, home)
+    except Exception as err:  # the figures are a report: never fail the run for them
+        _out(f"  {line}: no timing breakdown ({err})")
+        return {}
+    _out(
+        f"  {line}: {t['wall_s']:.0f}s from trigger to the last task, the stages' own work {t['work_s']:.0f}s;"
+        f" Airflow {t['overhead_s']:.0f}s ({t['overhead_share']:.0%}: scheduling {t['scheduling_s']:.0f}s,"
+        f" queued {t['queued_s']:.0f}s, task start-up {t['task_startup_s']:.0f}s)"
+    )
+    return t
+
+
+def _follow_line(client, spec, home: Path, started: float, started_at: str) -> bool:
+    line = spec.name
     run = client.trigger(f"ingest_{line}", {}, note="factory run")
     _out(f"== {line}: triggered ingest_{line} through the REST API (run {run['dag_run_id']})")
     seen = {r["batch_id"]: r.get("status", "") for r in ledger.all_records(line_paths(line, home))}
@@ -323,15 +349,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     specs = [load_spec(n) for n in args.lines] if args.lines else load_specs()
     home = factory_home()
     owned = runtime.status(home) is None
+    runtime_s = None
     if owned:
+        t0 = time.time()
         runtime.start(home, echo=lambda s: _out(f"== {s}"))
+        runtime_s = time.time() - t0
     else:
         _out(f"== using the running factory runtime at {runtime.base_url()}")
-    failed = []
+    failed, timings = [], {}
     try:
         client = _client()
         for spec in specs:
-            if not _run_line(client, spec, home, args.batch):
+            if not _run_line(client, spec, home, args.batch, timings):
                 failed.append(spec.name)
     finally:
         if owned and not args.keep_running:
@@ -345,6 +374,17 @@ def cmd_run(args: argparse.Namespace) -> int:
             _out(f"  Data Docs: {docs[-1]}")
         for row in _model_rows(spec.name, home):
             _out(row)
+    _out("\n== where the time went (the stages' own work against Airflow around it)")
+    if runtime_s is not None:
+        _out(f"  runtime start: {runtime_s:.0f}s")
+    for line, t in timings.items():
+        if t:
+            _out(
+                f"  {line}: wall {t['wall_s']:.0f}s, work {t['work_s']:.0f}s, Airflow {t['overhead_s']:.0f}s"
+                f" ({t['overhead_share']:.0%})"
+            )
+    if args.timings:
+        storage.write_json_atomic(Path(args.timings), {"runtime_start_s": runtime_s, "lines": timings})
     if failed:
         _out(f"\nlines with failures: {', '.join(failed)} (see the logs under {home / 'logs'} and the Airflow UI)")
         return 1
@@ -430,6 +470,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lines", nargs="*", help="product lines (default: all)")
     p.add_argument("--batch", action="append", help="land only this real source batch (repeatable; default: all)")
     p.add_argument("--keep-running", action="store_true", help="leave the runtime up afterwards")
+    p.add_argument("--timings", metavar="FILE", help="write each line's wall time split into work and Airflow's share (JSON)")
     p.set_defaults(func=cmd_run)
     sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer) and the model server").set_defaults(
         func=cmd_start

@@ -64,6 +64,22 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
     news = admin.xcom("ingest_credit_risk", run["dag_run_id"], "announce")
     assert news["batches"] == ["api-1"] and news["rows"] == 600
 
+    # Each task timed its own work in its process; the run's timeline adds up to its wall time.
+    from pipelines.runtime import timing
+
+    spans = [w for w in timing.read_work() if w["run_id"] == run["dag_run_id"]]
+    assert {"plan", "batch.spark_args", "batch.clean", "batch.validate", "announce", "verdict"} <= {
+        w["task_id"] for w in spans
+    }
+    clean = next(w for w in spans if w["task_id"] == "batch.clean")
+    assert clean["state"] == "success" and clean["end"] > clean["start"]
+    since = timing._epoch(final["start_date"])
+    t = timing.breakdown(admin.task_instances("ingest_credit_risk", run["dag_run_id"]), spans, since)
+    assert 0 < t["work_s"] < t["wall_s"]
+    parts = t["work_s"] + t["task_startup_s"] + t["queued_s"] + t["scheduling_s"]
+    assert abs(parts - t["wall_s"]) < 0.5, t
+    assert t["task_startup_s"] > 0  # task processes start before their work does
+
 
 def test_official_python_client(running, admin):
     """The README's example with ``apache-airflow-client``: trigger, then read the run."""

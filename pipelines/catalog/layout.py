@@ -475,6 +475,12 @@ def model_server_record(home: Path | None = None) -> Path:
     return _home(home) / "run" / "model-server.json"
 
 
+def task_work_log(home: Path | None = None) -> Path:
+    """One JSON line per task try: when its operator's work started and ended
+    (:mod:`pipelines.runtime.timing`)."""
+    return _home(home) / "run" / "task-work.jsonl"
+
+
 # ---------------------------------------------------------------- hyperparameter search
 
 
