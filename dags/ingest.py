@@ -1,7 +1,9 @@
 """
 ### Ingest: landing zone -> Spark cleaning (+ quarantine) -> Great Expectations
 
-One DAG per product line, generated from `include/lines/*.yaml`.
+One DAG per product line, generated from `include/lines/*.yaml`. Runs when a batch lands
+(the landing zone's watcher fires an event on the line's `landed_data` Asset within
+seconds), on the spec's `ingest.schedule`, or when triggered.
 
 For every batch to process (the `batch_id` asked for, or every batch landed and
 not yet cleaned), a mapped task group runs:
@@ -26,21 +28,28 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
-from airflow.sdk import DAG, Param, task, task_group
+from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, task_group
 
 from pipelines.catalog.layout import BATCH_ID_PATTERN
 from pipelines.ingest.stage import CLEANING_JOB
-from pipelines.runtime.assets import validated_data
+from pipelines.runtime.assets import landed_data, validated_data
 from pipelines.specs import LineSpec, load_specs
 
 
 def build(spec: LineSpec) -> DAG:
     line = spec.name
     asset = validated_data(line)
+    landed = landed_data(line)
     with DAG(
         dag_id=f"ingest_{line}",
         description=f"Clean and validate landed batches of {line}",
-        schedule=spec.ingest.schedule,
+        # A batch landed sets off a run within seconds (the landing zone's watcher); the
+        # spec's schedule sweeps up on top of it.
+        schedule=(
+            AssetOrTimeSchedule(timetable=CronTriggerTimetable(spec.ingest.schedule, timezone="UTC"), assets=landed)
+            if spec.ingest.schedule
+            else landed
+        ),
         start_date=datetime(2026, 1, 1),
         catchup=False,
         max_active_runs=1,

@@ -56,7 +56,7 @@ def build(spec: LineSpec) -> DAG:
         wait = NewBatchesSensor(
             task_id="wait",
             line=line,
-            poll_seconds=30,
+            poll_seconds=5,  # reading a few records: a batch is scored seconds after a model serves
             timeout=timedelta(hours=6).total_seconds(),
             soft_fail=True,  # nothing new for six hours is not an error
         )

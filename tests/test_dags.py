@@ -90,6 +90,22 @@ def test_ingest_wiring(dagbag):
     assert announce.trigger_rule == "all_done_min_one_success" and "batch.validate" in announce.upstream_task_ids
 
 
+def test_ingest_runs_when_a_batch_lands_and_on_its_schedule(dagbag):
+    from pipelines.specs import load_spec
+
+    for line in ("credit_risk", "employment"):
+        dag = dagbag.dags[f"ingest_{line}"]
+        assert type(dag.timetable).__name__ == "AssetOrTimeSchedule"
+        from airflow.sdk import CronTriggerTimetable
+
+        cron = CronTriggerTimetable(load_spec(line).ingest.schedule, timezone="UTC").expression
+        assert dag.timetable.timetable.expression == cron
+        asset = dag.timetable.asset_condition
+        assert asset.name == f"{line}.landed_data"
+        (watcher,) = asset.watchers
+        assert type(watcher.trigger).__name__ == "LandedBatchesTrigger" and watcher.trigger.line == line
+
+
 @pytest.mark.parametrize("bad", ["../etc", "a b", 5, ["x"], "2016\n", "slice-1\n"])
 def test_batch_id_param_rejects_bad_values(dagbag, bad):
     from airflow.exceptions import ParamValidationError

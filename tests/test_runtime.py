@@ -81,6 +81,27 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
     assert t["task_startup_s"] > 0  # task processes start before their work does
 
 
+def test_a_landed_batch_sets_off_its_ingest_within_seconds(running, admin):
+    """No trigger: the landing zone's watcher (run by the triggerer) fires the line's
+    landed-data Asset and the scheduler starts the ingest DAG, which cleans and validates it."""
+    from pipelines.runtime.timing import _epoch
+
+    spec = load_spec("credit_risk")
+    admin.unpause("ingest_credit_risk")
+    before = {r["dag_run_id"] for r in admin.runs("ingest_credit_risk", limit=50)}
+    landed_at = time.time()
+    landing.land_frame(spec, load_source(spec).iloc[9000:9600], "watch-1", factory_home())
+    deadline = time.time() + 600
+    while time.time() < deadline and ledger.read(line_paths("credit_risk"), "watch-1")["status"] != ledger.VALIDATED:
+        time.sleep(2)
+    assert ledger.read(line_paths("credit_risk"), "watch-1")["status"] == ledger.VALIDATED
+    new = [r for r in admin.runs("ingest_credit_risk", limit=50) if r["dag_run_id"] not in before]
+    watched = [r for r in new if r["run_type"] == "asset_triggered"]
+    assert watched, new
+    # the poll (2 s) and the scheduler's loop, not an hourly schedule
+    assert min(_epoch(r["queued_at"]) for r in watched) - landed_at < 30
+
+
 def test_official_python_client(running, admin):
     """The README's example with ``apache-airflow-client``: trigger, then read the run."""
     import airflow_client.client as ac

@@ -3,6 +3,22 @@
 from __future__ import annotations
 
 
+def landed_data(line: str):
+    """Changes when a batch of the line lands: its watcher
+    (:class:`pipelines.ingest.watch.LandedBatchesTrigger`, run by the triggerer) fires
+    an event per newly landed batch, and the ingest DAG is scheduled on it."""
+    from airflow.sdk import Asset, AssetWatcher
+
+    from pipelines.ingest.watch import LandedBatchesTrigger
+
+    return Asset(
+        name=f"{line}.landed_data",
+        uri=f"factory://{line}/landed",
+        group="factory",
+        watchers=[AssetWatcher(name=f"{line}_landing_zone", trigger=LandedBatchesTrigger(line=line))],
+    )
+
+
 def validated_data(line: str):
     """Announced once per ingest run whose batches passed validation; training and the
     drift monitor are scheduled on it."""
