@@ -222,6 +222,9 @@ def _run_line(client, spec, home: Path, batches: list[str] | None = None, timing
     line = spec.name
     started_at = datetime.now(UTC).isoformat()
     _out(f"== {line}: landing real batches")
+    # The landing zone's watcher sets off an ingest run per batch it sees: paused, the
+    # ingest DAG takes every batch landed here in one run (one training, not one per batch).
+    client.pause(f"ingest_{line}")
     for r in landing.replay(spec, home, batches):
         _out(f"  {r.batch_id}: {'landed' if r.created else 'already landed'}")
     for dag_id in (f"ingest_{line}", f"train_{line}", f"monitor_{line}"):
