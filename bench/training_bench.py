@@ -46,6 +46,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -1066,7 +1067,7 @@ def run_fashion_scaling(args, work: Path) -> int:
     result = fashion_scaling(work, args)
     mc["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     argv = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--keep",) and sys.argv[i] not in ("--keep",)]
-    out = write_results(args.fs_out, " ".join([".venv/airflow/bin/python bench/training_bench.py", *argv]), mc,
+    out = write_results(args.fs_out, shlex.join([".venv/airflow/bin/python", "bench/training_bench.py", *argv]), mc,
                         round(time.perf_counter() - started, 1), result)
     print("\n".join(scaling_table(result)))
     print(f"load average (1/5/15 min): start {mc['load_average_at_start']}, end {mc['loadavg_end']}")
@@ -1097,7 +1098,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "training.json")
     ap.add_argument("--line", choices=("employment", FASHION), default="employment",
                     help="fashion: only the scaling of the image line's CNN (bench/results/training_scaling.json)")
-    ap.add_argument("--fs-images", type=int, default=6000, help="fashion: training images (the first N)")
+    ap.add_argument("--fs-images", type=int, default=5000, help="fashion: training images (the first N)")
     ap.add_argument("--fs-eval-images", type=int, default=500, help="fashion: official test images (eval batch)")
     ap.add_argument("--fs-epochs", type=int, default=3, help="fashion: epochs per run (the first is not timed)")
     ap.add_argument("--fs-rounds", type=int, default=3, help="fashion: each configuration this many times (median)")
