@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -342,9 +343,11 @@ def main() -> None:
         "agreement": agree,
         "evidently": evidently,
         "verdicts": agree_all,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "drift.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"load average at end {result['load_average_at_end']}")
     print(f"results: {RESULTS / 'drift.json'}")
 
 
