@@ -37,6 +37,15 @@ own ``prepare_run``.
 
 Prints the machine (CPU, cores, RAM, OS, Python, TF/Horovod/LightGBM versions, load average
 before and after) and the tables; writes ``bench/results/training.json``.
+
+``--line fashion`` measures only the scaling of a compute-bound model, the image line's CNN
+(``--fs-images`` Fashion-MNIST training images, ``--fs-epochs``, ``--fs-rounds``): the factory's
+worker under horovodrun and ``bench/mwms_worker.py`` at 1 and 2 workers, each worker held to one
+core's worth of threads (``FACTORY_TRAIN_THREADS=1``, bound to core <local rank>), one
+unpinned 1-worker run with 2 threads beside, and ``--fs-variants`` (Horovod's settings) at 2
+workers; per-worker batch fixed at the spec's; images/s without the first epoch, median of the
+rounds; efficiency = images/s(2) / (2 x images/s(1)). Writes ``bench/results/training_scaling.json``
+(see docs/benchmarks-training.md).
 """
 
 from __future__ import annotations
