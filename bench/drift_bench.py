@@ -1,6 +1,7 @@
-"""Drift benchmark: the factory's drift scoring against TFDV's drift comparators.
+"""Drift benchmark: the factory's drift scoring against TFDV's drift comparators and Evidently's
+data-drift preset, in one run.
 
-    .venv/airflow/bin/python bench/drift_bench.py [--rows 1000000] [--repeats 3] [--no-tfdv]
+    .venv/airflow/bin/python bench/drift_bench.py [--rows 1000000] [--repeats 3] [--no-tfdv] [--no-evidently]
 
 Data: the employment line's real rows (ACS Massachusetts), all 16 model features,
 resampled with replacement to ``--rows`` rows with a fixed seed:
@@ -19,9 +20,19 @@ read the same files. Timed, median of ``--repeats``:
 - TFDV 1.16 (ML env, pandas 1.5, a subprocess running ``bench/drift_tfdv.py``):
   read; ``generate_statistics_from_dataframe`` of the reference and of each batch;
   ``validate_statistics`` with drift comparators (L-inf 0.2 on strings, JSD 0.1 on
-  numbers).
+  numbers);
+- Evidently 0.7 (bench env ``.venv/bench``, ``scripts/setup.sh bench``; a subprocess running
+  ``bench/drift_evidently.py``): read; ``Dataset.from_pandas`` with the spec's column kinds;
+  ``Report([DataDriftPreset()]).run`` of each batch against the reference, twice: the
+  preset's defaults (normed Wasserstein 0.1 on numbers, Jensen-Shannon distance 0.1 on
+  categories) and PSI 0.2 on every column. Evidently keeps no profile: every check goes over
+  the raw reference rows again.
 
-The two do different amounts of work: TFDV's statistics are a full descriptive
+Agreement: for each batch, the features each side calls drifted (factory: its decision,
+effect AND test; TFDV: a comparator over its threshold; Evidently: a distance over its
+threshold), and on how many of the features all of them give the same verdict.
+
+The sides do different amounts of work: TFDV's statistics are a full descriptive
 profile (quantiles, top-k, histograms, per-feature counts) computed on every batch,
 the factory's scoring only what drift needs against a profile built once. The script
 also checks that the two agree where they measure the same thing (the L-inf distance
@@ -34,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import tempfile
@@ -83,9 +95,9 @@ def _write_plain(frame: pd.DataFrame, path: Path) -> None:
     tmp.replace(path)
 
 
-def datasets(rows: int, features: list[str]) -> dict[str, Path]:
+def datasets(rows: int, features: list[str], where: Path = DATA) -> dict[str, Path]:
     """The three Parquet files (built once per size and data version)."""
-    paths = {name: DATA / f"drift_v{DATA_VERSION}_{name}_{rows}.parquet" for name in ("reference", *BATCHES)}
+    paths = {name: where / f"drift_v{DATA_VERSION}_{name}_{rows}.parquet" for name in ("reference", *BATCHES)}
     if all(p.exists() for p in paths.values()):
         return paths
     frame = employment_frame()
@@ -172,6 +184,54 @@ def run_tfdv(paths: dict[str, Path], repeats: int) -> dict[str, Any]:
     return result
 
 
+def bench_python() -> Path:
+    return REPO_ROOT / ".venv" / "bench" / "bin" / "python"
+
+
+def run_evidently(paths: dict[str, Path], declared: list[dict], repeats: int,
+                  batches: tuple[str, ...] = BATCHES) -> dict[str, Any]:
+    """``bench/drift_evidently.py`` in the bench environment, on the same files."""
+    python = bench_python()
+    if not python.exists():
+        return {"skipped": "no bench environment (.venv/bench): run scripts/setup.sh bench"}
+    kinds = {k: ",".join(f["name"] for f in declared if f["kind"] == k) for k in ("numeric", "categorical")}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "evidently.json"
+        cmd = [str(python), str(REPO_ROOT / "bench" / "drift_evidently.py"), "--ref", str(paths["reference"]),
+               "--cur", *[str(paths[b]) for b in batches], "--numeric", kinds["numeric"],
+               "--categorical", kinds["categorical"], "--repeats", str(repeats), "--out", str(out)]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
+        wall = time.perf_counter() - t
+        if proc.returncode != 0:
+            return {"failed": proc.stderr[-3000:]}
+        result = json.loads(out.read_text())
+    result["subprocess_wall_s"] = wall
+    result["batches"] = {name: result["batches"][paths[name].name] for name in batches}
+    return result
+
+
+def verdicts(factory: dict[str, Any], tfdv: dict[str, Any], evidently: dict[str, Any]) -> dict[str, Any]:
+    """Per batch: the features each side calls drifted, and the features where all sides agree."""
+    out = {}
+    for name in BATCHES:
+        features = sorted(factory["batches"][name]["features"])
+        sides = {"factory": {f for f, v in factory["batches"][name]["features"].items() if v["drifted"]}}
+        if "batches" in tfdv:
+            sides["tfdv"] = {f for f, t in tfdv["batches"][name]["drift"].items() if t["drifted"]}
+        if "batches" in evidently:
+            for config, r in evidently["batches"][name]["configs"].items():
+                sides[f"evidently_{config}"] = set(r["drifted"])
+        agree = [f for f in features if len({f in drifted for drifted in sides.values()}) == 1]
+        out[name] = {
+            "drifted": {side: sorted(d) for side, d in sides.items()},
+            "features": len(features),
+            "all_agree_on": len(agree),
+            "disagree_on": sorted(set(features) - set(agree)),
+        }
+    return out
+
+
 def agreement(factory: dict[str, Any], tfdv: dict[str, Any]) -> dict[str, Any]:
     """Where both measure the same thing: L-inf of each categorical feature."""
     out = {}
@@ -192,7 +252,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--no-tfdv", action="store_true", help="time the factory only")
+    parser.add_argument("--no-tfdv", action="store_true", help="leave TFDV out")
+    parser.add_argument("--no-evidently", action="store_true", help="leave Evidently out")
     args = parser.parse_args()
 
     spec = load_spec("employment")
@@ -207,7 +268,8 @@ def main() -> None:
     factory = run_factory(paths, declared, args.repeats)
     tfdv = {"skipped": "--no-tfdv"} if args.no_tfdv else run_tfdv(paths, args.repeats)
     have_tfdv = "batches" in tfdv
-    evidently = "not installed in either environment (nothing is installed by hand here): not compared"
+    evidently = {"skipped": "--no-evidently"} if args.no_evidently else run_evidently(paths, declared, args.repeats)
+    have_ev = "batches" in evidently
 
     ref_f, ref_t = factory["reference"], tfdv.get("reference", {})
 
@@ -248,7 +310,27 @@ def main() -> None:
     else:
         agree = None
         print(f"TFDV: {tfdv}")
-    print(f"Evidently: {evidently}")
+    if have_ev:
+        print()
+        ref_e = evidently["reference"]
+        print(f"Evidently {evidently['evidently']} (pandas {evidently['pandas']}): import {evidently['import_s']:.1f} s, "
+              f"reference read {ref_e['read_s']:.2f} s, Dataset.from_pandas {ref_e['dataset_s']:.2f} s "
+              "(no profile: every check reads the reference rows again)")
+        for name in BATCHES:
+            b = evidently["batches"][name]
+            for config, r in b["configs"].items():
+                print(f"  batch {name}, {config}: Report.run {r['run_s']:.2f} s (best {min(r['run_all_s']):.2f}), "
+                      f"{r['rows_per_s']:,.0f} rows/s; Dataset.from_pandas {b['dataset_s']:.2f} s; "
+                      f"drifted {r['drifted'] or 'none'}")
+    else:
+        print(f"Evidently: {evidently}")
+    agree_all = verdicts(factory, tfdv, evidently)
+    print()
+    for name, v in agree_all.items():
+        sides = "; ".join(f"{side} {d or 'none'}" for side, d in v["drifted"].items())
+        print(f"batch {name}: drifted: {sides}")
+        print(f"  all {len(v['drifted'])} sides agree on {v['all_agree_on']} of {v['features']} features"
+              + (f"; differ on {v['disagree_on']}" if v["disagree_on"] else ""))
 
     result = {
         "machine": info,
@@ -260,9 +342,12 @@ def main() -> None:
         "tfdv": tfdv,
         "agreement": agree,
         "evidently": evidently,
+        "verdicts": agree_all,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "drift.json").write_text(json.dumps(result, indent=1, default=str))
+    print(f"load average at end {result['load_average_at_end']}")
     print(f"results: {RESULTS / 'drift.json'}")
 
 

@@ -37,6 +37,15 @@ own ``prepare_run``.
 
 Prints the machine (CPU, cores, RAM, OS, Python, TF/Horovod/LightGBM versions, load average
 before and after) and the tables; writes ``bench/results/training.json``.
+
+``--line fashion`` measures only the scaling of a compute-bound model, the image line's CNN
+(``--fs-images`` Fashion-MNIST training images, ``--fs-epochs``, ``--fs-rounds``): the factory's
+worker under horovodrun and ``bench/mwms_worker.py`` at 1 and 2 workers, each worker held to one
+core's worth of threads (``FACTORY_TRAIN_THREADS=1``, bound to core <local rank>), one
+unpinned 1-worker run with 2 threads beside, and ``--fs-variants`` (Horovod's settings) at 2
+workers; per-worker batch fixed at the spec's; images/s without the first epoch, median of the
+rounds; efficiency = images/s(2) / (2 x images/s(1)). Writes ``bench/results/training_scaling.json``
+(see docs/benchmarks-training.md).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import shutil
 import socket
 import subprocess
@@ -198,25 +208,27 @@ def _reset_run(run: Path) -> None:
     (run / "result.json").unlink(missing_ok=True)
 
 
-def horovod(run: Path, workers: int) -> dict[str, Any]:
-    """The factory's worker under horovodrun (Gloo), as the training stage starts it."""
+def _threads_env(threads: int | None) -> dict[str, str]:
+    return {"FACTORY_TRAIN_THREADS": str(threads)} if threads else {}
+
+
+def horovod(run: Path, workers: int, threads: int | None = None, pin: bool = False,
+            extra_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """The factory's worker under horovodrun (Gloo), as the training stage starts it.
+
+    ``threads``: ``FACTORY_TRAIN_THREADS`` (each worker's intra- and inter-op pools);
+    ``pin``: each rank bound to core ``HOROVOD_LOCAL_RANK`` (``taskset``), so that its
+    ``tf.data`` pool, sized by the cores it may use, is one core's worth too;
+    ``extra_env``: Horovod's own settings (``HOROVOD_FUSION_THRESHOLD``, ...)."""
     _reset_run(run)
-    cmd = [
-        str(ML_BIN / "horovodrun"),
-        "-np",
-        str(workers),
-        "-H",
-        f"localhost:{workers}",
-        "--gloo",
-        str(ML_BIN / "python"),
-        "-m",
-        "pipelines.training.worker",
-        "--run-dir",
-        str(run),
-    ]
+    worker = [str(ML_BIN / "python"), "-m", "pipelines.training.worker", "--run-dir", str(run)]
+    if pin:
+        worker = ["sh", "-c", 'exec taskset -c "$HOROVOD_LOCAL_RANK" "$@"', "pinned", *worker]
+    cmd = [str(ML_BIN / "horovodrun"), "-np", str(workers), "-H", f"localhost:{workers}", "--gloo", *worker]
     load = os.getloadavg()[0]
     started = time.perf_counter()
-    done = subprocess.run(cmd, env=ml_env(), capture_output=True, text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
+    done = subprocess.run(cmd, env=ml_env(**_threads_env(threads), **(extra_env or {})), capture_output=True,
+                          text=True, timeout=RUN_TIMEOUT_S, cwd=REPO)
     wall = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(
@@ -228,7 +240,8 @@ def horovod(run: Path, workers: int) -> dict[str, Any]:
         "workers": workers,
         "wall_s": round(wall, 2),
         "samples_per_s": result["samples_per_s"],
-        "val_auc": result["val_auc"],
+        "val_auc": result.get("val_auc"),
+        "val_accuracy": result.get("val_accuracy"),
         "epochs_run": result["epochs_run"],
         "best_epoch": result["best_epoch"],
         "epoch_samples_per_s": [round(h["samples_per_s"]) for h in result["history"]],
@@ -249,8 +262,9 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def mwms(run: Path, workers: int, out_dir: Path) -> dict[str, Any]:
-    """bench/mwms_worker.py, one process per worker, TF_CONFIG for each."""
+def mwms(run: Path, workers: int, out_dir: Path, threads: int | None = None, pin: bool = False) -> dict[str, Any]:
+    """bench/mwms_worker.py, one process per worker, TF_CONFIG for each (``threads`` and ``pin``
+    as for :func:`horovod`: worker ``i`` bound to core ``i``)."""
     cluster = [f"localhost:{p}" for p in _free_ports(workers)]
     out = out_dir / f"mwms-{workers}.json"
     out.unlink(missing_ok=True)
@@ -259,10 +273,11 @@ def mwms(run: Path, workers: int, out_dir: Path) -> dict[str, Any]:
     started = time.perf_counter()
     for i in range(workers):
         tf_config = json.dumps({"cluster": {"worker": cluster}, "task": {"type": "worker", "index": i}})
+        cmd = [str(ML_BIN / "python"), str(MWMS_WORKER), "--run-dir", str(run), "--out", str(out)]
         procs.append(
             subprocess.Popen(
-                [str(ML_BIN / "python"), str(MWMS_WORKER), "--run-dir", str(run), "--out", str(out)],
-                env=ml_env(TF_CONFIG=tf_config),
+                ["taskset", "-c", str(i), *cmd] if pin else cmd,
+                env=ml_env(TF_CONFIG=tf_config, **_threads_env(threads)),
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 text=True,
@@ -288,7 +303,8 @@ def mwms(run: Path, workers: int, out_dir: Path) -> dict[str, Any]:
         "workers": workers,
         "wall_s": round(wall, 2),
         "samples_per_s": result["samples_per_s"],
-        "val_auc": result["val_auc_last_epoch"],
+        "val_auc": result.get("val_auc_last_epoch"),
+        "val_accuracy": result.get("val_accuracy_last_epoch"),
         "epochs_run": len(result["history"]),
         "epoch_samples_per_s": [round(h["samples_per_s"]) for h in result["history"]],
         "loadavg_1m_before": round(load, 2),
@@ -927,6 +943,147 @@ def quality(work: Path, args, deadline: float) -> dict[str, Any]:
     return out
 
 
+# --------------------------------------------------------------------------- scaling of the image line's CNN
+
+FASHION = "fashion"
+
+
+def write_fashion_batches(home: Path, images: int, eval_images: int) -> None:
+    """The first ``images`` Fashion-MNIST training images as one cleaned batch (``slice-1``) and
+    ``eval_images`` official test images as the line's eval batch (``test``), written as the
+    image line's cleaning writes them (``tests/image_batches.py``: PNG bytes per row)."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from image_batches import clean_rows, write_clean_batch
+
+    write_clean_batch(home, FASHION, "slice-1", clean_rows("train", 0, images))
+    write_clean_batch(home, FASHION, "test", clean_rows("t10k", 0, eval_images))
+
+
+def _parse_variants(text: str) -> dict[str, dict[str, str]]:
+    """``name:VAR=value+VAR=value;name:...`` -> {name: {VAR: value}}: Horovod settings tried at 2 workers."""
+    out: dict[str, dict[str, str]] = {}
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        name, _, settings = part.partition(":")
+        pairs = [kv.split("=", 1) for kv in settings.split("+") if kv]
+        if not name or not pairs or any(len(kv) != 2 or not kv[0].startswith("HOROVOD_") for kv in pairs):
+            raise SystemExit(f"--fs-variants: {part!r} is not name:HOROVOD_X=value[+HOROVOD_Y=value]")
+        out[name] = dict(pairs)
+    return out
+
+
+# (name, launcher, workers, threads per worker, pinned to a core each)
+SCALING_CONFIGS = [
+    ("horovod_1w", "horovod", 1, 1, True),
+    ("horovod_2w", "horovod", 2, 1, True),
+    ("mwms_1w", "mwms", 1, 1, True),
+    ("mwms_2w", "mwms", 2, 1, True),
+    ("horovod_1w_2threads", "horovod", 1, 2, False),
+]
+
+
+def fashion_scaling(work: Path, args) -> dict[str, Any]:
+    """The image line's CNN at 1 and 2 workers, Horovod (the factory's worker) and MWMS, each
+    worker held to one core's worth of threads; rounds interleaved, medians reported."""
+    import numpy as np
+
+    from pipelines.training.prepare import prepare_run
+
+    home = work / "home-fashion"
+    write_fashion_batches(home, args.fs_images, args.fs_eval_images)
+    variants = _parse_variants(args.fs_variants)
+    runs = {}
+    for w in (1, 2):
+        runs[w] = work / f"fs-{w}w"
+        prepare_run(FASHION, runs[w], {"workers": w, "epochs": args.fs_epochs, "batches": ["slice-1", "test"]},
+                    home=home)
+    manifest = json.loads((runs[1] / "manifest.json").read_text())
+    log(f"fashion scaling: {manifest['rows']} rows, per-worker batch {manifest['params']['batch_size']}")
+    configs = [*SCALING_CONFIGS, *((f"horovod_2w_{n}", "horovod", 2, 1, True) for n in variants)]
+    results: dict[str, list[dict[str, Any]]] = {c[0]: [] for c in configs}
+    for rnd in range(args.fs_rounds):
+        for name, launcher, w, threads, pin in configs if rnd % 2 == 0 else configs[::-1]:
+            if launcher == "horovod":
+                extra = variants.get(name.removeprefix("horovod_2w_")) if name.startswith("horovod_2w_") else None
+                r = horovod(runs[w], w, threads=threads, pin=pin, extra_env=extra)
+            else:
+                r = mwms(runs[w], w, work, threads=threads, pin=pin)
+            r["round"] = rnd + 1
+            results[name].append(r)
+            log(f"{name} round {rnd + 1}: {r['samples_per_s']:.0f} images/s, wall {r['wall_s']:.1f}s, "
+                f"epochs {r['epoch_samples_per_s']}")
+    table = {}
+    for name, launcher, w, threads, pin in configs:
+        rs = results[name]
+        table[name] = {
+            "launcher": launcher, "workers": w, "threads_per_worker": threads, "pinned_to_a_core": pin,
+            "horovod_settings": variants.get(name.removeprefix("horovod_2w_"), {}) if name.startswith("horovod_2w_")
+            else {},
+            "images_per_s": float(np.median([r["samples_per_s"] for r in rs])),
+            "images_per_s_runs": [r["samples_per_s"] for r in rs],
+            "wall_s": float(np.median([r["wall_s"] for r in rs])),
+            "val_accuracy": float(np.median([r["val_accuracy"] for r in rs])),
+            "runs": rs,
+        }
+
+    def efficiency(two: str, one: str) -> dict[str, Any]:
+        per_round = [b["samples_per_s"] / (2 * a["samples_per_s"])
+                     for a, b in zip(results[one], results[two], strict=True)]
+        return {"median_rates": table[two]["images_per_s"] / (2 * table[one]["images_per_s"]),
+                "per_round": per_round}
+
+    eff = {"horovod": efficiency("horovod_2w", "horovod_1w"), "mwms": efficiency("mwms_2w", "mwms_1w")}
+    for n in variants:
+        eff[f"horovod_{n}"] = efficiency(f"horovod_2w_{n}", "horovod_1w")
+    return {
+        "line": FASHION,
+        "model": manifest["model"],
+        "train_images": manifest["rows"]["train"],
+        "validation_images": manifest["rows"]["validation"],
+        "epochs": args.fs_epochs,
+        "timed_epochs": f"2..{args.fs_epochs} (the first compiles and is left out)",
+        "batch_size_per_worker": manifest["params"]["batch_size"],
+        "global_batch": "batch_size_per_worker x workers (the factory's semantics: the learning rate x workers)",
+        "threads": "FACTORY_TRAIN_THREADS=1 (intra-op 1, inter-op 1) and taskset to core <local rank> for every "
+                   "worker, except horovod_1w_2threads: 2 and 2, no pinning",
+        "rounds": args.fs_rounds,
+        "configs": table,
+        "efficiency": eff,
+        "efficiency_definition": "images/s(2 workers) / (2 x images/s(1 worker)), both at one thread per worker",
+    }
+
+
+def scaling_table(sc: dict[str, Any]) -> list[str]:
+    lines = [f"SCALING  {sc['line']} CNN {sc['model'].get('conv_filters')}, {sc['train_images']:,} train images, "
+             f"{sc['epochs']} epochs (timed 2..), batch {sc['batch_size_per_worker']}/worker, "
+             f"median of {sc['rounds']} rounds",
+             f"{'config':<28}{'workers':>8}{'threads':>8}{'images/s':>10}{'range':>14}{'wall s':>8}{'val acc':>9}"]
+    for name, c in sc["configs"].items():
+        runs = c["images_per_s_runs"]
+        lines.append(f"{name:<28}{c['workers']:>8}{c['threads_per_worker']:>8}{c['images_per_s']:>10,.0f}"
+                     f"{f'{min(runs):,.0f}-{max(runs):,.0f}':>14}{c['wall_s']:>8.1f}{c['val_accuracy']:>9.3f}")
+    for k, e in sc["efficiency"].items():
+        rounds = " ".join(f"{x:.2f}" for x in e["per_round"])
+        lines.append(f"efficiency {k}: {e['median_rates']:.2f} (per round {rounds})")
+    return lines
+
+
+def run_fashion_scaling(args, work: Path) -> int:
+    from bench.machine import write_results
+
+    mc = machine()
+    print(describe(mc), flush=True)
+    started = time.perf_counter()
+    result = fashion_scaling(work, args)
+    mc["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    argv = [a for i, a in enumerate(sys.argv[1:]) if a not in ("--keep",) and sys.argv[i] not in ("--keep",)]
+    out = write_results(args.fs_out, shlex.join([".venv/airflow/bin/python", "bench/training_bench.py", *argv]), mc,
+                        round(time.perf_counter() - started, 1), result)
+    print("\n".join(scaling_table(result)))
+    print(f"load average (1/5/15 min): start {mc['load_average_at_start']}, end {mc['loadavg_end']}")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tp-rows", type=int, default=60000, help="training rows for the throughput runs")
@@ -948,6 +1105,15 @@ def main() -> int:
         "--keep", type=Path, help="work here and keep the run folders (default: a temp dir, removed)"
     )
     ap.add_argument("--out", type=Path, default=RESULTS / "training.json")
+    ap.add_argument("--line", choices=("employment", FASHION), default="employment",
+                    help="fashion: only the scaling of the image line's CNN (bench/results/training_scaling.json)")
+    ap.add_argument("--fs-images", type=int, default=5000, help="fashion: training images (the first N)")
+    ap.add_argument("--fs-eval-images", type=int, default=500, help="fashion: official test images (eval batch)")
+    ap.add_argument("--fs-epochs", type=int, default=3, help="fashion: epochs per run (the first is not timed)")
+    ap.add_argument("--fs-rounds", type=int, default=3, help="fashion: each configuration this many times (median)")
+    ap.add_argument("--fs-variants", default="",
+                    help="fashion: Horovod settings tried at 2 workers, name:HOROVOD_X=v[+HOROVOD_Y=w];...")
+    ap.add_argument("--fs-out", default="training_scaling", help="fashion: bench/results/<name>.json")
     args = ap.parse_args()
     skip = {s for s in args.skip.split(",") if s}
 
@@ -955,6 +1121,12 @@ def main() -> int:
     if args.keep:
         shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True, exist_ok=True)
+    if args.line == FASHION:
+        try:
+            return run_fashion_scaling(args, work)
+        finally:
+            if not args.keep:
+                shutil.rmtree(work, ignore_errors=True)
     report: dict[str, Any] = {
         "machine": machine(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

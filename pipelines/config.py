@@ -17,6 +17,7 @@ the same variables at shared storage and real engines.
 | ``FACTORY_HOROVOD_SSH_PORT`` | none: ssh's own (``horovodrun --ssh-port``, the hosts' sshd port) |
 | ``FACTORY_HOROVOD_SSH_IDENTITY`` | none: ssh's own (``horovodrun --ssh-identity-file``, a private key) |
 | ``FACTORY_HOROVOD_NETWORK_INTERFACE`` | none: Horovod finds the hosts' common interfaces (``horovodrun --network-interface``, e.g. ``eth0``) |
+| ``FACTORY_TRAIN_THREADS`` | none: each training worker takes its share of the cores (``cores // workers`` intra-op threads); ``N``: N intra-op and N inter-op threads per worker |
 | ``FACTORY_MAX_EPOCHS`` | none (e.g. ``fashion=3``: at most 3 epochs for that line's trainings; ``3``: for every line) |
 """
 
@@ -137,6 +138,20 @@ def max_epochs(line: str) -> int | None:
             raise ValueError(f"FACTORY_MAX_EPOCHS: {part.strip()!r} is not N or line=N with N >= 1")
         caps[name.strip() or None] = int(value)
     return caps.get(line, caps.get(None))
+
+
+def train_threads() -> int | None:
+    """The TensorFlow threads ``FACTORY_TRAIN_THREADS`` gives each training worker, or None.
+
+    Unset, a worker sizes its pools from its share of the cores; ``N`` fixes both its
+    intra-op and inter-op pools at N, so that, say, each of two workers on two cores is
+    held to one core's worth of threads (how ``bench/training_bench.py`` compares launchers)."""
+    raw = os.environ.get("FACTORY_TRAIN_THREADS", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"FACTORY_TRAIN_THREADS must be a whole number of threads >= 1, got {raw!r}")
+    return int(raw)
 
 
 def airflow_environment(home: Path | None = None) -> dict[str, str]:

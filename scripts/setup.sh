@@ -13,6 +13,8 @@
 #   scripts/setup.sh              every environment
 #   scripts/setup.sh airflow      only the orchestration environment
 #   scripts/setup.sh labelstudio  only Label Studio's SDK (checks the review queue's files)
+#   scripts/setup.sh bench        only the benchmarks' peers (Evidently, for bench/drift_bench.py);
+#                                 not part of `all`: no test needs it, CI does not build it
 #   scripts/setup.sh cluster      the orchestration environment of the deployment's images
 #                                 (+ Celery provider, StatsD client): the scale-out rehearsal's
 set -euo pipefail
@@ -130,8 +132,9 @@ main() {
     airflow) ensure_java; ensure_fashion_mnist; make_env airflow "$ROOT/requirements/airflow.txt" ;;
     ml) make_env ml "$ROOT/requirements/ml.txt" ;;
     labelstudio) make_env labelstudio "$ROOT/requirements/labelstudio.txt" ;;
+    bench) make_env bench "$ROOT/requirements/bench.txt" ;;
     cluster) ensure_java; make_env cluster "$ROOT/requirements/airflow.txt" "$ROOT/deploy/airflow/requirements-cluster.txt" ;;
-    *) echo "usage: $0 [all|airflow|ml|labelstudio|cluster]" >&2; exit 2 ;;
+    *) echo "usage: $0 [all|airflow|ml|labelstudio|bench|cluster]" >&2; exit 2 ;;
   esac
 }
 main

@@ -182,3 +182,26 @@ def test_a_retry_with_the_same_params_reuses_the_folder(home):
     before = _snapshot(Path(first["run_dir"]))
     again = stage.prepare("credit_risk", run_id, {"workers": 1, "epochs": 3, "batches": None}, home)
     assert again == first and _snapshot(Path(first["run_dir"])) == before  # kept as the first try wrote it
+
+
+def test_train_threads_is_a_whole_number_or_unset(monkeypatch):
+    from pipelines.config import train_threads
+
+    monkeypatch.delenv("FACTORY_TRAIN_THREADS", raising=False)
+    assert train_threads() is None
+    monkeypatch.setenv("FACTORY_TRAIN_THREADS", "1")
+    assert train_threads() == 1
+    for bad in ("0", "two", "-1", "1.5"):
+        monkeypatch.setenv("FACTORY_TRAIN_THREADS", bad)
+        with pytest.raises(ValueError, match=f"FACTORY_TRAIN_THREADS .* got {bad!r}"):
+            train_threads()
+
+
+def test_a_worker_with_bad_train_threads_stops_with_one_line(monkeypatch, tmp_path, capsys):
+    """Refused before TensorFlow loads and before the run folder is read: nothing is touched."""
+    from pipelines.training import worker
+
+    monkeypatch.setenv("FACTORY_TRAIN_THREADS", "0")
+    assert worker.main(["--run-dir", str(tmp_path / "run")]) == worker.EXIT_BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["factory-train: error: FACTORY_TRAIN_THREADS must be a whole number of threads >= 1, got '0'"]

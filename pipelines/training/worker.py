@@ -39,7 +39,7 @@ Lines on stdout (``horovodrun`` prefixes them with ``[rank]<stdout>:``)::
     factory-train: rank=1 weights_sha256=<hex>
 
 A run that cannot start (no run folder, a bad manifest, shards that do not match the
-workers, an empty shard) is caught before TensorFlow is imported: each rank exits
+workers, an empty shard, a ``FACTORY_TRAIN_THREADS`` that is not a number >= 1) is caught before TensorFlow is imported: each rank exits
 with status 2 after one line on stderr, ``factory-train: error: ...`` (the same line
 on every rank).
 
@@ -61,6 +61,7 @@ from typing import Any
 
 from pipelines.catalog import layout
 from pipelines.catalog.records import write_training_result
+from pipelines.config import train_threads
 from pipelines.training.manifest import Manifest, ManifestError, load_manifest
 from pipelines.training.model import (
     DataError,
@@ -179,15 +180,21 @@ def preflight(run_dir: Path, workers: int | None) -> Plan:
 # --------------------------------------------------------------------------- training
 
 
-def _configure_devices(tf, hvd) -> int:
-    """Pin this rank's share of the CPU cores (and its own GPU, where there are GPUs)."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    threads = max(1, cpus // hvd.local_size())
+def _configure_devices(tf, hvd, fixed_threads: int | None = None) -> int:
+    """Pin this rank's share of the CPU cores (and its own GPU, where there are GPUs):
+    ``cores // local workers`` intra-op threads, or ``fixed_threads`` intra-op and inter-op
+    threads (``FACTORY_TRAIN_THREADS``)."""
+    if fixed_threads:
+        threads, inter = fixed_threads, fixed_threads
+    else:
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            cpus = os.cpu_count() or 1
+        threads = max(1, cpus // hvd.local_size())
+        inter = max(2, threads)
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    tf.config.threading.set_inter_op_parallelism_threads(inter)
     gpus = tf.config.list_physical_devices("GPU")
     if gpus:
         gpu = gpus[hvd.local_rank() % len(gpus)]
@@ -674,8 +681,9 @@ def _export_result(plan: Plan, state: _TrainState, preprocessor, digest: str, re
         f"model={layout.exported_model(plan.run_dir)}")
 
 
-def train(plan: Plan) -> int:
-    """Train this rank's part of the run; rank 0 exports the best weights and writes the result."""
+def train(plan: Plan, threads: int | None = None) -> int:
+    """Train this rank's part of the run; rank 0 exports the best weights and writes the result.
+    ``threads``: TensorFlow's intra-op and inter-op pools, else this rank's share of the cores."""
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import horovod.tensorflow as hvd
@@ -687,7 +695,7 @@ def train(plan: Plan) -> int:
     m, p = plan.manifest, plan.manifest.params
     if size != len(m.shards):  # horovodrun sets HOROVOD_SIZE, so preflight usually caught this
         raise TrainingError(f"the run has {len(m.shards)} training shards but {size} workers were started")
-    _configure_devices(tf, hvd)  # before any TensorFlow op: it fixes the thread pools
+    _configure_devices(tf, hvd, threads)  # before any TensorFlow op: it fixes the thread pools
     hosts = _rank_hosts(hvd)
     if rank == 0:
         say("ranks on hosts: " + ", ".join(f"{h['rank']}={h['host']}" for h in hosts))
@@ -774,8 +782,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = os.environ.get("HOROVOD_SIZE")  # set by horovodrun: checked before TensorFlow loads
     try:
+        try:
+            threads = train_threads()
+        except ValueError as err:
+            raise TrainingError(str(err)) from None
         plan = preflight(args.run_dir.resolve(), int(size) if size else None)
-        return train(plan)
+        return train(plan, threads)
     except TrainingError as err:
         sys.stderr.write(f"{PREFIX} error: {err}\n")
         sys.stderr.flush()
