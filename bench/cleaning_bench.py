@@ -519,14 +519,15 @@ def print_size(rows: int, results: dict[str, dict[str, Any]]) -> None:
         f"quarantined {first['rows_quarantined']:,}, duplicates removed {first['duplicates_removed']:,})"
     )
     fastest = min(r["seconds"] for r in results.values())
-    print(f"  {'engine':34} {'seconds':>9} {'rows/s':>12} {'x fastest':>10} {'CPU s':>8}")
+    width = max(len(LABELS[e]) for e in results)
+    print(f"  {'engine':{width}} {'seconds':>9} {'rows/s':>12} {'x fastest':>10} {'CPU s':>8}")
     for engine, r in sorted(results.items(), key=lambda kv: kv[1]["seconds"]):
         note = ""
         if "job_seconds" in r["counts"]:
             job_s = r["counts"]["job_seconds"]
             note = f"   (in the job {job_s:.1f}s; start-up and exit {r['seconds'] - job_s:.1f}s)"
         print(
-            f"  {LABELS[engine]:34} {r['seconds']:9.2f} {rows / r['seconds']:12,.0f} "
+            f"  {LABELS[engine]:{width}} {r['seconds']:9.2f} {rows / r['seconds']:12,.0f} "
             f"{r['seconds'] / fastest:10.2f} {r['cpu_seconds']:8.1f}{note}"
         )
 
@@ -684,11 +685,12 @@ def _report(args, spec: LineSpec, info: dict[str, Any], sizes: list[int], engine
     }
     if any(fits.values()):
         print("\ntime = a + b * rows (least squares over the sizes above)")
-        print(f"  {'engine':34} {'a: fixed (s)':>13} {'b: s per 1M rows':>17}")
+        width = max(len(LABELS[e]) for e in engines)
+        print(f"  {'engine':{width}} {'a: fixed (s)':>13} {'b: s per 1M rows':>17}")
         for engine in engines:
             if fits[engine]:
                 f = fits[engine]
-                print(f"  {LABELS[engine]:34} {f['a_seconds']:13.2f} {f['b_seconds_per_million_rows']:17.2f}")
+                print(f"  {LABELS[engine]:{width}} {f['a_seconds']:13.2f} {f['b_seconds_per_million_rows']:17.2f}")
     goal = goals(fits, all_results, sizes)
     if goal:
         print(f"\nSpark Connect: fixed cost {goal['fixed_seconds']:.2f}s per batch (goal <= 5 s: "
