@@ -30,7 +30,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import DAG, Param, task, task_group
 
 from pipelines.catalog.layout import BATCH_ID_PATTERN
-from pipelines.ingest.cleaning.operator import CleanOperator
+from pipelines.ingest.clean_operator import CleanOperator
 from pipelines.ingest.stage import CLEANING_JOB
 from pipelines.runtime.assets import validated_data
 from pipelines.specs import LineSpec, load_specs

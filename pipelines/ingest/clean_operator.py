@@ -9,6 +9,9 @@ configuration alone:
   answer fails the task, naming the address, and Airflow retries it.
 - a master (``local[*]``, ``spark://``, ``yarn``, ``k8s://``): ``SparkSubmitOperator``
   submits ``pipelines/ingest/cleaning/job.py`` to it, as before.
+
+(Not beside ``job.py``: ``spark-submit`` puts the job's folder first on ``sys.path``,
+where a module named ``operator`` would hide the standard library's.)
 """
 
 from __future__ import annotations
