@@ -145,3 +145,22 @@ def test_unreachable_server_is_a_clear_error_and_loses_nothing(credit, tmp_path)
     record = ledger.read(line_paths("credit_risk", home), "connect-x")
     assert record["status"] == ledger.LANDED and "cleaning" not in record
     assert job.main(["--line", "credit_risk", "--batch", "connect-x", "--home", str(home), "--remote", address]) == 1
+
+
+def test_an_image_batch_through_connect_decodes_in_the_servers_workers(connect, tmp_path):
+    """The image line's checks run in Python workers of the server (``mapInPandas``): they
+    import this clone's code there and judge as the classic session's do."""
+    from pipelines.ingest.sources import load_source
+
+    fashion = load_spec("fashion")
+    frame = load_source(fashion, holdout="test").iloc[200:240].reset_index(drop=True)
+    classic_home, connect_home = tmp_path / "classic", tmp_path / "connect"
+    for home in (classic_home, connect_home):
+        landing.land_frame(fashion, frame, "connect-img", home)
+    classic = job.run("fashion", ["connect-img"], classic_home)["connect-img"]
+    remote = job.run("fashion", ["connect-img"], connect_home, remote=connect)["connect-img"]
+    counts = ("rows_in", "rows_clean", "rows_quarantined", "duplicates_removed", "quarantine_reasons")
+    assert {k: remote[k] for k in counts} == {k: classic[k] for k in counts}
+    assert remote["rows_in"] == 40 and remote["rows_clean"] > 0
+    key = fashion.schema.key[0]
+    pd.testing.assert_frame_equal(_rows(remote, "clean_path", key), _rows(classic, "clean_path", key))
