@@ -586,12 +586,11 @@ def main(argv: list[str] | None = None) -> int:
             f"  spark session started and warmed on {WARMUP_ROWS:,} rows in {time.perf_counter() - started:.1f}s"
         )
 
-    server = None
-    if "spark-connect" in engines:
-        server = ConnectServer(RESULTS / "home" / "logs" / "spark-connect.log")
-        run_spark_connect(spec, "warmup", home, server)
-        print(f"  Spark Connect server started in {server.start_seconds:.1f}s and warmed on {WARMUP_ROWS:,} rows")
-    try:
+    server = ConnectServer(RESULTS / "home" / "logs" / "spark-connect.log") if "spark-connect" in engines else None
+    try:  # the server is stopped whatever fails after it started
+        if server is not None:
+            run_spark_connect(spec, "warmup", home, server)
+            print(f"  Spark Connect server started in {server.start_seconds:.1f}s and warmed on {WARMUP_ROWS:,} rows")
         all_results, problems = _run_sizes(spec, sizes, engines, args.repeat, home, server)
     finally:
         if server is not None:
