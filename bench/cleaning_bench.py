@@ -1,6 +1,6 @@
 """Cleaning benchmark: the production Spark job against pandas and DuckDB.
 
-    .venv/airflow/bin/python bench/cleaning_bench.py [--rows 100000,1000000,5000000] [--line credit_risk]
+    .venv/airflow/bin/python -m bench.cleaning_bench [--rows 100000,1000000,5000000] [--line credit_risk]
 
 What is measured, per batch size, is one landed CSV batch cleaned end to end:
 read the CSV, apply the line's rules (try-cast parsing, ranges, categories,
@@ -14,6 +14,12 @@ reasons, repairs). Engines:
 - ``spark (warm)``: :func:`pipelines.ingest.cleaning.job.run` in a Spark session that
   is already up and has cleaned one small batch (JIT warm); the difference to
   ``spark-submit`` is Spark's fixed start-up cost;
+- ``spark-connect``: the job as the ingest DAG runs it on the embedded default: a fresh
+  client process per batch (as each clean task is one) cleaning through a fresh session of
+  the long-lived Spark Connect server that the runtime starts (the runtime's command line
+  and settings, :func:`pipelines.runtime.supervisor.spark_connect_argv`), started once
+  before the sizes and warmed on the same small batch; timed from the client's launch to
+  its exit, CPU of the client and of the server's process tree;
 - ``pandas`` and ``duckdb``: the reference implementations in ``bench/``,
   in this process, from the same CSV file to Parquet.
 
@@ -36,6 +42,7 @@ every rule has work. Each size is generated once and kept in
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import os
@@ -82,10 +89,11 @@ DIRT = {
 }
 BAD_NUMBERS = ("n/a", "NULL", "", "none", "abc", "12..5", "?", "-", "1.5d", "Infinity")
 MISSING_SPELLINGS = ("", "NA", "null")
-ENGINES = ("spark-submit", "spark", "pandas", "duckdb")
+ENGINES = ("spark-submit", "spark", "spark-connect", "pandas", "duckdb")
 LABELS = {
     "spark-submit": "spark-submit (cold, end to end)",
     "spark": "spark job (warm session)",
+    "spark-connect": "Spark Connect, long-lived server (as the DAG runs it)",
     "pandas": "pandas (reference)",
     "duckdb": "duckdb (reference)",
 }
@@ -377,6 +385,96 @@ def run_spark_warm(spec: LineSpec, batch_id: str, home: Path) -> tuple[float, fl
     return seconds, time.process_time() + _jvm_cpu_seconds(jvm) - cpu, _counts(report)
 
 
+def _tree_cpu_seconds(root: int) -> float:
+    """User + system CPU seconds of a live process and its live descendants, with what
+    their waited-for children spent (the Spark Connect server, its Python workers)."""
+    stats: dict[int, list[str]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                stats[int(proc.name)] = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+    children: dict[int, list[int]] = {}
+    for pid, fields in stats.items():
+        children.setdefault(int(fields[1]), []).append(pid)
+    total, todo = 0, [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            total += sum(int(x) for x in stats[pid][11:15])
+        todo += children.get(pid, [])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+class ConnectServer:
+    """The runtime's Spark Connect server, started here on a free loopback port."""
+
+    def __init__(self, log: Path):
+        import socket
+
+        from pipelines.config import airflow_environment, spark_connect_memory, spark_master
+        from pipelines.ingest.cleaning import job
+        from pipelines.runtime.supervisor import spark_connect_argv, spark_connect_environment
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.address = f"sc://127.0.0.1:{port}"
+        env = spark_connect_environment({**os.environ, **airflow_environment()})
+        log.parent.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen(spark_connect_argv(port, spark_master(), spark_connect_memory()), env=env,
+                                         stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 300
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the Spark Connect server exited; see {log}")
+            try:
+                with job.connect_mode():
+                    job.connect_session(self.address).stop()
+                break
+            except job.ConnectUnreachable:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise
+                time.sleep(1)
+        self.start_seconds = time.perf_counter() - started
+
+    def stop(self) -> None:
+        import signal
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def run_spark_connect(spec: LineSpec, batch_id: str, home: Path, server: ConnectServer
+                      ) -> tuple[float, float, dict[str, Any]]:
+    """A fresh client process, as the DAG's clean task, through the long-lived server.
+
+    Returns (wall seconds, CPU seconds of the client and the server's tree, report counts).
+    """
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)}
+    cmd = [sys.executable, "-m", "pipelines.ingest.cleaning.job", *cleaning_args(spec.name, batch_id, home),
+           "--remote", server.address]
+    cpu = _children_cpu_seconds() + _tree_cpu_seconds(server.proc.pid)
+    started = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - started
+    cpu = _children_cpu_seconds() + _tree_cpu_seconds(server.proc.pid) - cpu
+    if proc.returncode != 0:
+        raise RuntimeError(f"the Connect client failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
+    out = proc.stdout
+    report = json.loads(out[out.index("{"):])[batch_id]
+    return seconds, cpu, {**_counts(report), "job_seconds": report["seconds"]}
+
+
 def run_reference(module, spec: LineSpec, path: Path, out_dir: Path) -> tuple[float, float, dict[str, Any]]:
     """A reference implementation in this process: (wall seconds, CPU seconds, counts)."""
     shutil.rmtree(out_dir, ignore_errors=True)
@@ -421,14 +519,15 @@ def print_size(rows: int, results: dict[str, dict[str, Any]]) -> None:
         f"quarantined {first['rows_quarantined']:,}, duplicates removed {first['duplicates_removed']:,})"
     )
     fastest = min(r["seconds"] for r in results.values())
-    print(f"  {'engine':34} {'seconds':>9} {'rows/s':>12} {'x fastest':>10} {'CPU s':>8}")
+    width = max(len(LABELS[e]) for e in results)
+    print(f"  {'engine':{width}} {'seconds':>9} {'rows/s':>12} {'x fastest':>10} {'CPU s':>8}")
     for engine, r in sorted(results.items(), key=lambda kv: kv[1]["seconds"]):
         note = ""
         if "job_seconds" in r["counts"]:
             job_s = r["counts"]["job_seconds"]
             note = f"   (in the job {job_s:.1f}s; start-up and exit {r['seconds'] - job_s:.1f}s)"
         print(
-            f"  {LABELS[engine]:34} {r['seconds']:9.2f} {rows / r['seconds']:12,.0f} "
+            f"  {LABELS[engine]:{width}} {r['seconds']:9.2f} {rows / r['seconds']:12,.0f} "
             f"{r['seconds'] / fastest:10.2f} {r['cpu_seconds']:8.1f}{note}"
         )
 
@@ -457,13 +556,12 @@ def main(argv: list[str] | None = None) -> int:
         "--output", type=Path, default=RESULTS / "cleaning.json", help="where to write the JSON results"
     )
     args = parser.parse_args(argv)
+    args.command = " ".join([".venv/airflow/bin/python -m bench.cleaning_bench", *(sys.argv[1:] if argv is None else argv)])
     sizes = [int(s.replace("_", "")) for s in args.rows.split(",") if s]
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
         parser.error(f"unknown engine(s) {unknown}")
-
-    from bench import clean_duckdb, clean_pandas
 
     spec = load_spec(args.line)
     info = machine()
@@ -476,16 +574,34 @@ def main(argv: list[str] | None = None) -> int:
     home = RESULTS / "home"  # a throw-away factory home: ledger, landing, clean, quarantine
     shutil.rmtree(home, ignore_errors=True)
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+    if {"spark", "spark-connect"} & set(engines):
+        landing.land_file(spec, batch_file(spec, WARMUP_ROWS), "warmup", home)  # re-cleaned by each
     if "spark" in engines:
         from pipelines.ingest.cleaning import job
 
         started = time.perf_counter()
         job.spark_session(f"factory-clean-{spec.name}")
-        landing.land_file(spec, batch_file(spec, WARMUP_ROWS), "warmup", home)
         run_spark_warm(spec, "warmup", home)
         print(
             f"  spark session started and warmed on {WARMUP_ROWS:,} rows in {time.perf_counter() - started:.1f}s"
         )
+
+    server = ConnectServer(RESULTS / "home" / "logs" / "spark-connect.log") if "spark-connect" in engines else None
+    try:  # the server is stopped whatever fails after it started
+        if server is not None:
+            run_spark_connect(spec, "warmup", home, server)
+            print(f"  Spark Connect server started in {server.start_seconds:.1f}s and warmed on {WARMUP_ROWS:,} rows")
+        all_results, problems = _run_sizes(spec, sizes, engines, args.repeat, home, server)
+    finally:
+        if server is not None:
+            server.stop()
+    return _report(args, spec, info, sizes, engines, all_results, problems,
+                   server.start_seconds if server is not None else None)
+
+
+def _run_sizes(spec: LineSpec, sizes: list[int], engines: list[str], repeat: int, home: Path,
+               server: ConnectServer | None) -> tuple[dict[int, dict[str, dict[str, Any]]], list[str]]:
+    from bench import clean_duckdb, clean_pandas
 
     all_results: dict[int, dict[str, dict[str, Any]]] = {}
     problems: list[str] = []
@@ -496,10 +612,12 @@ def main(argv: list[str] | None = None) -> int:
         results: dict[str, dict[str, Any]] = {}
         for engine in engines:
             runs = []
-            for _ in range(args.repeat):
+            for _ in range(repeat):
                 try:
                     if engine == "spark-submit":
                         seconds, cpu, counts = run_spark_submit(spec, batch_id, home)
+                    elif engine == "spark-connect":
+                        seconds, cpu, counts = run_spark_connect(spec, batch_id, home, server)
                     elif engine == "spark":
                         seconds, cpu, counts = run_spark_warm(spec, batch_id, home)
                     else:
@@ -530,18 +648,58 @@ def main(argv: list[str] | None = None) -> int:
             r["load_average_after"] = load
         problems += check_agreement(rows, results)
         (home / "landing" / spec.name / f"{batch_id}.csv").unlink(missing_ok=True)
+    return all_results, problems
 
+
+def goals(fits: dict[str, Any], all_results: dict[int, dict[str, dict[str, Any]]], sizes: list[int]) -> dict | None:
+    """The Spark Connect path against its goals: a fixed cost per batch of at most 5 s, and
+    per row at most twice DuckDB's at the largest size."""
+    connect, duck = fits.get("spark-connect"), fits.get("duckdb")
+    if not connect:
+        return None
+    out: dict[str, Any] = {"fixed_seconds": round(connect["a_seconds"], 2), "fixed_goal_seconds": 5.0,
+                           "fixed_met": connect["a_seconds"] <= 5.0}
+    if duck:
+        out["per_million_rows_vs_duckdb"] = round(connect["b_seconds_per_million_rows"]
+                                                   / duck["b_seconds_per_million_rows"], 2)
+    largest = max(sizes)
+    at = all_results.get(largest, {})
+    if "spark-connect" in at and "duckdb" in at:
+        per_row = {e: at[e]["seconds"] - connect["a_seconds"] * (e == "spark-connect")
+                   - (duck["a_seconds"] if duck and e == "duckdb" else 0) for e in ("spark-connect", "duckdb")}
+        out["rows"] = largest
+        out["seconds_vs_duckdb"] = round(at["spark-connect"]["seconds"] / at["duckdb"]["seconds"], 2)
+        out["per_row_vs_duckdb"] = round(per_row["spark-connect"] / per_row["duckdb"], 2)
+        out["per_row_goal_ratio"] = 2.0
+        out["per_row_met"] = out["per_row_vs_duckdb"] <= 2.0
+    return out
+
+
+def _report(args, spec: LineSpec, info: dict[str, Any], sizes: list[int], engines: list[str],
+            all_results: dict[int, dict[str, dict[str, Any]]], problems: list[str],
+            connect_start_seconds: float | None) -> int:
     fits = {
         e: fit([(rows, all_results[rows][e]["seconds"]) for rows in sizes if e in all_results[rows]])
         for e in engines
     }
     if any(fits.values()):
         print("\ntime = a + b * rows (least squares over the sizes above)")
-        print(f"  {'engine':34} {'a: fixed (s)':>13} {'b: s per 1M rows':>17}")
+        width = max(len(LABELS[e]) for e in engines)
+        print(f"  {'engine':{width}} {'a: fixed (s)':>13} {'b: s per 1M rows':>17}")
         for engine in engines:
             if fits[engine]:
                 f = fits[engine]
-                print(f"  {LABELS[engine]:34} {f['a_seconds']:13.2f} {f['b_seconds_per_million_rows']:17.2f}")
+                print(f"  {LABELS[engine]:{width}} {f['a_seconds']:13.2f} {f['b_seconds_per_million_rows']:17.2f}")
+    goal = goals(fits, all_results, sizes)
+    if goal:
+        print(f"\nSpark Connect: fixed cost {goal['fixed_seconds']:.2f}s per batch (goal <= 5 s: "
+              f"{'met' if goal['fixed_met'] else 'missed'})")
+        if "per_row_vs_duckdb" in goal:
+            print(f"  per million rows {goal['per_million_rows_vs_duckdb']:.2f}x DuckDB's over the fit")
+        if "per_row_vs_duckdb" in goal and "rows" in goal:
+            print(f"  at {goal['rows']:,} rows: {goal['seconds_vs_duckdb']:.2f}x DuckDB's time, "
+                  f"{goal['per_row_vs_duckdb']:.2f}x without the fixed costs (goal <= 2x: "
+                  f"{'met' if goal['per_row_met'] else 'missed'})")
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(
@@ -554,6 +712,9 @@ def main(argv: list[str] | None = None) -> int:
                 "dirt": DIRT,
                 "results": {str(rows): r for rows, r in all_results.items()},
                 "fit": fits,
+                "spark_connect_goals": goal,
+                "spark_connect_server_start_seconds": connect_start_seconds,
+                "command": args.command,
                 "agree": not problems,
             },
             indent=2,

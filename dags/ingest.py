@@ -8,9 +8,11 @@ seconds), on the spec's `ingest.schedule`, or when triggered.
 For every batch to process (the `batch_id` asked for, or every batch landed and
 not yet cleaned), a mapped task group runs:
 
-1. **clean**: the Spark job `pipelines/ingest/cleaning/job.py`, submitted with
-   `SparkSubmitOperator` to the master of the `spark_default` connection. Rows it
-   cannot clean go to quarantine with a reason; counts reconcile.
+1. **clean**: the Spark job `pipelines/ingest/cleaning/job.py`, where the `spark_default`
+   connection says: with an `sc://` address (the runtime's long-lived Spark Connect
+   server on the embedded default) in the task through a Connect session of its own;
+   with a master (`spark://`, `yarn`, `k8s://`) submitted by `SparkSubmitOperator`.
+   Rows it cannot clean go to quarantine with a reason; counts reconcile.
 2. **validate**: the line's expectation suite through a GX checkpoint. A batch that
    fails is marked `failed` and fails its task, listing the failed expectations and
    the Data Docs page; a batch that passes is marked `validated`.
@@ -27,10 +29,10 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
 from airflow.sdk import DAG, AssetOrTimeSchedule, CronTriggerTimetable, Param, task, task_group
 
 from pipelines.catalog.layout import BATCH_ID_PATTERN
+from pipelines.ingest.clean_operator import CleanOperator
 from pipelines.ingest.stage import CLEANING_JOB
 from pipelines.runtime.assets import landed_data, validated_data
 from pipelines.specs import LineSpec, load_specs
@@ -118,7 +120,8 @@ def build(spec: LineSpec) -> DAG:
         @task_group(group_id="batch")
         def process(batch_id: str) -> None:
             args = spark_args(batch_id)
-            clean = SparkSubmitOperator(
+            # through the connection's Spark Connect server, or spark-submit to its master
+            clean = CleanOperator(
                 task_id="clean",
                 application=str(CLEANING_JOB),
                 conn_id="spark_default",

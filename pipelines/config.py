@@ -10,6 +10,8 @@ the same variables at shared storage and real engines.
 | ``FACTORY_INCLUDE``   | ``<repo>/include``               |
 | ``FACTORY_ML_PYTHON`` | ``<repo>/.venv/ml/bin/python``   |
 | ``FACTORY_SPARK_MASTER`` | ``local[*]`` (written into the ``spark_default`` connection) |
+| ``FACTORY_SPARK_CONNECT_PORT`` | ``15002``: the runtime's Spark Connect server on loopback (``spark_default`` = ``sc://127.0.0.1:15002`` under the runtime while the master is local) |
+| ``FACTORY_SPARK_CONNECT_MEMORY`` | ``4g``: that server's driver memory (a 5M-row batch fits) |
 | ``MLFLOW_TRACKING_URI`` | ``sqlite:///<home>/mlflow/mlflow.db`` |
 | ``FACTORY_MLFLOW_ARTIFACTS`` | ``<home>/mlflow/artifacts``   |
 | ``FACTORY_HOROVOD_HOSTS`` | ``localhost:<workers>`` (e.g. ``gpu1:4,gpu2:4``) |
@@ -23,6 +25,7 @@ the same variables at shared storage and real engines.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from pathlib import Path
@@ -123,6 +126,36 @@ def spark_master() -> str:
     return os.environ.get("FACTORY_SPARK_MASTER", "local[*]")
 
 
+def spark_master_is_local(master: str | None = None) -> bool:
+    """``local``/``local[N]``/``local[*]``: Spark on this machine. A ``spark://``, ``yarn`` or
+    ``k8s://`` master is a cluster, reached through ``spark-submit``."""
+    master = spark_master() if master is None else master
+    return master == "local" or master.startswith("local[")
+
+
+def spark_connect_port() -> int:
+    """The loopback port of the runtime's Spark Connect server (``FACTORY_SPARK_CONNECT_PORT``)."""
+    raw = os.environ.get("FACTORY_SPARK_CONNECT_PORT", "15002").strip()
+    if not raw.isdigit() or not 0 < int(raw) < 65536:
+        raise ValueError(f"FACTORY_SPARK_CONNECT_PORT must be a port number, got {raw!r}")
+    return int(raw)
+
+
+def spark_connect_address() -> str:
+    """``sc://127.0.0.1:<port>``: where the runtime's Spark Connect server answers."""
+    return f"sc://127.0.0.1:{spark_connect_port()}"
+
+
+def spark_connect_memory() -> str:
+    return os.environ.get("FACTORY_SPARK_CONNECT_MEMORY", "4g")
+
+
+def spark_connection(host: str) -> str:
+    """The ``spark_default`` connection (``AIRFLOW_CONN_SPARK_DEFAULT``) for a master or an
+    ``sc://`` Connect address."""
+    return json.dumps({"conn_type": "spark", "host": host})
+
+
 def max_epochs(line: str) -> int | None:
     """The cap ``FACTORY_MAX_EPOCHS`` puts on a line's training epochs, or None.
 
@@ -174,7 +207,7 @@ def airflow_environment(home: Path | None = None) -> dict[str, str]:
         "AIRFLOW__CORE__PARALLELISM": "4",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{ahome}/airflow.db",
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-        "AIRFLOW_CONN_SPARK_DEFAULT": f'{{"conn_type": "spark", "host": "{spark_master()}"}}',
+        "AIRFLOW_CONN_SPARK_DEFAULT": spark_connection(spark_master()),
         "SPARK_LOCAL_IP": "127.0.0.1",
         # spark-submit runs the job with the interpreter of this environment
         "PYSPARK_PYTHON": sys.executable,

@@ -82,7 +82,11 @@ def test_ingest_wiring(dagbag):
     dag = dagbag.dags["ingest_employment"]
     assert {t.task_id for t in dag.tasks} == {"plan", "batch.spark_args", "batch.clean", "batch.validate", "announce", "verdict"}
     clean = dag.get_task("batch.clean")
-    assert type(clean).__name__ == "SparkSubmitOperator"
+    from airflow.providers.apache.spark.operators.spark_submit import SparkSubmitOperator
+
+    # spark-submit to a master, or the job through Spark Connect: chosen by spark_default
+    assert type(clean).__name__ == "CleanOperator" and isinstance(clean, SparkSubmitOperator)
+    assert clean._conn_id == "spark_default"
     validate = dag.get_task("batch.validate")
     assert validate.retries == 0  # a data verdict is not retried
     announce = dag.get_task("announce")

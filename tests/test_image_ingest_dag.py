@@ -1,5 +1,5 @@
 """The ingest DAG on an image line with ``dag.test()``: real archives landed, the real
-Spark job through SparkSubmitOperator, the real GX suite on the clean metadata."""
+Spark job through SparkSubmitOperator (a local[*] master), the real GX suite on the clean metadata."""
 
 from __future__ import annotations
 

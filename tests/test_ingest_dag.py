@@ -1,5 +1,5 @@
 """The ingest DAG end to end with ``dag.test()``: real Airflow, real Spark job
-through SparkSubmitOperator, real Great Expectations checkpoint."""
+through SparkSubmitOperator (a local[*] master), real Great Expectations checkpoint."""
 
 from __future__ import annotations
 

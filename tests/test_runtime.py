@@ -23,14 +23,17 @@ pytestmark = pytest.mark.integration
 PORT = "18080"
 # the model server's: off the default too, so a factory running here does not collide
 SERVING_PORT = "18501"
+# and the Spark Connect server's, which the ingest DAG's clean task goes through here
+SPARK_CONNECT_PORT = "18502"
 
 
 @pytest.fixture(scope="module")
 def running():
-    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "FACTORY_SERVING_PORT",
+    saved = {k: os.environ.get(k) for k in ("FACTORY_API_PORT", "FACTORY_SERVING_PORT", "FACTORY_SPARK_CONNECT_PORT",
                                        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION")}
     os.environ["FACTORY_API_PORT"] = PORT
     os.environ["FACTORY_SERVING_PORT"] = SERVING_PORT
+    os.environ["FACTORY_SPARK_CONNECT_PORT"] = SPARK_CONNECT_PORT
     # Only what a test unpauses runs (no training set off by the asset event).
     os.environ["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] = "True"
     record = runtime.start()
@@ -60,7 +63,13 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
     assert final["state"] == "success"
     tis = {t["task_id"]: t["state"] for t in admin.task_instances("ingest_credit_risk", run["dag_run_id"])}
     assert tis["announce"] == "success" and tis["verdict"] == "success"
-    assert ledger.read(line_paths("credit_risk"), "api-1")["status"] == ledger.VALIDATED
+    record = ledger.read(line_paths("credit_risk"), "api-1")
+    assert record["status"] == ledger.VALIDATED
+    # cleaned through the runtime's Spark Connect server, not a spark-submit of its own
+    assert running["spark_connect"] == f"sc://127.0.0.1:{SPARK_CONNECT_PORT}"
+    log = "\n".join(p.read_text() for p in (factory_home() / "airflow" / "logs").rglob("*.log")
+                    if "task_id=batch.clean" in str(p) and "api-1" in p.read_text())
+    assert f"through Spark Connect at sc://127.0.0.1:{SPARK_CONNECT_PORT}" in log
     news = admin.xcom("ingest_credit_risk", run["dag_run_id"], "announce")
     assert news["batches"] == ["api-1"] and news["rows"] == 600
 

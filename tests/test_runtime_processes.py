@@ -30,7 +30,8 @@ class Reached(Exception):
 def loopback(monkeypatch):
     for name in ("FACTORY_API_HOST", "FACTORY_ADMIN_PASSWORD", "FACTORY_VIEWER_PASSWORD",
                  "FACTORY_ADMIN_USER", "FACTORY_VIEWER_USER", "AIRFLOW__API_AUTH__JWT_SECRET",
-                 "FACTORY_SERVING_HOST", "FACTORY_SERVING_PORT", "FACTORY_SERVING_ALLOW_REMOTE"):
+                 "FACTORY_SERVING_HOST", "FACTORY_SERVING_PORT", "FACTORY_SERVING_ALLOW_REMOTE",
+                 "FACTORY_SPARK_CONNECT_PORT"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -270,6 +271,55 @@ def test_model_server_starts_and_stops_with_the_runtime(home, monkeypatch, loopb
     assert runtime.status(home) is None
     with pytest.raises(httpx.ConnectError):
         httpx.get(f"{record['serving_url']}/healthz")
+
+
+@pytest.mark.integration
+def test_spark_connect_server_starts_and_stops_with_the_runtime(home, monkeypatch, loopback):
+    """The real Spark Connect server is a component while the master is local: `start`
+    waits for a session's round trip and points spark_default at it; `stop` leaves
+    nothing of it (the JVM and the Python workers it started). A cluster's master keeps
+    spark-submit and starts no server."""
+    import socket
+
+    from pipelines.ingest.cleaning import job
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("FACTORY_SPARK_CONNECT_PORT", str(port))
+    monkeypatch.setenv("FACTORY_SPARK_CONNECT_MEMORY", "1g")
+    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "spark-connect"))
+    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
+    monkeypatch.setattr(supervisor, "_wait_airflow", lambda record, echo, deadline: None)
+    argv = supervisor._component_argv
+    monkeypatch.setattr(supervisor, "_component_argv",
+                        lambda name: ["sleep", "600"] if name == "api-server" else argv(name))
+    env = runtime.runtime_environment(home)
+    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"]) == {"conn_type": "spark", "host": f"sc://127.0.0.1:{port}"}
+    said: list[str] = []
+    record = runtime.start(home, echo=said.append)
+    try:
+        server = record["pids"]["spark-connect"]
+        assert record["spark_connect"] == f"sc://127.0.0.1:{port}"
+        assert any("Spark Connect server is up" in s for s in said), said
+        assert (Path(record["logs"]) / "spark-connect.log").exists()
+        with open(f"/proc/{server}/environ", "rb") as fh:
+            environ = fh.read().split(b"\0")
+        assert f"{supervisor.RUNTIME_TAG}={record['tag']}".encode() in environ
+        assert not [v for v in environ if v.startswith(b"AIRFLOW")]  # no Airflow settings or secrets
+        tree = runtime.runtime_processes(record)
+        assert server in tree
+    finally:
+        assert sorted(runtime.stop(home)) == ["api-server", "spark-connect"]
+    assert not _live(server) and not [p for p in tree if _live(p)]
+    assert runtime.status(home) is None
+    with pytest.raises(job.ConnectUnreachable, match=str(port)), job.connect_mode():
+        job.connect_session(record["spark_connect"])
+    # a standalone master: spark-submit's path, no server
+    monkeypatch.setenv("FACTORY_SPARK_MASTER", "spark://127.0.0.1:7077")
+    monkeypatch.delenv("AIRFLOW_CONN_SPARK_DEFAULT")
+    env = runtime.runtime_environment(home)
+    assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"])["host"] == "spark://127.0.0.1:7077"
 
 
 def test_runtime_secrets_are_private(home, loopback):

@@ -2,12 +2,15 @@
 processor and triggerer as separate processes, on the embedded default (SQLite,
 LocalExecutor) or on PostgreSQL when ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN`` says so;
 and the model server (:mod:`pipelines.serving.server`, TF Serving's REST API over the
-serving store) in the ML environment, one more component of the runtime.
+serving store) in the ML environment, one more component of the runtime; and, while the
+Spark master is local, a long-lived Spark Connect server (``spark-connect``) on loopback
+that the ingest DAG cleans every batch through (the ``spark_default`` connection is
+``sc://127.0.0.1:<FACTORY_SPARK_CONNECT_PORT>``), so no batch pays Spark's start-up.
 
 ``start`` holds the runtime's lock (``<home>/run/runtime.lock``) from its check to its
 record, so of two starts at once the second is refused; it refuses a start while a
 runtime runs, waits until the API answers healthy and stops everything again if it
-does not (and for the model server's ``/healthz``). The record (``<home>/run/runtime.json``) names each component by pid *and*
+does not (and for the model server's ``/healthz``, and a Spark Connect session's round trip). The record (``<home>/run/runtime.json``) names each component by pid *and*
 start time on this boot, so a stale record (a runtime that died, a reboot) never gets
 another process signalled. ``stop`` sends SIGTERM to every process the runtime started
 (the components' process groups, every process whose environment carries the runtime's
@@ -26,6 +29,7 @@ Credentials come from configuration, with documented local defaults:
 | ``FACTORY_VIEWER_PASSWORD``  | ``viewer``|       |
 | ``FACTORY_API_HOST`` / ``FACTORY_API_PORT`` | ``127.0.0.1`` / ``8080`` | |
 | ``FACTORY_SERVING_HOST`` / ``FACTORY_SERVING_PORT`` | ``127.0.0.1`` / ``8501`` | the model server |
+| ``FACTORY_SPARK_CONNECT_PORT`` | ``15002`` (on ``127.0.0.1``) | the Spark Connect server |
 
 The default passwords are refused when ``FACTORY_API_HOST`` is not a loopback address.
 The model server has no authentication of its own: a ``FACTORY_SERVING_HOST`` beyond
@@ -45,6 +49,7 @@ import os
 import secrets
 import signal
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -52,17 +57,26 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipelines.config import (
+    REPO_ROOT,
     airflow_environment,
     airflow_home,
     factory_home,
     ml_python,
     ml_subprocess_environment,
+    spark_connect_address,
+    spark_connect_memory,
+    spark_connect_port,
+    spark_connection,
+    spark_master,
+    spark_master_is_local,
 )
 from pipelines.runtime.tether import proc_stat
 from pipelines.storage import Busy, exclusive_lock, write_json_atomic
 
-COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "model-server")
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer", "model-server", "spark-connect")
 MODEL_SERVER = "model-server"  # runs in the ML environment, not Airflow's
+SPARK_CONNECT = "spark-connect"  # while the master is local; a cluster is reached by spark-submit
+SPARK_CONNECT_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 START_TIMEOUT_S = 240
 STOP_TIMEOUT_S = 45
 # In the environment of every component, so of every process they start: how `stop`
@@ -150,6 +164,46 @@ def check_exposure() -> None:
         )
 
 
+def spark_connect_wanted(env: dict[str, str]) -> bool:
+    """The runtime runs its Spark Connect server while the Spark master is local and the
+    ``spark_default`` connection is the one the master makes (a deployment that names its
+    own connection, or a ``spark://``, ``yarn`` or ``k8s://`` master, keeps it)."""
+    master = env.get("FACTORY_SPARK_MASTER", spark_master())
+    return spark_master_is_local(master) and env.get("AIRFLOW_CONN_SPARK_DEFAULT") == spark_connection(master)
+
+
+def spark_connect_argv(port: int | None = None, master: str | None = None, memory: str | None = None) -> list[str]:
+    """The Spark Connect server in the foreground (``spark-submit`` of its class, not the
+    daemonising ``sbin`` script), on loopback, with the cleaning job's session settings."""
+    from pipelines.ingest.cleaning.job import SESSION_CONF
+
+    conf = {
+        "spark.connect.grpc.binding.address": "127.0.0.1",
+        "spark.connect.grpc.binding.port": str(port or spark_connect_port()),
+        **SESSION_CONF,
+    }
+    argv = [str(Path(sys.executable).parent / "spark-submit"), "--class", SPARK_CONNECT_CLASS,
+            "--name", "factory-spark-connect", "--master", master or spark_master(),
+            "--driver-memory", memory or spark_connect_memory()]
+    for key, value in conf.items():
+        argv += ["--conf", f"{key}={value}"]
+    return [*argv, "spark-internal"]
+
+
+def spark_connect_environment(env: dict[str, str]) -> dict[str, str]:
+    """The Spark Connect server's environment: no Airflow settings or secrets; its Python
+    workers (the image cleaning's UDFs) run this environment's interpreter, this clone's
+    code importable."""
+    served = {k: v for k, v in env.items() if not k.startswith("AIRFLOW")}
+    pythonpath = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p != str(REPO_ROOT)]
+    served.update({
+        "PYSPARK_PYTHON": env.get("PYSPARK_PYTHON", sys.executable),
+        "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *pythonpath]),
+        "SPARK_LOCAL_IP": env.get("SPARK_LOCAL_IP", "127.0.0.1"),
+    })
+    return served
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` readable by its owner only, also when the file was there."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -182,6 +236,8 @@ def runtime_environment(home: Path | None = None) -> dict[str, str]:
     home = home or factory_home()
     ahome = airflow_home(home)
     env = {**os.environ, **airflow_environment(home)}
+    if spark_connect_wanted(env):
+        env["AIRFLOW_CONN_SPARK_DEFAULT"] = spark_connection(spark_connect_address())
     a, v = admin(), viewer()
     passwords = ahome / "passwords.json"
     ahome.mkdir(parents=True, exist_ok=True)
@@ -390,6 +446,14 @@ def start(home: Path | None = None, *, echo: Callable[[str], None] = lambda s: N
             if not ml_python().exists():
                 components.remove(MODEL_SERVER)
                 echo(f"no ML environment ({ml_python()}): the model server is not started")
+        if SPARK_CONNECT in components:
+            # runtime_environment pointed spark_default at this runtime's server, or not
+            if env.get("AIRFLOW_CONN_SPARK_DEFAULT") == spark_connection(spark_connect_address()):
+                record["spark_connect"] = spark_connect_address()
+            else:
+                components.remove(SPARK_CONNECT)
+                echo("the Spark master is a cluster's (FACTORY_SPARK_MASTER) or spark_default is set: "
+                     "no Spark Connect server is started; batches are submitted with spark-submit")
         try:
             for name in components:
                 with open(logs / f"{name}.log", "ab") as log:
@@ -416,12 +480,16 @@ def _component_argv(name: str) -> list[str]:
     if name == MODEL_SERVER:
         return [str(ml_python()), "-m", "pipelines.serving.server", "--host", serving_host(),
                 "--port", str(serving_port())]
+    if name == SPARK_CONNECT:
+        return spark_connect_argv()
     return ["airflow", name]
 
 
 def _component_env(name: str, env: dict[str, str], home: Path) -> dict[str, str]:
     """A component's environment: Airflow's, or for the model server the ML environment's
-    (no Airflow settings or secrets), both with the runtime's tag."""
+    (no Airflow settings or secrets), both with the runtime's tag; the Spark Connect server's."""
+    if name == SPARK_CONNECT:
+        return spark_connect_environment(env)
     if name != MODEL_SERVER:
         return env
     served = ml_subprocess_environment()
@@ -443,6 +511,8 @@ def _wait_healthy(record: dict, echo: Callable[[str], None]) -> None:
     _wait_airflow(record, echo, deadline)
     if MODEL_SERVER in record["pids"]:
         _wait_serving(record, echo, deadline)
+    if SPARK_CONNECT in record["pids"]:
+        _wait_spark_connect(record, echo, deadline)
 
 
 def _check_alive(record: dict) -> None:
@@ -485,6 +555,33 @@ def _wait_serving(record: dict, echo: Callable[[str], None], deadline: float) ->
         raise RuntimeFailure(f"the model server did not answer /healthz within {START_TIMEOUT_S}s (last: {said}); "
                              f"see {record['logs']}")
     echo(f"the model server is up at {record['serving_url']} ({said})")
+
+
+def _wait_spark_connect(record: dict, echo: Callable[[str], None], deadline: float) -> None:
+    """The Spark Connect server runs a query in a session of its own, which is then released."""
+    from pipelines.ingest.cleaning.job import ConnectUnreachable, connect_mode, connect_session
+
+    address = record["spark_connect"]
+    last = "no answer"
+    while time.monotonic() < deadline:
+        _check_alive(record)
+        with connect_mode():
+            try:
+                spark = connect_session(address)
+            except ConnectUnreachable as err:
+                last = str(err)
+                time.sleep(1.0)
+                continue
+            try:
+                version, answer = spark.version, spark.sql("SELECT 1 AS one").collect()[0]["one"]
+            finally:
+                spark.stop()
+        if answer == 1:
+            echo(f"the Spark Connect server is up at {address} (Spark {version})")
+            return
+        last = f"SELECT 1 answered {answer!r}"
+    raise RuntimeFailure(f"the Spark Connect server did not answer at {address} within {START_TIMEOUT_S}s "
+                         f"(last: {last}); see {record['logs']}")
 
 
 def _wait_airflow(record: dict, echo: Callable[[str], None], deadline: float) -> None:

@@ -1,9 +1,15 @@
 """The Spark cleaning job: one landed batch in, clean Parquet and quarantine out.
 
-Submitted by ``SparkSubmitOperator`` (the master comes from the
-``spark_default`` connection), or by hand::
+Run by the ingest DAG's clean task as the ``spark_default`` connection says: with an
+``sc://`` address (the runtime's Spark Connect server on the embedded default) in the
+task itself through a Connect session per batch; with a master (``local[*]``,
+``spark://``, ``yarn``, ``k8s://``) submitted by ``SparkSubmitOperator``. By hand::
 
     spark-submit pipelines/ingest/cleaning/job.py --line employment --batch 2016
+    python pipelines/ingest/cleaning/job.py --line employment --batch 2016 --remote sc://127.0.0.1:15002
+
+One code path serves both: nothing here uses the JVM or the SparkContext directly,
+except the classic session's log level and the move of an output on HDFS or S3A.
 
 The clean rows and the quarantine are staged together in one folder and put in
 place of the batch's earlier output with one atomic exchange, so re-running a
@@ -39,7 +45,31 @@ class CleaningError(RuntimeError):
     """The batch cannot be cleaned at all (empty, wrong columns, unreadable)."""
 
 
+# The job's session settings: a classic session's builder applies them, and the runtime's
+# Spark Connect server starts with them (``--conf``), so both paths plan alike.
+SESSION_CONF = {
+    # Small batches on few cores: Spark's default of 200 shuffle partitions is
+    # pure overhead here; adaptive execution coalesces further at scale.
+    "spark.sql.shuffle.partitions": "8",
+    "spark.ui.showConsoleProgress": "false",
+    # HotSpot never JIT-compiles a method over 8,000 bytes of bytecode: Spark's
+    # default limit (64 KB) lets whole-stage code generation emit such methods
+    # for the wide cleaning plans, which then run in the bytecode interpreter.
+    # At 8,000 Spark compiles those plans operator by operator instead.
+    "spark.sql.codegen.hugeMethodLimit": "8000",
+}
+# Of those, the ones a Connect session sets for itself (SQL settings are per session), so
+# that a Connect server started elsewhere (a cluster's) plans the job as this one does.
+SESSION_SQL_CONF = {k: v for k, v in SESSION_CONF.items() if k.startswith("spark.sql.")}
+CONNECT_TIMEOUT_S = 5.0
+
+
+class ConnectUnreachable(RuntimeError):
+    """The Spark Connect server does not answer at the address given."""
+
+
 def spark_session(app_name: str):
+    """A classic session (``spark-submit``, or in process) with :data:`SESSION_CONF`."""
     import os
 
     from pyspark.sql import SparkSession
@@ -48,18 +78,81 @@ def spark_session(app_name: str):
     # environment has the job's libraries, unless the deployment names another.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder.appName(app_name)
-    # Small batches on few cores: Spark's default of 200 shuffle partitions is
-    # pure overhead here; adaptive execution coalesces further at scale.
-    builder = builder.config("spark.sql.shuffle.partitions", "8")
-    builder = builder.config("spark.ui.showConsoleProgress", "false")
-    # HotSpot never JIT-compiles a method over 8,000 bytes of bytecode: Spark's
-    # default limit (64 KB) lets whole-stage code generation emit such methods
-    # for the wide cleaning plans, which then run in the bytecode interpreter.
-    # At 8,000 Spark compiles those plans operator by operator instead.
-    builder = builder.config("spark.sql.codegen.hugeMethodLimit", "8000")
+    for key, value in SESSION_CONF.items():
+        builder = builder.config(key, value)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _connect_endpoint(address: str) -> tuple[str, int]:
+    """``(host, port)`` of an ``sc://host:port[/;params]`` address (port 15002 if none)."""
+    from urllib.parse import urlsplit
+
+    if not address.startswith("sc://"):
+        raise ValueError(f"not a Spark Connect address (sc://host:port): {address!r}")
+    parts = urlsplit(address.split(";", 1)[0])
+    if not parts.hostname:
+        raise ValueError(f"no host in the Spark Connect address {address!r}")
+    return parts.hostname, parts.port or 15002
+
+
+def connect_session(address: str):
+    """A fresh Spark Connect session of its own at ``address`` (``sc://host:port``).
+
+    Each call makes a new server-side session (its own SQL settings, temporary views and
+    observations), so batches cleaned at once do not share state; stop it to release
+    it. Raises :class:`ConnectUnreachable`, naming the address, when nothing answers there
+    (rather than the client's long retrying)."""
+    import socket
+
+    from pyspark.sql import SparkSession
+
+    host, port = _connect_endpoint(address)
+    try:
+        socket.create_connection((host, port), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise ConnectUnreachable(
+            f"the Spark Connect server at {address} does not answer ({err.strerror or err}); "
+            "on the embedded default `factory start` runs it"
+        ) from None
+    builder = SparkSession.builder.remote(address)
+    for key, value in SESSION_SQL_CONF.items():
+        builder = builder.config(key, value)
+    spark = builder.create()
+    try:
+        spark.version  # noqa: B018 - one round trip: the server answers as Spark Connect
+    except Exception as err:
+        spark.stop()
+        raise ConnectUnreachable(f"the server at {address} does not answer as Spark Connect: "
+                                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from None
+    return spark
+
+
+@contextlib.contextmanager
+def connect_mode() -> Iterator[None]:
+    """Spark Connect sessions made within, and this process's classic Spark after it.
+
+    Making a Connect session marks the whole process as a Connect client
+    (``SPARK_CONNECT_MODE_ENABLED``: PySpark's functions build Connect columns from then
+    on); the mark is taken back at the end, so a process that cleaned through a server (a
+    benchmark, ``factory start``'s check) can still use a classic session afterwards. Not
+    for classic and Connect sessions in two threads at once."""
+    import os
+
+    before = os.environ.get("SPARK_CONNECT_MODE_ENABLED")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("SPARK_CONNECT_MODE_ENABLED", None)
+        else:
+            os.environ["SPARK_CONNECT_MODE_ENABLED"] = before
+
+
+def is_connect(spark) -> bool:
+    """Whether ``spark`` is a Spark Connect session (no JVM or SparkContext in this process)."""
+    return type(spark).__module__.startswith("pyspark.sql.connect")
 
 
 def _csv_header(spark, path: str) -> list[str]:
@@ -111,6 +204,11 @@ def _replace_dir(spark, staging: str, final: str) -> None:
     if "://" not in final or final.startswith("file:"):
         swap_directory(Path(staging.removeprefix("file:")), Path(final.removeprefix("file:")))
         return
+    if is_connect(spark):
+        raise CleaningError(
+            f"the output {final} is on a remote filesystem, which a Spark Connect client cannot move into "
+            "place: clean such batches through spark-submit (a spark://, yarn or k8s:// FACTORY_SPARK_MASTER)"
+        )
     jvm = spark._jvm
     conf = spark._jsc.hadoopConfiguration()
     final_path = jvm.org.apache.hadoop.fs.Path(final)
@@ -293,47 +391,92 @@ def _clean_images(spark, spec: LineSpec, record: dict, staging: Path) -> dict[st
 MODALITY_PARTS = {"tabular": _clean_tabular, "image": _clean_images}
 
 
-def run(line: str, batch_ids: list[str], home: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Clean batches of one line in one Spark application; fail if any batch fails."""
+@contextlib.contextmanager
+def _sessions(app_name: str, remote: str | None) -> Iterator:
+    """Yields ``session_for()``: the session to clean the next batch in. Classic: one
+    session for all the batches (this process's application). Connect (``remote``): a fresh
+    server-side session per batch, the previous one released first, the last at the end."""
+    if remote is None:
+        spark = spark_session(app_name)
+        yield lambda: spark
+        return
+    stack = contextlib.ExitStack()
+    stack.enter_context(connect_mode())
+    try:
+        held = [connect_session(remote)]  # the server is checked before any batch is marked started
+    except BaseException:
+        stack.close()
+        raise
+    used = [False]
+
+    def session_for():
+        if used[0]:  # the last batch's session is released, the next batch gets its own
+            held.pop().stop()
+            held.append(connect_session(remote))
+        used[0] = True
+        return held[-1]
+
+    try:
+        yield session_for
+    finally:
+        with stack:
+            for spark in held:
+                spark.stop()
+
+
+def run(line: str, batch_ids: list[str], home: Path | None = None, *, remote: str | None = None
+        ) -> dict[str, dict[str, Any]]:
+    """Clean batches of one line; fail if any batch fails. In this process's Spark
+    application, or with ``remote`` (``sc://host:port``) through a Spark Connect server,
+    one fresh session per batch: the same code, outputs, ledger records and counts."""
     from pipelines.ingest.cleaning.rules import BatchSchemaError
 
     spec = load_spec(line)
     paths = line_paths(line, home)
-    spark = spark_session(f"factory-clean-{line}")
     reports: dict[str, dict[str, Any]] = {}
     failures: dict[str, str] = {}
-    for batch_id in batch_ids:
-        if ledger.read(paths, batch_id) is None:
-            failures[batch_id] = f"batch {batch_id!r} of {line} was never landed (no ledger record)"
-            continue
-        ledger.update(paths, batch_id, "cleaning started")
-        try:
-            report = clean_one(spark, spec, paths, batch_id)
-        except (CleaningError, BatchSchemaError) as err:
-            failures[batch_id] = str(err)
-            ledger.update(paths, batch_id, "cleaning failed", status=ledger.FAILED, failed_stage="cleaning", error=str(err))
-            continue
-        except Exception as err:  # an engine error: record it, and let the task retry
-            failures[batch_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
-            ledger.update(paths, batch_id, "cleaning error", error=failures[batch_id])
-            continue
-        reports[batch_id] = report
-        ledger.update(paths, batch_id, "cleaned", status=ledger.CLEANED, cleaning=report, error=None, failed_stage=None)
+    with _sessions(f"factory-clean-{line}", remote) as session_for:
+        for batch_id in batch_ids:
+            if ledger.read(paths, batch_id) is None:
+                failures[batch_id] = f"batch {batch_id!r} of {line} was never landed (no ledger record)"
+                continue
+            spark = session_for()
+            ledger.update(paths, batch_id, "cleaning started")
+            try:
+                report = clean_one(spark, spec, paths, batch_id)
+            except (CleaningError, BatchSchemaError) as err:
+                failures[batch_id] = str(err)
+                ledger.update(paths, batch_id, "cleaning failed", status=ledger.FAILED, failed_stage="cleaning",
+                              error=str(err))
+                continue
+            except Exception as err:  # an engine error: record it, and let the task retry
+                failures[batch_id] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+                ledger.update(paths, batch_id, "cleaning error", error=failures[batch_id])
+                continue
+            reports[batch_id] = report
+            ledger.update(paths, batch_id, "cleaned", status=ledger.CLEANED, cleaning=report, error=None,
+                          failed_stage=None)
     if failures:
         lines = "\n".join(f"  batch {b}: {msg}" for b, msg in failures.items())
         raise CleaningError(f"{len(failures)} of {len(batch_ids)} batch(es) of {line} could not be cleaned:\n{lines}")
     return reports
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--line", required=True, help="product line name")
     parser.add_argument("--batch", action="append", required=True, help="batch id (repeatable)")
     parser.add_argument("--home", type=Path, default=None, help="factory home (default: $FACTORY_HOME)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--remote", default=None,
+                        help="a Spark Connect server (sc://host:port) to clean through, one session per batch")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
-        reports = run(args.line, args.batch, args.home)
-    except CleaningError as err:
+        reports = run(args.line, args.batch, args.home, remote=args.remote)
+    except (CleaningError, ConnectUnreachable) as err:
         print(f"CLEANING FAILED: {err}", file=sys.stderr)  # noqa: T201 - the task log shows it
         return 1
     print(json.dumps(reports, indent=2))  # noqa: T201
