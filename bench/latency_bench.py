@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.machine import describe, host, write_results  # noqa: E402
 
-API_PORT, SERVING_PORT = "18380", "18581"  # clear of the defaults and of the tests' ports
+API_PORT, SERVING_PORT, CONNECT_PORT = "18380", "18581", "18582"  # clear of the defaults and of the tests' ports
 
 
 def _epoch(value: str | None) -> float | None:
@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
         "FACTORY_HOME": str(home),
         "FACTORY_API_PORT": API_PORT,
         "FACTORY_SERVING_PORT": SERVING_PORT,
+        "FACTORY_SPARK_CONNECT_PORT": CONNECT_PORT,
         "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "FACTORY_MAX_EPOCHS": f"{args.line}=2",
     })
