@@ -1,7 +1,7 @@
 """The gate's TFX pipeline (ML environment), one pipeline per line, run by LocalDagRunner::
 
     ImportExampleGen (eval split: gzipped TFRecords of tf.Example)  --+
-    Importer "candidate" (<run>/model, a Model artifact)  ------------+--> Evaluator --> ServingStorePusher
+    Importer "candidate" (<run>/model, a Model artifact)  ------------+--> FastEvaluator --> ServingStorePusher
     Resolver "baseline" (LatestBlessedModelStrategy)  ----------------+
 
 ML Metadata (:func:`pipelines.evaluation.mlmd.connection_config`) keeps every
@@ -12,12 +12,17 @@ force-blessed push sets it (with ``factory_override=FORCED``), a rollback clears
 retired model (``factory_override=ROLLED_BACK``), so the next candidate is compared with
 the model in serving.
 
+The Evaluator is :class:`pipelines.evaluation.fast_evaluator.FastEvaluator` (TFX's
+Evaluator component, batched predictions and vectorised metrics, TFMA's output format);
+``FACTORY_EVALUATOR=tfma`` runs TFX's stock Evaluator instead (TFMA on Beam).
+
 Beam runs in-process (``--direct_running_mode=in_memory``, one worker): the evaluation
 splits here are small, and process start-up would dominate (see bench/eval_bench.py).
 """
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +32,18 @@ from pipelines.evaluation import mlmd
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 OVERRIDE_KEY = "factory_override"
+# Which Evaluator the gate runs: "fast" (default: :class:`pipelines.evaluation.fast_evaluator.FastEvaluator`)
+# or "tfma" (TFX's stock Evaluator, TFMA on Beam), from FACTORY_EVALUATOR
+EVALUATORS = ("fast", "tfma")
+EVALUATOR_ENV = "FACTORY_EVALUATOR"
+
+
+def evaluator_kind() -> str:
+    """The Evaluator the gate runs (``FACTORY_EVALUATOR``: fast, the default, or tfma)."""
+    kind = os.environ.get(EVALUATOR_ENV, "").strip().lower() or "fast"
+    if kind not in EVALUATORS:
+        raise ValueError(f"{EVALUATOR_ENV}={kind!r}: must be one of {', '.join(EVALUATORS)}")
+    return kind
 
 
 def build(
@@ -63,7 +80,10 @@ def build(
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
     ).with_id("baseline")
-    evaluator = tfx.components.Evaluator(
+    from pipelines.evaluation.fast_evaluator import FastEvaluator
+
+    evaluator_class = FastEvaluator if evaluator_kind() == "fast" else tfx.components.Evaluator
+    evaluator = evaluator_class(
         examples=example_gen.outputs["examples"],
         model=candidate.outputs["result"],
         baseline_model=baseline.outputs["model"],
