@@ -405,4 +405,4 @@ class FastEvaluatorExecutor(evaluator_executor.Executor):
 class FastEvaluator(evaluator_component.Evaluator):
     """``tfx.components.Evaluator`` with :class:`FastEvaluatorExecutor`."""
 
-    EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(FastEvaluatorExecutor)
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(FastEvaluatorExecutor)

@@ -235,7 +235,7 @@ def evaluate(
     timings["checks_s"] = time.monotonic() - started
 
     t = time.monotonic()
-    inputs.write_records(frame, ev.kinds, layout.evaluation_examples_dir(run_dir))
+    inputs.write_records(frame, ev.kinds, layout.evaluation_examples_dir(run_dir), layout.evaluation_split_dir(run_dir))
     timings["examples_s"] = time.monotonic() - t
 
     classes = inputs.classes_of(spec) if task != "binary_classification" else None
