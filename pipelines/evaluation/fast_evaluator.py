@@ -119,13 +119,35 @@ def read_examples(file_pattern: str) -> list[bytes]:
     return records
 
 
+def _schema(records: list[bytes], names: set[str]) -> bytes:
+    """A serialized TFMD schema of just ``names`` (typed as the examples hold them), so the
+    decoder decodes those columns only."""
+    from tensorflow.core.example import example_pb2
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    kinds = {"bytes_list": schema_pb2.BYTES, "int64_list": schema_pb2.INT, "float_list": schema_pb2.FLOAT}
+    found: dict[str, int] = {}
+    for record in records:
+        features = example_pb2.Example.FromString(record).features.feature
+        for name in names - set(found):
+            if name in features and features[name].WhichOneof("kind"):
+                found[name] = kinds[features[name].WhichOneof("kind")]
+        if len(found) == len(names):
+            break
+    missing = sorted(names - set(found))
+    if missing:
+        raise ValueError(f"feature(s) {missing} are in no example")
+    return schema_pb2.Schema(feature=[schema_pb2.Feature(name=n, type=t) for n, t in sorted(found.items())]
+                             ).SerializeToString()
+
+
 def _columns(records: list[bytes], names: set[str]) -> dict[str, Any]:
     """The named features, one value per example (None where absent), from tfx-bsl's coder."""
     import numpy as np
     import pyarrow as pa
     from tfx_bsl.coders import example_coder
 
-    batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
+    batch = example_coder.ExamplesToRecordBatchDecoder(_schema(records, names)).DecodeBatch(records)
     out = {}
     for name in names:
         i = batch.schema.get_field_index(name)
