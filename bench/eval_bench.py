@@ -274,7 +274,9 @@ def main() -> int:
     from pipelines.specs.evaluation import load_settings
 
     settings = load_settings(load_spec(args.line))
-    command = ".venv/ml/bin/python bench/eval_bench.py " + " ".join(sys.argv[1:])
+    # the run folder is this machine's: the result names it RUN_DIR
+    argv = ["RUN_DIR" if args.run_dir and a == str(args.run_dir) else a for a in sys.argv[1:]]
+    command = ".venv/ml/bin/python bench/eval_bench.py " + " ".join(argv)
     started = time.perf_counter()
     report: dict[str, Any] = {"cases": []}
     host = machine()
