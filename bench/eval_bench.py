@@ -1,26 +1,29 @@
-"""Evaluation benchmark: the gate's Evaluator against the floor for the same work.
+"""Evaluation benchmark: the gate (FastEvaluator, the default), the gate on TFX's stock
+Evaluator (TFMA on Beam) and the floor for the same work, side by side.
 
-    .venv/ml/bin/python bench/eval_bench.py [--run-dir DIR] [--rows 4000,50000] [--line employment]
+    .venv/ml/bin/python bench/eval_bench.py [--run-dir DIR] [--rows 4000,0,200000] [--tfma-rows 0] [--line employment]
 
-Without ``--run-dir`` it makes one: 20,000 real employment rows (ACS 2015) prepared by the
-training stage's ``prepare_run`` (orchestration env) and trained by the Horovod worker
-(one rank, 3 epochs), under ``bench/results/eval/``. ``--rows`` resamples the run's
-held-out split (with replacement, fixed seed) to each size; the first size is the split
-as it is when it equals ``0``.
+Without ``--run-dir`` it makes one: every real employment row (ACS 2015-2018, 277,677
+people) prepared by the training stage's ``prepare_run`` (orchestration env), so the
+held-out split is the line's real one (55,295 rows), and trained by the Horovod worker
+(one rank, 2 epochs), under ``bench/results/eval/``. ``--rows`` resamples the run's
+held-out split (with replacement, fixed seed) to each size; ``0`` is the split as it is.
 
-Side by side, in one run, on the same split and model:
+Side by side, in one run, on the same split and model, per size:
 
-- **gate**: ``python -m pipelines.evaluation.gate`` as the Airflow task runs it (a fresh
-  process, a fresh factory home): first run (one model, value thresholds) and a second
-  candidate with the first as baseline (two models, change thresholds). Wall time of the
-  process, the gate's own phases, and each TFX component's time from ML Metadata.
-- **tfma**: TFMA's ``run_model_analysis`` alone (in this process, imports
-  warm), the same EvalConfig and TFRecords, one model: the library's cost without TFX.
+- **gate** (``FACTORY_EVALUATOR=fast``, the default) and **gate_tfma**
+  (``FACTORY_EVALUATOR=tfma``): ``python -m pipelines.evaluation.gate`` as the Airflow
+  task runs it (a fresh process, a fresh factory home): a first run (one model, value
+  thresholds) and a second candidate with the first as baseline (two models, change
+  thresholds). Wall time of the process, the gate's own phases, each TFX component's
+  time from ML Metadata, and whether both gates agree (blessing, metric values).
+  ``--tfma-rows`` says at which sizes (default: the real split only; minutes each).
 - **floor**: load the SavedModel, one ``serving_default`` call on all serialized
   examples, then the same metrics per slice with scikit-learn (ROC AUC, PR AUC,
   calibration, accuracy at 0.5, counts, means).
 
-Results: printed, and ``bench/results/eval.json``.
+Per-row growth: the least-squares slope of the with-baseline gate's wall time over the
+sizes (``growth``). Results: printed, and ``bench/results/eval.json``.
 """
 
 from __future__ import annotations
@@ -31,12 +34,11 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import host
+from bench.machine import host, write_results
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -58,8 +60,9 @@ from pathlib import Path
 from bench.realdata import employment_frame, make_validated_batch
 from pipelines.training.prepare import prepare_run
 home, run, rows = Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])
-make_validated_batch(home, "employment", "y2015", employment_frame(2015).head(rows))
-prepare_run("employment", run, {"workers": 1, "epochs": 3, "batch_size": 256}, home=home)
+frame = employment_frame()
+make_validated_batch(home, "employment", "all", frame.head(rows) if rows else frame)
+prepare_run("employment", run, {"workers": 1, "epochs": 2, "batch_size": 512}, home=home)
 """
 
 
@@ -88,7 +91,7 @@ def make_run(work: Path) -> Path:
     shutil.rmtree(home, ignore_errors=True)
     env = {**os.environ, "FACTORY_INCLUDE": str(include_dir(work))}
     subprocess.run(
-        [str(AIRFLOW_PY), "-c", PREPARE, str(REPO), str(home), str(run), "20000"], check=True, env=env
+        [str(AIRFLOW_PY), "-c", PREPARE, str(REPO), str(home), str(run), "0"], check=True, env=env
     )
     # trained as the train DAG's task trains it: the launcher's command and environment, one rank
     from pipelines.training.launch import horovod_command, worker_environment
@@ -131,9 +134,10 @@ def component_seconds(line: str, home: Path, pipeline_run_id: str) -> dict[str, 
     return out
 
 
-def run_gate(line: str, run: Path, home: Path, inc: Path) -> dict[str, Any]:
+def run_gate(line: str, run: Path, home: Path, inc: Path, evaluator: str = "fast") -> dict[str, Any]:
     env = {
         **os.environ,
+        "FACTORY_EVALUATOR": evaluator,
         "FACTORY_HOME": str(home),
         "FACTORY_INCLUDE": str(inc),
         "PYTHONPATH": str(REPO),
@@ -163,30 +167,48 @@ def run_gate(line: str, run: Path, home: Path, inc: Path) -> dict[str, Any]:
     }
 
 
-def tfma_alone(run: Path, examples_dir: Path, eval_config) -> float:
-    import tensorflow_model_analysis as tfma
-    from apache_beam.options.pipeline_options import PipelineOptions
+def agreement(fast: dict[str, Any], tfma: dict[str, Any]) -> dict[str, Any]:
+    """Whether two gate results agree: blessing, failures and every metric value."""
+    import math
 
-    out = Path(tempfile.mkdtemp(prefix="tfma-bench-"))
-    # one model, as on a first run: the change thresholds go (what TFX's Evaluator does)
-    eval_config = tfma.utils.update_eval_config_with_defaults(
-        eval_config, has_baseline=False, rubber_stamp=True
-    )
-    shared = tfma.default_eval_shared_model(
-        eval_saved_model_path=str(run / "model" / "Format-Serving"), eval_config=eval_config
-    )
-    started = time.perf_counter()
-    tfma.run_model_analysis(
-        eval_shared_model=shared,
-        eval_config=eval_config,
-        data_location=str(examples_dir / "eval" / "*"),
-        file_format="tfrecords",
-        output_path=str(out),
-        pipeline_options=PipelineOptions(["--direct_running_mode=in_memory", "--direct_num_workers=1"]),
-    )
-    seconds = time.perf_counter() - started
-    shutil.rmtree(out, ignore_errors=True)
-    return seconds
+    worst = 0.0
+    keys = 0
+    for where, roles in tfma["metrics"].items():
+        for role, values in roles.items():
+            for name, expected in (values or {}).items():
+                got = ((fast["metrics"].get(where) or {}).get(role) or {}).get(name, float("nan"))
+                keys += 1
+                if expected is None and got is None:
+                    continue
+                if expected is None or got is None or math.isnan(got):
+                    worst = float("inf")
+                    continue
+                worst = max(worst, abs(got - expected))
+    return {
+        "same_blessing": fast["blessing"] == tfma["blessing"],
+        "same_failures": [f["message"] for f in fast["failures"]] == [f["message"] for f in tfma["failures"]],
+        "metric_values": keys,
+        "max_abs_difference": worst,
+    }
+
+
+def evaluator_seconds(gate: dict[str, Any]) -> float:
+    return next((v for k, v in gate["components_s"].items() if k.endswith("Evaluator")), float("nan"))
+
+
+def gate_pair(line: str, rows: int, src: Path, case_dir: Path, inc: Path, evaluator: str):
+    """A first run and a second candidate with the first as baseline, in a fresh home."""
+    run_a = resized_run(src, rows, case_dir / evaluator / "a")
+    run_b = resized_run(src, rows, case_dir / evaluator / "b")
+    home = case_dir / evaluator / "home"
+    return run_a, run_gate(line, run_a, home, inc, evaluator), run_gate(line, run_b, home, inc, evaluator)
+
+
+def slope(xs: list[float], ys: list[float]) -> float:
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / den if den else float("nan")
 
 
 def floor(run: Path, frame, manifest, settings) -> dict[str, float]:
@@ -233,8 +255,10 @@ def main() -> int:
     ap.add_argument("--run-dir", type=Path)
     ap.add_argument("--line", default="employment")
     ap.add_argument(
-        "--rows", default="0,50000", help="eval rows per case, comma separated (0: the split as is)"
+        "--rows", default="4000,0,200000", help="eval rows per case, comma separated (0: the split as is)"
     )
+    ap.add_argument("--tfma-rows", default="0",
+                    help="the sizes (of --rows) at which the gate on TFX's stock Evaluator runs too; '' for none")
     args = ap.parse_args()
     work = RESULTS / "eval"
     work.mkdir(parents=True, exist_ok=True)
@@ -245,13 +269,17 @@ def main() -> int:
     import absl.logging
 
     absl.logging.set_verbosity(absl.logging.ERROR)
-    from pipelines.evaluation import eval_config as ec
     from pipelines.evaluation import inputs
     from pipelines.specs import load_spec
     from pipelines.specs.evaluation import load_settings
 
     settings = load_settings(load_spec(args.line))
-    report: dict[str, Any] = {"machine": machine(), "cases": []}
+    # the run folder is this machine's: the result names it RUN_DIR
+    argv = ["RUN_DIR" if args.run_dir and a == str(args.run_dir) else a for a in sys.argv[1:]]
+    command = ".venv/ml/bin/python bench/eval_bench.py " + " ".join(argv)
+    started = time.perf_counter()
+    report: dict[str, Any] = {"cases": []}
+    host = machine()
     import sklearn
     import tensorflow as tf
     import tensorflow_model_analysis as tfma
@@ -266,39 +294,51 @@ def main() -> int:
     for rows in [int(r) for r in args.rows.split(",")]:
         case_dir = work / f"rows-{rows}"
         shutil.rmtree(case_dir, ignore_errors=True)
-        run_a = resized_run(src, rows, case_dir / "a")
-        run_b = resized_run(src, rows, case_dir / "b")
-        home = case_dir / "home"
-        first = run_gate(args.line, run_a, home, inc)
-        second = run_gate(args.line, run_b, home, inc)
+        run_a, first, second = gate_pair(args.line, rows, src, case_dir, inc, "fast")
         manifest, frame = inputs.load_eval_frame(run_a, settings)
         n = len(frame)
-        counts = inputs.slice_counts(frame, manifest.label, settings)
-        config = ec.build_eval_config(settings, manifest.label, counts)
-        tfma_s = tfma_alone(run_a, run_a / "evaluation" / "examples", config)
         fl = floor(run_a, frame, manifest, settings)
-        first.pop("_result")
-        second.pop("_result")
-        case = {
+        case: dict[str, Any] = {
             "rows": n,
             "slices": fl["slices"],
             "gate_first": first,
             "gate_with_baseline": second,
-            "tfma_alone_s": round(tfma_s, 2),
             "floor": {k: round(v, 3) if isinstance(v, float) else v for k, v in fl.items()},
-            "rows_per_s": {
-                "gate_first_wall": round(n / first["wall_s"]),
-                "evaluator_first": round(n / first["components_s"].get("Evaluator", float("nan"))),
-                "evaluator_with_baseline": round(n / second["components_s"].get("Evaluator", float("nan"))),
-                "tfma_alone": round(n / tfma_s),
-                "floor_predict_and_metrics": round(n / (fl["predict_s"] + fl["metrics_s"])),
-                "floor_with_load_and_serialize": round(n / fl["total_s"]),
-            },
         }
+        if str(rows) in args.tfma_rows.split(","):
+            _, t_first, t_second = gate_pair(args.line, rows, src, case_dir, inc, "tfma")
+            case["agreement"] = {"first": agreement(first["_result"], t_first["_result"]),
+                                 "with_baseline": agreement(second["_result"], t_second["_result"])}
+            t_first.pop("_result")
+            t_second.pop("_result")
+            case["gate_tfma_first"] = t_first
+            case["gate_tfma_with_baseline"] = t_second
+        first.pop("_result")
+        second.pop("_result")
+        case["rows_per_s"] = {
+            "gate_with_baseline_wall": round(n / second["wall_s"]),
+            "fast_evaluator_with_baseline": round(n / evaluator_seconds(second)),
+            "floor_predict_and_metrics": round(n / (fl["predict_s"] + fl["metrics_s"])),
+            "floor_with_load_and_serialize": round(n / fl["total_s"]),
+        }
+        if "gate_tfma_with_baseline" in case:
+            case["rows_per_s"]["tfma_evaluator_with_baseline"] = round(
+                n / evaluator_seconds(case["gate_tfma_with_baseline"]))
         report["cases"].append(case)
         print(json.dumps(case, indent=1))
-    print(json.dumps(report["machine"], indent=1))
-    (RESULTS / "eval.json").write_text(json.dumps(report, indent=2))
+        shutil.rmtree(case_dir, ignore_errors=True)
+    sizes = [c["rows"] for c in report["cases"]]
+    if len(sizes) > 1:
+        report["growth"] = {
+            "gate_with_baseline_s_per_100k_rows": round(
+                1e5 * slope(sizes, [c["gate_with_baseline"]["wall_s"] for c in report["cases"]]), 2),
+            "fast_evaluator_with_baseline_s_per_100k_rows": round(
+                1e5 * slope(sizes, [evaluator_seconds(c["gate_with_baseline"]) for c in report["cases"]]), 2),
+        }
+        print(json.dumps(report["growth"], indent=1))
+    host["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    print(json.dumps(host, indent=1))
+    write_results("eval", command, host, round(time.perf_counter() - started, 1), report)
     return 0
 
 

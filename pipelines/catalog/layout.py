@@ -306,6 +306,14 @@ def evaluation_examples_dir(run: Path) -> Path:
     return evaluation_dir(run) / "examples"
 
 
+EVALUATION_SPLIT = "eval"
+
+
+def evaluation_split_dir(run: Path) -> Path:
+    """The Examples artifact's ``eval`` split, where TFX looks for it (``Split-eval``)."""
+    return evaluation_examples_dir(run) / f"Split-{EVALUATION_SPLIT}"
+
+
 def gate_log_path(run: Path) -> Path:
     return evaluation_dir(run) / "gate.log"
 

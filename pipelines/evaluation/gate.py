@@ -202,6 +202,12 @@ def evaluate(
     started = time.monotonic()
     timings: dict[str, float] = {}
     reason = check_force_reason(force_bless_reason)
+    from pipelines.evaluation import pipeline
+
+    try:
+        evaluator = pipeline.evaluator_kind()
+    except ValueError as err:
+        raise GateInputError(str(err)) from None
     run_dir = Path(run_dir).resolve()
     if not run_dir.is_dir():
         raise GateInputError(f"run dir {run_dir} does not exist")
@@ -229,7 +235,7 @@ def evaluate(
     timings["checks_s"] = time.monotonic() - started
 
     t = time.monotonic()
-    inputs.write_records(frame, ev.kinds, layout.evaluation_examples_dir(run_dir))
+    inputs.write_records(frame, ev.kinds, layout.evaluation_examples_dir(run_dir), layout.evaluation_split_dir(run_dir))
     timings["examples_s"] = time.monotonic() - t
 
     classes = inputs.classes_of(spec) if task != "binary_classification" else None
@@ -237,8 +243,6 @@ def evaluate(
     gated = gated_slices(settings, counts, task)
     mlflow_run = _training_mlflow_run(run_dir)
     info = {"line": line, "run_dir": str(run_dir), "training_run": run_dir.name, "mlflow_run_id": mlflow_run}
-
-    from pipelines.evaluation import pipeline
 
     with line_lock(line, home):
         t = time.monotonic()
@@ -330,6 +334,7 @@ def evaluate(
             "blessing_uri": outputs["blessing"]["uri"],
             "mlmd_blessing_id": outputs["blessing"]["id"],
             "examples_uri": outputs["examples"]["uri"],
+            "evaluator": evaluator,
         },
         "timings": {k: round(v, 3) for k, v in timings.items()},
         "withdrawn_blessings": withdrawn,

@@ -256,17 +256,19 @@ def write_examples(frame, manifest, out_dir: Path) -> Path:
     return write_records(frame, column_kinds(frame, manifest), out_dir)
 
 
-def write_records(frame, kinds: dict[str, str], out_dir: Path) -> Path:
+def write_records(frame, kinds: dict[str, str], out_dir: Path, split_dir: Path | None = None) -> Path:
     """The rows as tf.Example (``kinds``: column -> integer/double/string/bytes) in
-    ``<out_dir>/eval/data_tfrecord-00000-of-00001.gz`` (gzipped TFRecord), rewritten whole."""
+    ``<split_dir>/data_tfrecord-00000-of-00001.gz`` (gzipped TFRecord; ``split_dir``
+    defaults to ``<out_dir>/eval``), ``out_dir`` rewritten whole."""
     import shutil
 
     import tensorflow as tf
 
     out_dir = Path(out_dir)
+    split_dir = Path(split_dir) if split_dir is not None else out_dir / "eval"
     shutil.rmtree(out_dir, ignore_errors=True)
-    (out_dir / "eval").mkdir(parents=True)
-    path = out_dir / "eval" / EXAMPLES_FILE
+    split_dir.mkdir(parents=True)
+    path = split_dir / EXAMPLES_FILE
     records = serialize(frame, kinds)
     with tf.io.TFRecordWriter(str(path), options=tf.io.TFRecordOptions(compression_type="GZIP")) as w:
         for r in records:

@@ -1,7 +1,7 @@
 """The gate's TFX pipeline (ML environment), one pipeline per line, run by LocalDagRunner::
 
-    ImportExampleGen (eval split: gzipped TFRecords of tf.Example)  --+
-    Importer "candidate" (<run>/model, a Model artifact)  ------------+--> Evaluator --> ServingStorePusher
+    Importer "examples" (eval split: gzipped TFRecords of tf.Example) +
+    Importer "candidate" (<run>/model, a Model artifact)  ------------+--> FastEvaluator --> ServingStorePusher
     Resolver "baseline" (LatestBlessedModelStrategy)  ----------------+
 
 ML Metadata (:func:`pipelines.evaluation.mlmd.connection_config`) keeps every
@@ -12,12 +12,18 @@ force-blessed push sets it (with ``factory_override=FORCED``), a rollback clears
 retired model (``factory_override=ROLLED_BACK``), so the next candidate is compared with
 the model in serving.
 
-Beam runs in-process (``--direct_running_mode=in_memory``, one worker): the evaluation
+The Evaluator is :class:`pipelines.evaluation.fast_evaluator.FastEvaluator` (TFX's
+Evaluator component, batched predictions and vectorised metrics, TFMA's output format);
+``FACTORY_EVALUATOR=tfma`` runs TFX's stock Evaluator instead (TFMA on Beam).
+
+Beam (the stock Evaluator only) runs in-process (``--direct_running_mode=in_memory``, one worker): the evaluation
 splits here are small, and process start-up would dominate (see bench/eval_bench.py).
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +33,19 @@ from pipelines.evaluation import mlmd
 
 BEAM_ARGS = ["--direct_running_mode=in_memory", "--direct_num_workers=1"]
 OVERRIDE_KEY = "factory_override"
+# Which Evaluator the gate runs: "fast" (default: :class:`pipelines.evaluation.fast_evaluator.FastEvaluator`)
+# or "tfma" (TFX's stock Evaluator, TFMA on Beam), from FACTORY_EVALUATOR
+EVALUATORS = ("fast", "tfma")
+EVALUATOR_ENV = "FACTORY_EVALUATOR"
+EXAMPLE_SPLIT = layout.EVALUATION_SPLIT
+
+
+def evaluator_kind() -> str:
+    """The Evaluator the gate runs (``FACTORY_EVALUATOR``: fast, the default, or tfma)."""
+    kind = os.environ.get(EVALUATOR_ENV, "").strip().lower() or "fast"
+    if kind not in EVALUATORS:
+        raise ValueError(f"{EVALUATOR_ENV}={kind!r}: must be one of {', '.join(EVALUATORS)}")
+    return kind
 
 
 def build(
@@ -39,36 +58,46 @@ def build(
     info: dict[str, Any] | None = None,
     home: Path | None = None,
 ):
-    from tfx import v1 as tfx
-    from tfx.proto import example_gen_pb2
+    # TFX's modules themselves, not ``tfx.v1``: that one also imports every extension
+    # (Vertex AI's client among them), seconds of the gate's start-up for nothing
+    from tfx.dsl.components.common.importer import Importer
+    from tfx.dsl.components.common.resolver import Resolver
+    from tfx.dsl.input_resolution.strategies.latest_blessed_model_strategy import LatestBlessedModelStrategy
+    from tfx.orchestration.pipeline import Pipeline
+    from tfx.types import channel, standard_artifacts
 
     from pipelines.evaluation.pusher import ServingStorePusher, push_destination
 
-    example_gen = tfx.components.ImportExampleGen(
-        input_base=str(examples_dir),
-        input_config=example_gen_pb2.Input(splits=[example_gen_pb2.Input.Split(name="eval", pattern="eval/*")]),
-        output_config=example_gen_pb2.Output(
-            split_config=example_gen_pb2.SplitConfig(
-                splits=[example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=1)]
-            )
-        ),
-    )
-    candidate = tfx.dsl.Importer(
+    # the split the gate wrote (``<examples_dir>/Split-eval/``), imported as an Examples artifact:
+    # no Beam job copies it (ImportExampleGen took seconds to rewrite the same records)
+    examples = Importer(
+        source_uri=str(examples_dir),
+        artifact_type=standard_artifacts.Examples,
+        properties={"split_names": json.dumps([EXAMPLE_SPLIT])},
+        reimport=True,
+    ).with_id("examples")
+    candidate = Importer(
         source_uri=str(layout.model_root(run_dir)),
-        artifact_type=tfx.types.standard_artifacts.Model,
+        artifact_type=standard_artifacts.Model,
         reimport=False,
     ).with_id("candidate")
-    baseline = tfx.dsl.Resolver(
-        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
-        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
-        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    baseline = Resolver(
+        strategy_class=LatestBlessedModelStrategy,
+        model=channel.Channel(type=standard_artifacts.Model),
+        model_blessing=channel.Channel(type=standard_artifacts.ModelBlessing),
     ).with_id("baseline")
-    evaluator = tfx.components.Evaluator(
-        examples=example_gen.outputs["examples"],
+    from pipelines.evaluation.fast_evaluator import FastEvaluator
+
+    if evaluator_kind() == "fast":
+        evaluator_class = FastEvaluator
+    else:
+        from tfx.components.evaluator.component import Evaluator as evaluator_class
+    evaluator = evaluator_class(
+        examples=examples.outputs["result"],
         model=candidate.outputs["result"],
         baseline_model=baseline.outputs["model"],
         eval_config=eval_config,
-        example_splits=["eval"],
+        example_splits=[EXAMPLE_SPLIT],
     )
     pusher = ServingStorePusher(
         model=candidate.outputs["result"],
@@ -76,10 +105,10 @@ def build(
         push_destination=push_destination(layout.serving_base(line, home)),
         custom_config={"force_bless_reason": force_bless_reason or "", "info": info or {}},
     )
-    return tfx.dsl.Pipeline(
+    return Pipeline(
         pipeline_name=layout.pipeline_name(line),
         pipeline_root=str(layout.pipeline_root(line, home)),
-        components=[example_gen, candidate, baseline, evaluator, pusher],
+        components=[examples, candidate, baseline, evaluator, pusher],
         metadata_connection_config=mlmd.connection_config(line, home),
         enable_cache=False,
         beam_pipeline_args=BEAM_ARGS,
@@ -112,7 +141,7 @@ def _run_contexts(mlmd, line: str) -> set[int]:
 
 def run(pipeline, line: str, home: Path | None = None) -> dict[str, Any]:
     """Run the pipeline; return what it made (artifacts by role, from ML Metadata)."""
-    from tfx import v1 as tfx
+    from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 
     mlmd = store(line, home)
     try:
@@ -120,7 +149,7 @@ def run(pipeline, line: str, home: Path | None = None) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 - a new store has no types yet
         before = set()
     started = time.monotonic()
-    tfx.orchestration.LocalDagRunner().run(pipeline)
+    LocalDagRunner().run(pipeline)
     seconds = time.monotonic() - started
     mlmd = store(line, home)
     new = sorted(_run_contexts(mlmd, line) - before)
@@ -167,6 +196,8 @@ def collect(mlmd, run_context) -> dict[str, Any]:
         elif ev.type == metadata_store_pb2.Event.OUTPUT:
             name = {"examples": "examples", "evaluation": "evaluation", "blessing": "blessing",
                     "pushed_model": "pushed", "result": "candidate"}.get(key)
+            if key == "result" and entry["type"] == "Examples":  # the examples' Importer
+                name = "examples"
             if name:
                 roles[name] = entry
     roles["pipeline_run_id"] = run_context.name
