@@ -61,11 +61,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from bench.machine import describe, host
-from pipelines.ingest import landing
-from pipelines.ingest.sources import load_source
-from pipelines.ingest.stage import CLEANING_JOB, cleaning_args
-from pipelines.specs import FieldSpec, LineSpec, load_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host  # noqa: E402
+from pipelines.ingest import landing  # noqa: E402
+from pipelines.ingest.sources import load_source  # noqa: E402
+from pipelines.ingest.stage import CLEANING_JOB, cleaning_args  # noqa: E402
+from pipelines.specs import FieldSpec, LineSpec, load_spec  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -48,6 +48,7 @@ import json
 import os
 import statistics
 import subprocess
+import sys  # noqa: E402
 import tempfile
 import time
 from pathlib import Path
@@ -58,12 +59,13 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bench.machine import describe, host
-from bench.realdata import employment_frame
-from pipelines.config import REPO_ROOT, ml_python
-from pipelines.monitoring.detection import score_batch
-from pipelines.monitoring.profile import build_profile, features_from_spec
-from pipelines.specs import load_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host  # noqa: E402
+from bench.realdata import employment_frame  # noqa: E402
+from pipelines.config import REPO_ROOT, ml_python  # noqa: E402
+from pipelines.monitoring.detection import score_batch  # noqa: E402
+from pipelines.monitoring.profile import build_profile, features_from_spec  # noqa: E402
+from pipelines.specs import load_spec  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results"
 DATA = RESULTS / "data"

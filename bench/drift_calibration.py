@@ -15,16 +15,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys  # noqa: E402
 import time
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 import pandas as pd
 
-from bench.realdata import employment_frame, lending_club_frame
-from pipelines.config import REPO_ROOT
-from pipelines.monitoring.detection import score_batch
-from pipelines.monitoring.profile import build_profile, features_from_spec
-from pipelines.specs import load_spec
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.realdata import employment_frame, lending_club_frame  # noqa: E402
+from pipelines.config import REPO_ROOT  # noqa: E402
+from pipelines.monitoring.detection import score_batch  # noqa: E402
+from pipelines.monitoring.profile import build_profile, features_from_spec  # noqa: E402
+from pipelines.specs import load_spec  # noqa: E402
 
 SIZES = {"employment": (20, 100, 1000, 10_000, 34_000), "credit_risk": (20, 100, 500, 2_000, 4_900)}
 

@@ -69,25 +69,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from scipy import stats
 
-from bench.machine import describe, host
-from bench.realdata import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host  # noqa: E402
+from bench.realdata import (  # noqa: E402
     employment_frame,
     label_rate_sample,
     lending_club_frame,
     make_validated_batch,
     tilt_to,
 )
-from pipelines.catalog.layout import training_root
-from pipelines.config import REPO_ROOT
-from pipelines.monitoring.batch import line_drift_spec, monitor_batch
-from pipelines.monitoring.episodes import claim_retrain
-from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile
-from pipelines.monitoring.stage import model_scores, write_reference_profile
-from pipelines.monitoring.statistics import roc_auc
-from pipelines.specs import load_spec
-from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE
-from pipelines.training.launch import run_workers
-from pipelines.training.prepare import prepare_run, split_bucket
+from pipelines.catalog.layout import training_root  # noqa: E402
+from pipelines.config import REPO_ROOT  # noqa: E402
+from pipelines.monitoring.batch import line_drift_spec, monitor_batch  # noqa: E402
+from pipelines.monitoring.episodes import claim_retrain  # noqa: E402
+from pipelines.monitoring.profile import build_profile, features_from_spec, save_profile  # noqa: E402
+from pipelines.monitoring.stage import model_scores, write_reference_profile  # noqa: E402
+from pipelines.monitoring.statistics import roc_auc  # noqa: E402
+from pipelines.specs import load_spec  # noqa: E402
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
+from pipelines.training.launch import run_workers  # noqa: E402
+from pipelines.training.prepare import prepare_run, split_bucket  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "drift_demo.json"
 SEED = 20261123

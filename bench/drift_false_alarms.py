@@ -28,19 +28,22 @@ was before it became a test at the family's per-test level (a drop of at least
 from __future__ import annotations
 
 import argparse
+import sys  # noqa: E402
 import time
+from pathlib import Path  # noqa: E402
 from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from bench.machine import describe, host, write_results
-from bench.realdata import employment_frame
-from pipelines.monitoring.detection import score_batch
-from pipelines.monitoring.profile import build_profile, features_from_spec
-from pipelines.specs import load_spec
-from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host, write_results  # noqa: E402
+from bench.realdata import employment_frame  # noqa: E402
+from pipelines.monitoring.detection import score_batch  # noqa: E402
+from pipelines.monitoring.profile import build_profile, features_from_spec  # noqa: E402
+from pipelines.specs import load_spec  # noqa: E402
+from pipelines.specs.drift import LABEL_FEATURE, SCORE_FEATURE  # noqa: E402
 
 LINE, YEAR, LABEL = "employment", 2015, "employed"
 RULES = ("feature", "prediction", "label_rate", "auc", "auc_before", "batch", "batch_before")

@@ -21,6 +21,7 @@ the machine: ``bench/results/drift_images.json``.
 from __future__ import annotations
 
 import argparse
+import sys  # noqa: E402
 import tempfile
 import time
 from collections import Counter
@@ -30,11 +31,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from bench.fashion import SHIFTS, build_model, fashion_arrays, predict, write_images_parquet
-from bench.machine import describe, host, write_results
-from pipelines.monitoring.images import build_image_profile, pixel_statistics, score_image_batch
-from pipelines.specs import load_spec
-from pipelines.specs.drift import EMBEDDING_PREFIX
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.fashion import SHIFTS, build_model, fashion_arrays, predict, write_images_parquet  # noqa: E402
+from bench.machine import describe, host, write_results  # noqa: E402
+from pipelines.monitoring.images import build_image_profile, pixel_statistics, score_image_batch  # noqa: E402
+from pipelines.specs import load_spec  # noqa: E402
+from pipelines.specs.drift import EMBEDDING_PREFIX  # noqa: E402
 
 LINE = "fashion"
 MIX_CLASSES = (1, 7, 8)  # Trouser, Sneaker, Bag

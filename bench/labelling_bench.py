@@ -45,14 +45,17 @@ for _var in ("FACTORY_SERVING_STORE", "FACTORY_PREDICTION_LOG", "MLFLOW_TRACKING
     os.environ.pop(_var, None)
 # ruff: noqa: E402 - the imports below must see that home
 
+import sys  # noqa: E402
+
 import numpy as np
 import pandas as pd
 
-from bench.machine import describe, host, write_results
-from bench.realdata import employment_frame, lending_club_frame
-from pipelines.catalog import layout, ledger, records
-from pipelines.catalog.layout import line_paths
-from pipelines.labelling import LABEL_CONFIDENCE, LABEL_SOURCE
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host, write_results  # noqa: E402
+from bench.realdata import employment_frame, lending_club_frame  # noqa: E402
+from pipelines.catalog import layout, ledger, records  # noqa: E402
+from pipelines.catalog.layout import line_paths  # noqa: E402
+from pipelines.labelling import LABEL_CONFIDENCE, LABEL_SOURCE  # noqa: E402
 
 SEED = 20261130
 FLIP_SHARE = 0.05

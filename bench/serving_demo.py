@@ -51,12 +51,13 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bench.machine import describe, host, write_results
-from bench.realdata import employment_frame, make_validated_batch, tilt_to
-from bench.serving_bench import Server
-from pipelines.catalog import layout
-from pipelines.config import REPO_ROOT, include_dir
-from pipelines.evaluation import serving
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host, write_results  # noqa: E402
+from bench.realdata import employment_frame, make_validated_batch, tilt_to  # noqa: E402
+from bench.serving_bench import Server  # noqa: E402
+from pipelines.catalog import layout  # noqa: E402
+from pipelines.config import REPO_ROOT, include_dir  # noqa: E402
+from pipelines.evaluation import serving  # noqa: E402
 
 LINE = "employment"
 SEED = 20261130

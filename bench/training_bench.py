@@ -65,7 +65,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.machine import describe, host
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import describe, host  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
