@@ -46,7 +46,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys  # noqa: E402
 import tempfile
@@ -60,7 +59,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
-from bench.machine import describe, host  # noqa: E402
+from bench.machine import describe, host, timed  # noqa: E402
 from bench.realdata import employment_frame  # noqa: E402
 from pipelines.config import REPO_ROOT, ml_python  # noqa: E402
 from pipelines.monitoring.detection import score_batch  # noqa: E402
@@ -117,13 +116,6 @@ def datasets(rows: int, features: list[str], where: Path = DATA) -> dict[str, Pa
     return paths
 
 
-def timed(fn, repeats: int) -> tuple[Any, float, list[float]]:
-    times, result = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return result, statistics.median(times), times
 
 
 def run_factory(paths: dict[str, Path], declared: list[dict], repeats: int) -> dict[str, Any]:
@@ -167,14 +159,13 @@ def run_factory(paths: dict[str, Path], declared: list[dict], repeats: int) -> d
     return out
 
 
-def run_tfdv(paths: dict[str, Path], repeats: int) -> dict[str, Any]:
-    python = ml_python()
-    if not Path(python).exists():
-        return {"skipped": f"no ML environment at {python}"}
+def run_peer(python: Path, script: str, paths: dict[str, Path], args: list[str],
+             batches: tuple[str, ...] = BATCHES) -> dict[str, Any]:
+    """``bench/<script>`` in another environment on the same files; its JSON with the wall time."""
     with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "tfdv.json"
-        cmd = [str(python), str(REPO_ROOT / "bench" / "drift_tfdv.py"), "--ref", str(paths["reference"]),
-               "--cur", *[str(paths[b]) for b in BATCHES], "--repeats", str(repeats), "--out", str(out)]
+        out = Path(tmp) / "peer.json"
+        cmd = [str(python), str(REPO_ROOT / "bench" / script), "--ref", str(paths["reference"]),
+               "--cur", *[str(paths[b]) for b in batches], *args, "--out", str(out)]
         t = time.perf_counter()
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
         wall = time.perf_counter() - t
@@ -182,8 +173,15 @@ def run_tfdv(paths: dict[str, Path], repeats: int) -> dict[str, Any]:
             return {"failed": proc.stderr[-3000:]}
         result = json.loads(out.read_text())
     result["subprocess_wall_s"] = wall
-    result["batches"] = {name: result["batches"][paths[name].name] for name in BATCHES}
+    result["batches"] = {name: result["batches"][paths[name].name] for name in batches}
     return result
+
+
+def run_tfdv(paths: dict[str, Path], repeats: int) -> dict[str, Any]:
+    python = ml_python()
+    if not Path(python).exists():
+        return {"skipped": f"no ML environment at {python}"}
+    return run_peer(Path(python), "drift_tfdv.py", paths, ["--repeats", str(repeats)])
 
 
 def bench_python() -> Path:
@@ -197,20 +195,8 @@ def run_evidently(paths: dict[str, Path], declared: list[dict], repeats: int,
     if not python.exists():
         return {"skipped": "no bench environment (.venv/bench): run scripts/setup.sh bench"}
     kinds = {k: ",".join(f["name"] for f in declared if f["kind"] == k) for k in ("numeric", "categorical")}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "evidently.json"
-        cmd = [str(python), str(REPO_ROOT / "bench" / "drift_evidently.py"), "--ref", str(paths["reference"]),
-               "--cur", *[str(paths[b]) for b in batches], "--numeric", kinds["numeric"],
-               "--categorical", kinds["categorical"], "--repeats", str(repeats), "--out", str(out)]
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600)
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            return {"failed": proc.stderr[-3000:]}
-        result = json.loads(out.read_text())
-    result["subprocess_wall_s"] = wall
-    result["batches"] = {name: result["batches"][paths[name].name] for name in batches}
-    return result
+    return run_peer(python, "drift_evidently.py", paths, ["--numeric", kinds["numeric"],
+                    "--categorical", kinds["categorical"], "--repeats", str(repeats)], batches)
 
 
 def verdicts(factory: dict[str, Any], tfdv: dict[str, Any], evidently: dict[str, Any]) -> dict[str, Any]:

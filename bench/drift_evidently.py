@@ -27,9 +27,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: the clone's root first
+from bench.machine import timed  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -39,13 +43,6 @@ CONFIGS = {
 }
 
 
-def timed(fn, repeats: int):
-    times, result = [], None
-    for _ in range(repeats):
-        t = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - t)
-    return result, statistics.median(times), times
 
 
 def columns_of(snapshot) -> dict[str, dict]:

@@ -55,3 +55,16 @@ def write_results(name: str, command: str, machine: dict[str, Any], seconds: flo
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"command": command, "machine": machine, "seconds": seconds, **result}, indent=1))
     return out
+
+
+def timed(fn, repeats: int) -> tuple[Any, float, list[float]]:
+    """``fn()`` run ``repeats`` times: its last result, the median seconds and every run's."""
+    import statistics
+    import time
+
+    times, result = [], None
+    for _ in range(repeats):
+        t = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t)
+    return result, statistics.median(times), times
