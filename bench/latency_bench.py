@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     split = {k: round(statistics.median(t["to_retrain_started"][k] for t in trials), 1) for k in split_keys} if trials else {}
     print(f"\nmedian of {len(trials)} trials, seconds after landing: {medians}")
     print(f"landed -> retrain started, median split: {split}")
-    command = "python bench/latency_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = ".venv/airflow/bin/python bench/latency_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
     path = write_results("latency", command.strip(), machine, time.time() - started, {
         "line": args.line,
         "runtime_start_s": runtime_start_s,

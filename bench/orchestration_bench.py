@@ -1,6 +1,6 @@
 """The main job's wall time: the stages' own work against Airflow around it.
 
-    .venv/airflow/bin/python bench/orchestration_bench.py [LINE ...]
+    python3 bench/orchestration_bench.py [LINE ...]     # stdlib only: the main job sets itself up
 
 Runs the main job as the README gives it (``scripts/main.sh``: set-up, then
 ``factory run`` for every line or the ones named) on a fresh factory home, with
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'all lines':<12} {total['wall_s']:>7.0f} {total['work_s']:>7.0f} {total['task_startup_s']:>10.0f}"
           f" {total['queued_s']:>8.0f} {total['scheduling_s']:>12.0f} {total['overhead_share']:>8.0%}")
     print(f"runtime start: {data.get('runtime_start_s') or 0:.0f}s; main job (set-up included): {wall:.0f}s, exit {proc.returncode}")
-    command = "python bench/orchestration_bench.py " + " ".join(lines)
+    command = "python3 bench/orchestration_bench.py " + " ".join(lines)
     path = write_results("orchestration", command.strip(), machine, wall, {
         "main_job_exit": proc.returncode,
         "main_job_s": round(wall, 1),
