@@ -107,6 +107,7 @@ def trial(client, spec, home: Path, frame, batch_id: str) -> dict[str, Any]:
         return None
 
     validate = _wait(f"{batch_id} validated", validated, 900)
+    ingest = client.run(f"ingest_{line}", ingest["dag_run_id"])  # first seen queued: now with its start
     train = _wait("the retrain its event sets off", lambda: [
         r for r in _new_runs(client, f"train_{line}", t0) if r.get("start_date")
     ], 900)[0]
