@@ -400,28 +400,24 @@ def _sessions(app_name: str, remote: str | None) -> Iterator:
         spark = spark_session(app_name)
         yield lambda: spark
         return
-    stack = contextlib.ExitStack()
-    stack.enter_context(connect_mode())
-    try:
-        held = [connect_session(remote)]  # the server is checked before any batch is marked started
-    except BaseException:
-        stack.close()
-        raise
-    used = [False]
+    with connect_mode():
+        held = connect_session(remote)  # the server is checked before any batch is marked started
+        fresh = True
 
-    def session_for():
-        if used[0]:  # the last batch's session is released, the next batch gets its own
-            held.pop().stop()
-            held.append(connect_session(remote))
-        used[0] = True
-        return held[-1]
+        def session_for():
+            nonlocal held, fresh
+            if not fresh:  # the last batch's session is released, the next batch gets its own
+                spent, held = held, None
+                spent.stop()
+                held = connect_session(remote)
+            fresh = False
+            return held
 
-    try:
-        yield session_for
-    finally:
-        with stack:
-            for spark in held:
-                spark.stop()
+        try:
+            yield session_for
+        finally:
+            if held is not None:
+                held.stop()
 
 
 def run(line: str, batch_ids: list[str], home: Path | None = None, *, remote: str | None = None
