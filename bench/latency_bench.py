@@ -46,9 +46,9 @@ API_PORT, SERVING_PORT, CONNECT_PORT = "18380", "18581", "18582"  # clear of the
 
 
 def _epoch(value: str | None) -> float | None:
-    from pipelines.runtime.timing import _epoch as parse
+    from pipelines.runtime.timing import epoch  # imported late: the factory home is set first
 
-    return parse(value)
+    return epoch(value)
 
 
 def _wait(what: str, probe, timeout_s: float, poll_s: float = 0.5):

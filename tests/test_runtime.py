@@ -82,7 +82,7 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
     }
     clean = next(w for w in spans if w["task_id"] == "batch.clean")
     assert clean["state"] == "success" and clean["end"] > clean["start"]
-    since = timing._epoch(final["start_date"])
+    since = timing.epoch(final["start_date"])
     t = timing.breakdown(admin.task_instances("ingest_credit_risk", run["dag_run_id"]), spans, since)
     assert 0 < t["work_s"] < t["wall_s"]
     parts = t["work_s"] + t["task_startup_s"] + t["queued_s"] + t["scheduling_s"]
@@ -93,7 +93,7 @@ def test_trigger_through_the_api_runs_to_success(running, admin):
 def test_a_landed_batch_sets_off_its_ingest_within_seconds(running, admin):
     """No trigger: the landing zone's watcher (run by the triggerer) fires the line's
     landed-data Asset and the scheduler starts the ingest DAG, which cleans and validates it."""
-    from pipelines.runtime.timing import _epoch
+    from pipelines.runtime.timing import epoch
 
     spec = load_spec("credit_risk")
     admin.unpause("ingest_credit_risk")
@@ -108,7 +108,7 @@ def test_a_landed_batch_sets_off_its_ingest_within_seconds(running, admin):
     watched = [r for r in new if r["run_type"] == "asset_triggered"]
     assert watched, new
     # the poll (2 s) and the scheduler's loop, not an hourly schedule
-    assert min(_epoch(r["queued_at"]) for r in watched) - landed_at < 30
+    assert min(epoch(r["queued_at"]) for r in watched) - landed_at < 30
 
 
 def test_official_python_client(running, admin):

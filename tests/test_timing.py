@@ -23,7 +23,7 @@ def test_every_second_falls_in_exactly_one_part():
         {"operator": "NewBatchesSensor", "queued_when": "2026-01-01T00:00:00Z",
          "start_date": "2026-01-01T00:00:00Z", "end_date": "2026-01-01T00:00:20Z"},
     ]
-    base = timing._epoch("2026-01-01T00:00:00Z")
+    base = timing.epoch("2026-01-01T00:00:00Z")
     work = [{"start": base + 3, "end": base + 8}, {"start": base + 19, "end": base + 20}]
     t = timing.breakdown(tis, work, since=base)
     assert t["wall_s"] == 20

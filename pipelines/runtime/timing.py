@@ -86,7 +86,7 @@ def read_work(home: Path | None = None) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the timeline
 
 
-def _epoch(value: str | None) -> float | None:
+def epoch(value: str | None) -> float | None:
     if not value:
         return None
     return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
@@ -145,8 +145,8 @@ def breakdown(
     for ti in task_instances:
         if str(ti.get("operator") or "").endswith("Sensor"):
             continue  # a deferrable sensor's span includes its waits: only its work spans count
-        start, end = _epoch(ti.get("start_date")), _epoch(ti.get("end_date"))
-        qd = _epoch(ti.get("queued_when") or ti.get("queued_dttm"))
+        start, end = epoch(ti.get("start_date")), epoch(ti.get("end_date"))
+        qd = epoch(ti.get("queued_when") or ti.get("queued_dttm"))
         if start is not None and end is not None:
             running.append((start, end))
         if qd is not None and (start or end) is not None:
@@ -184,7 +184,7 @@ def line_overhead(client: Any, line: str, since: float, home: Path | None = None
     tis, keys = [], set()
     for dag_id in line_dag_ids(line):
         for run in client.runs(dag_id, limit=50):
-            started = _epoch(run.get("start_date")) or _epoch(run.get("queued_at"))
+            started = epoch(run.get("start_date")) or epoch(run.get("queued_at"))
             if started is None or started < since - 1:
                 continue
             for ti in client.task_instances(dag_id, run["dag_run_id"]):
