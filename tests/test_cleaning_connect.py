@@ -8,13 +8,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pandas as pd
 import pytest
+from pgserver import free_port
 
 from bench.cleaning_bench import dirty_batch, write_csv
 from pipelines.catalog import ledger
@@ -31,17 +31,11 @@ COUNTS = ("rows_in", "rows_clean", "rows_quarantined", "duplicates_removed", "du
           "quarantine_reasons", "repairs", "rows_labelled", "rows_unlabelled", "labels_by_source")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def connect(tmp_path_factory):
     """A Spark Connect server on a free loopback port, the runtime's command line and
     environment (2 GiB is plenty for these batches)."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("connect") / "spark-connect.log"
     env = supervisor.spark_connect_environment({**os.environ, **airflow_environment()})
     with open(log, "wb") as out:
@@ -137,7 +131,7 @@ def test_two_batches_at_once_through_connect_stay_apart(connect, credit, tmp_pat
 def test_unreachable_server_is_a_clear_error_and_loses_nothing(credit, tmp_path):
     home = tmp_path / "factory"
     _land(credit, home, "connect-x", 200, 31, tmp_path)
-    address = f"sc://127.0.0.1:{_free_port()}"
+    address = f"sc://127.0.0.1:{free_port()}"
     started = time.monotonic()
     with pytest.raises(job.ConnectUnreachable, match=address.replace(".", r"\.")):
         job.run("credit_risk", ["connect-x"], home, remote=address)

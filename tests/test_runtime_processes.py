@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 import pytest
+from pgserver import free_port
 
 from pipelines import runtime
 from pipelines.config import airflow_home
@@ -235,25 +236,34 @@ def test_model_server_beyond_loopback_is_refused_unless_allowed(home, monkeypatc
         runtime.start(home)
 
 
+def _one_real_component(monkeypatch, name: str) -> None:
+    """`start` runs the real ``name`` beside an API server that only sleeps (no Airflow)."""
+    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", name))
+    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
+    monkeypatch.setattr(supervisor, "_wait_airflow", lambda record, echo, deadline: None)
+    argv = supervisor._component_argv
+    monkeypatch.setattr(supervisor, "_component_argv",
+                        lambda component: ["sleep", "600"] if component == "api-server" else argv(component))
+
+
+def _assert_tagged_without_airflow(pid: int, record: dict) -> None:
+    """The process carries the runtime's tag and no Airflow settings or secrets."""
+    with open(f"/proc/{pid}/environ", "rb") as fh:
+        environ = fh.read().split(b"\0")
+    assert f"{supervisor.RUNTIME_TAG}={record['tag']}".encode() in environ
+    assert not [v for v in environ if v.startswith(b"AIRFLOW")]
+
+
 @pytest.mark.integration
 @pytest.mark.skipif(not supervisor.ml_python().exists(), reason="ML environment not set up")
 def test_model_server_starts_and_stops_with_the_runtime(home, monkeypatch, loopback):
     """The real model server (ML environment) is a component: `start` waits for its
     /healthz, `stop` leaves nothing of it."""
-    import socket
-
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("FACTORY_SERVING_PORT", str(port))
-    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "model-server"))
-    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
-    monkeypatch.setattr(supervisor, "_wait_airflow", lambda record, echo, deadline: None)
-    argv = supervisor._component_argv
-    monkeypatch.setattr(supervisor, "_component_argv",
-                        lambda name: ["sleep", "600"] if name == "api-server" else argv(name))
+    _one_real_component(monkeypatch, "model-server")
     said: list[str] = []
     record = runtime.start(home, echo=said.append)
     try:
@@ -261,10 +271,7 @@ def test_model_server_starts_and_stops_with_the_runtime(home, monkeypatch, loopb
         assert record["serving_url"] == f"http://127.0.0.1:{port}"
         assert any("model server is up" in s for s in said), said
         assert httpx.get(f"{record['serving_url']}/healthz").json() == {"status": "ok", "lines": {}}
-        with open(f"/proc/{server}/environ", "rb") as fh:
-            environ = fh.read().split(b"\0")
-        assert f"{supervisor.RUNTIME_TAG}={record['tag']}".encode() in environ
-        assert not [v for v in environ if v.startswith(b"AIRFLOW")]  # no Airflow settings or secrets
+        _assert_tagged_without_airflow(server, record)
     finally:
         assert sorted(runtime.stop(home)) == ["api-server", "model-server"]
     assert not _live(server)
@@ -279,21 +286,12 @@ def test_spark_connect_server_starts_and_stops_with_the_runtime(home, monkeypatc
     waits for a session's round trip and points spark_default at it; `stop` leaves
     nothing of it (the JVM and the Python workers it started). A cluster's master keeps
     spark-submit and starts no server."""
-    import socket
-
     from pipelines.ingest.cleaning import job
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     monkeypatch.setenv("FACTORY_SPARK_CONNECT_PORT", str(port))
     monkeypatch.setenv("FACTORY_SPARK_CONNECT_MEMORY", "1g")
-    monkeypatch.setattr(supervisor, "COMPONENTS", ("api-server", "spark-connect"))
-    monkeypatch.setattr(supervisor, "_migrate", lambda env, logs: None)
-    monkeypatch.setattr(supervisor, "_wait_airflow", lambda record, echo, deadline: None)
-    argv = supervisor._component_argv
-    monkeypatch.setattr(supervisor, "_component_argv",
-                        lambda name: ["sleep", "600"] if name == "api-server" else argv(name))
+    _one_real_component(monkeypatch, "spark-connect")
     env = runtime.runtime_environment(home)
     assert json.loads(env["AIRFLOW_CONN_SPARK_DEFAULT"]) == {"conn_type": "spark", "host": f"sc://127.0.0.1:{port}"}
     said: list[str] = []
@@ -303,10 +301,7 @@ def test_spark_connect_server_starts_and_stops_with_the_runtime(home, monkeypatc
         assert record["spark_connect"] == f"sc://127.0.0.1:{port}"
         assert any("Spark Connect server is up" in s for s in said), said
         assert (Path(record["logs"]) / "spark-connect.log").exists()
-        with open(f"/proc/{server}/environ", "rb") as fh:
-            environ = fh.read().split(b"\0")
-        assert f"{supervisor.RUNTIME_TAG}={record['tag']}".encode() in environ
-        assert not [v for v in environ if v.startswith(b"AIRFLOW")]  # no Airflow settings or secrets
+        _assert_tagged_without_airflow(server, record)
         tree = runtime.runtime_processes(record)
         assert server in tree
     finally:
