@@ -387,7 +387,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 f" ({t['overhead_share']:.0%})"
             )
     if args.timings:
-        storage.write_json_atomic(Path(args.timings), {"runtime_start_s": runtime_s, "lines": timings})
+        storage.write_json_atomic(args.timings, {"runtime_start_s": runtime_s, "lines": timings})
     if failed:
         _out(f"\nlines with failures: {', '.join(failed)} (see the logs under {home / 'logs'} and the Airflow UI)")
         return 1
@@ -456,6 +456,16 @@ def cmd_trigger(args: argparse.Namespace) -> int:
     return 0
 
 
+def _new_file_in_a_folder(value: str) -> Path:
+    """A file to write at the end of a run: its folder must be there before the run starts."""
+    path = Path(value)
+    if not path.parent.is_dir():
+        raise argparse.ArgumentTypeError(f"no folder {str(path.parent)!r} to write {path.name!r} in")
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value!r} is a folder, not a file")
+    return path
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="factory", description="AI Factory: the ML production line on Airflow.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -473,7 +483,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("lines", nargs="*", help="product lines (default: all)")
     p.add_argument("--batch", action="append", help="land only this real source batch (repeatable; default: all)")
     p.add_argument("--keep-running", action="store_true", help="leave the runtime up afterwards")
-    p.add_argument("--timings", metavar="FILE", help="write each line's wall time split into work and Airflow's share (JSON)")
+    p.add_argument("--timings", metavar="FILE", type=_new_file_in_a_folder, help="write each line's wall time split into work and Airflow's share (JSON)")
     p.set_defaults(func=cmd_run)
     sub.add_parser("start", help="start Airflow (API server + UI, scheduler, DAG processor, triggerer) and the model server").set_defaults(
         func=cmd_start

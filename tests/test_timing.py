@@ -32,3 +32,16 @@ def test_every_second_falls_in_exactly_one_part():
     assert t["queued_s"] == 1  # 1..2
     assert t["scheduling_s"] == 11  # 0..1 and 9..19
     assert t["overhead_share"] == 0.7
+
+
+def test_factory_run_refuses_a_timings_file_it_could_not_write_before_starting_anything(tmp_path, capsys):
+    import pytest
+
+    from pipelines import cli
+
+    for bad, said in ((tmp_path / "no-such-folder" / "t.json", "no folder"), (tmp_path, "is a folder")):
+        with pytest.raises(SystemExit) as exit_:
+            cli.main(["run", "credit_risk", "--timings", str(bad)])
+        assert exit_.value.code == 2
+        assert said in capsys.readouterr().err
+    assert not (tmp_path / "no-such-folder").exists()
